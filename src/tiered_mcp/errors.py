@@ -1,0 +1,126 @@
+"""The exceptions tiered-mcp raises, in one tree.
+
+    TieredError
+    ├── SetupError              the operator's mistake, raised loudly at start-up
+    │   ├── ConfigError         a bad config file or value
+    │   └── SpecError           a bad tool spec file
+    ├── CallError               a tool call that cannot run; becomes an is_error result
+    │   ├── ArgumentsError      arguments break the tool's input schema
+    │   ├── TierNotAllowed      a per-call tier above the configured ceiling, or not configured
+    │   ├── LocalTierError      the local tier cannot serve this call (not installed, or the wrong tool)
+    │   └── ToolFailed          every tier on the ladder failed; carries the attempts
+    └── ModelError              one model attempt failed (raised by a Model, handled by the runner)
+        ├── Transient           worth retrying on the same tier
+        │   ├── RateLimited     429, with the server's Retry-After when it gave one
+        │   ├── UpstreamUnavailable   5xx
+        │   ├── UpstreamTimeout
+        │   └── UpstreamUnreachable   connection refused, DNS, TLS
+        └── Permanent           retrying the same request will not help
+            ├── UpstreamRejected      4xx other than 429 (bad key, unknown model, bad request)
+            └── MissingKey            the provider's key variable is not set
+
+Model errors never carry an API key: messages are built from status codes and the provider's error text only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TieredError(Exception):
+    """Base of every error tiered-mcp raises on purpose."""
+
+
+class SetupError(TieredError):
+    """A mistake in configuration or spec files; start-up stops with this message."""
+
+
+class ConfigError(SetupError):
+    """A config file or value is wrong."""
+
+
+class SpecError(SetupError):
+    """A tool spec file is wrong.
+
+    Args:
+        source: the file (or other origin) of the spec.
+        field: dotted path of the offending field, or "" for the whole file.
+        problem: what is wrong and, where it helps, how to fix it.
+    """
+
+    def __init__(self, source: str, field: str, problem: str) -> None:
+        self.source, self.field, self.problem = source, field, problem
+        where = f"{source}: {field}" if field else source
+        super().__init__(f"{where}: {problem}")
+
+
+class CallError(TieredError):
+    """A tool call that cannot run; reported to the caller as an is_error result.
+
+    Attributes:
+        receipt: the receipt of the call so far (set by the runner), or None.
+    """
+
+    def __init__(self, message: str, receipt: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.receipt = receipt
+
+
+class ArgumentsError(CallError):
+    """Arguments that break the tool's input schema (or the schema a caller supplied)."""
+
+
+class TierNotAllowed(CallError):
+    """A per-call tier that the config does not allow."""
+
+
+class LocalTierError(CallError):
+    """The local tier cannot serve this call."""
+
+
+class ToolFailed(CallError):
+    """Every tier on the ladder failed; the receipt lists every attempt with its reason."""
+
+
+class ModelError(TieredError):
+    """One attempt at a model failed. `kind` is a short stable word used in receipts."""
+
+    kind = "error"
+
+
+class Transient(ModelError):
+    """Worth retrying the same request on the same tier after a pause."""
+
+
+class RateLimited(Transient):
+    """The provider said 429. `retry_after` is its Retry-After in seconds, when given."""
+
+    kind = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamUnavailable(Transient):
+    kind = "server_error"
+
+
+class UpstreamTimeout(Transient):
+    kind = "timeout"
+
+
+class UpstreamUnreachable(Transient):
+    kind = "unreachable"
+
+
+class Permanent(ModelError):
+    """Retrying the same request on the same tier will not help."""
+
+
+class UpstreamRejected(Permanent):
+    kind = "rejected"
+
+
+class MissingKey(Permanent):
+    kind = "missing_key"

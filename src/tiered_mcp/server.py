@@ -1,0 +1,182 @@
+"""The MCP server: tools from specs, run by the Runner; resources for the tier table and usage totals.
+
+Failures while running a tool become `is_error` results a model can act on; only protocol misuse (an unknown tool)
+is a protocol error. Nothing here writes to stdout: on stdio that belongs to the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from typing import Any, Mapping
+
+import mcp_types as types
+from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
+
+from . import __version__
+from .config import TIERS, Config, load_config
+from .errors import CallError
+from .ledger import Ledger
+from .models import LazyOpenAI, Model
+from .prices import price_of
+from .receipts import RECEIPT_META_KEY
+from .runner import Runner, UnknownTool, ladder_for
+from .specs import Specs, ToolSpec, load_specs
+
+log = logging.getLogger("tiered_mcp")
+
+TIERS_URI = "tiered://tiers"
+USAGE_URI = "tiered://usage"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def published_input_schema(spec: ToolSpec, config: Config) -> dict[str, Any]:
+    """The spec's input schema plus the optional per-call `tier`, limited to what the config allows."""
+    allowed = [t for t in TIERS[: TIERS.index(config.call_tier_ceiling) + 1] if t in config.tiers]
+    schema = dict(spec.input_schema)
+    schema["properties"] = {
+        **spec.input_schema.get("properties", {}),
+        "tier": {"type": "string", "enum": allowed, "description": "Optional: run on this tier."},
+    }
+    return schema
+
+
+def tier_table(config: Config, specs: Specs) -> list[dict[str, Any]]:
+    """Per tool: the tier it starts on, its escalation ladder, model and price (USD per million tokens)."""
+    rows = []
+    for spec in specs:
+        ladder = ladder_for(config, spec)
+        tier = config.tiers.get(ladder[0]) if ladder else None
+        price = price_of(tier) if tier else None
+        rows.append({
+            "tool": spec.name,
+            "tier": ladder[0] if ladder else None,
+            "ladder": ladder,
+            "model": tier.model if tier else None,
+            "input_price": price.input if price else None,
+            "output_price": price.output if price else None,
+            "price_source": price.source if price else "unknown",
+            "description": spec.description,
+        })
+    return rows
+
+
+def build_server(runner: Runner) -> Server[Any]:
+    """An MCP server publishing the runner's tools and resources."""
+    tools = [
+        types.Tool(
+            name=spec.name,
+            title=spec.title,
+            description=spec.description,
+            input_schema=published_input_schema(spec, runner.config),
+            output_schema=spec.output_schema,
+            annotations=types.ToolAnnotations(
+                title=spec.title,
+                read_only_hint=spec.annotations.read_only,
+                destructive_hint=spec.annotations.destructive,
+                idempotent_hint=spec.annotations.idempotent,
+                open_world_hint=spec.annotations.open_world,
+            ),
+        )
+        for spec in runner.specs
+    ]
+
+    async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        async def progress(done: float, total: float | None, message: str) -> None:
+            await ctx.session.report_progress(done, total, message)
+
+        try:
+            result = await runner.call(params.name, params.arguments, progress)
+        except UnknownTool as e:
+            raise MCPError(types.INVALID_PARAMS, str(e)) from None
+        except CallError as e:
+            meta = {RECEIPT_META_KEY: e.receipt} if e.receipt else None
+            return types.CallToolResult(content=[types.TextContent(text=str(e))], is_error=True, _meta=meta)
+        except Exception as e:  # a bug of ours must not take the server down with it
+            log.exception("internal error in tool %s", params.name)
+            return types.CallToolResult(
+                content=[types.TextContent(text=f"internal error in tiered-mcp ({type(e).__name__}); see server log")],
+                is_error=True,
+            )
+        return types.CallToolResult(
+            content=[types.TextContent(text=_dumps(result.output))],
+            structured_content=result.output,
+            _meta={RECEIPT_META_KEY: result.receipt},
+        )
+
+    async def list_resources(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=[
+            types.Resource(uri=TIERS_URI, name="tiers", title="Tier table", mime_type="application/json",
+                           description="Per tool: tier, escalation ladder, model, price per million tokens."),
+            types.Resource(uri=USAGE_URI, name="usage", title="Usage totals", mime_type="application/json",
+                           description="Calls, tokens, cost, flagship baseline and savings per tool, from the ledger."),
+        ])
+
+    async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        uri = str(params.uri)
+        if uri == TIERS_URI:
+            body: Any = tier_table(runner.config, runner.specs)
+        elif uri == USAGE_URI:
+            if runner.ledger is None:
+                body = {"error": "no ledger configured"}
+            else:
+                rows, total = runner.ledger.usage(by="tool")
+                body = {"by_tool": [{**asdict(r), "saved_usd": r.saved_usd} for r in rows],
+                        "total": {**asdict(total), "saved_usd": total.saved_usd}}
+        else:
+            raise MCPError(types.INVALID_PARAMS, f"unknown resource {uri!r}; known: {TIERS_URI}, {USAGE_URI}")
+        return types.ReadResourceResult(
+            contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=_dumps(body))]
+        )
+
+    return Server(
+        "tiered-mcp",
+        version=__version__,
+        instructions="Tools that run routine steps on cheaper models; each result's _meta carries a cost receipt.",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_read_resource=read_resource,
+    )
+
+
+def build_runner(
+    config_path: str | None = None,
+    spec_dirs: tuple[str, ...] = (),
+    ledger_path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    model: Model | None = None,
+) -> Runner:
+    """Everything a server needs, from the command line's options.
+
+    Raises:
+        SetupError: a bad config or spec file (the message names the file and field).
+    """
+    env = os.environ if env is None else env
+    config = load_config(config_path, env)
+    specs: Specs = load_specs(spec_dirs)
+    unknown = sorted(set(config.tools) - set(specs.tools))
+    if unknown:
+        from .errors import ConfigError
+
+        raise ConfigError(f"config {config.source}: [tools.{unknown[0]}] names no loaded tool "
+                          f"(tools: {', '.join(sorted(specs.tools))})")
+    ledger = Ledger(ledger_path or config.ledger_path(env), store_inputs=config.store_inputs)
+    return Runner(config, specs, model if model is not None else LazyOpenAI(env), ledger)
+
+
+async def serve_stdio(server: Server[Any]) -> None:
+    """Serve over this process's stdin and stdout until the client goes away."""
+    from mcp.server.stdio import stdio_server
+
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
