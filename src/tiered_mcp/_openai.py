@@ -121,7 +121,8 @@ class OpenAIModels:
             if provider.api_key_header and key:
                 headers[provider.api_key_header] = key
             client = openai.AsyncOpenAI(
-                api_key=key or "not-needed",
+                # With api_key_header the key travels in that header only, never also as a Bearer token.
+                api_key="sent-in-" + provider.api_key_header if provider.api_key_header else key or "not-needed",
                 base_url=provider.effective_base_url(self._env),
                 timeout=provider.timeout_s,
                 max_retries=0,

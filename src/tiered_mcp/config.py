@@ -152,6 +152,17 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _merge_config(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge, except that a tier naming its own provider or model replaces the default tier whole:
+    prices and parameters belong to a model and must not leak onto another one."""
+    merged = _merge(base, over)
+    for name, tier in (over.get("tiers") or {}).items():
+        if isinstance(tier, Mapping) and ("provider" in tier or "model" in tier):
+            default = base.get("tiers", {}).get(name, {})
+            merged["tiers"][name] = {"provider": default.get("provider"), **tier} if "provider" not in tier else dict(tier)
+    return merged
+
+
 def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -191,7 +202,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "built-in defaults") -> Config:
     """Build a Config from a mapping laid out like the TOML file, over the built-in defaults."""
-    merged = _merge(DEFAULTS, data)
+    merged = _merge_config(DEFAULTS, data)
     merged["source"] = source
     try:
         return Config.model_validate(merged)

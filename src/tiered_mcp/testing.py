@@ -203,7 +203,7 @@ class FakeUpstream:
             self._script[model].extend(responses)
 
     def completions(self) -> list[Seen]:
-        return [s for s in self.seen if s.path.endswith("/chat/completions")]
+        return [s for s in self.seen if s.path.split("?")[0].endswith("/chat/completions")]
 
     def __enter__(self) -> FakeUpstream:
         self._thread.start()
@@ -247,9 +247,9 @@ class FakeUpstream:
                 return True
 
             def do_GET(self) -> None:
-                seen = Seen("GET", self.path, dict(self.headers), None)
+                seen = Seen("GET", self.path, {k.lower(): v for k, v in self.headers.items()}, None)
                 upstream.seen.append(seen)
-                if self.path.rstrip("/").endswith("/models"):
+                if self.path.split("?")[0].rstrip("/").endswith("/models"):
                     self._send(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"}
                                                                 for m in upstream.models]})
                 else:
@@ -258,9 +258,9 @@ class FakeUpstream:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                seen = Seen("POST", self.path, dict(self.headers), body)
+                seen = Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 upstream.seen.append(seen)
-                if not self.path.rstrip("/").endswith("/chat/completions"):
+                if not self.path.split("?")[0].rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
                 r = upstream._next(body.get("model", ""))
