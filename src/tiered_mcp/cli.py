@@ -256,14 +256,18 @@ def masked_config(config: Any, env: Any = None) -> dict[str, Any]:
     """The config as a dict, with secret-looking header values masked and the state of each key variable."""
     from urllib.parse import urlsplit, urlunsplit
 
+    def mask_url(raw: str) -> str:
+        url = urlsplit(raw)
+        if url.username or url.password:
+            url = url._replace(netloc="***@" + url.netloc.rsplit("@", 1)[-1])
+        return urlunsplit(url)
+
     env = os.environ if env is None else env
     data = config.model_dump(mode="json")
     for name, p in config.providers.items():
         out = data["providers"][name]
-        url = urlsplit(p.effective_base_url(env))
-        if url.username or url.password:
-            url = url._replace(netloc="***@" + url.netloc.rsplit("@", 1)[-1])
-        out["effective_base_url"] = urlunsplit(url)
+        out["base_url"] = mask_url(p.base_url)
+        out["effective_base_url"] = mask_url(p.effective_base_url(env))
         out["default_headers"] = {k: ("***" if any(w in k.lower() for w in _SECRET_WORDS) else v)
                                   for k, v in p.default_headers.items()}
         if p.api_key_env:
