@@ -244,3 +244,16 @@ async def test_progress_is_reported_per_attempt(make_runner):
     model = ScriptedModel({"nano": [reply("{}"), reply(GOOD)]})
     await make_runner(model).call("classify", ARGS, progress)
     assert seen == [(1, "nano (gpt-5.4-nano): first"), (2, "nano (gpt-5.4-nano): repair")]
+
+
+async def test_rank_indices_must_point_at_items_and_respect_top_k(make_runner):
+    args = {"query": "q", "items": ["a", "b", "c"], "top_k": 2}
+    model = ScriptedModel({"nano": [reply({"ranked": [{"index": 5, "score": 0.9}]}),
+                                    reply({"ranked": [{"index": 0, "score": 0.9}, {"index": 1, "score": 0.5},
+                                                      {"index": 2, "score": 0.1}]})],
+                           "mini": [reply({"ranked": [{"index": 2, "score": 0.9}]})]})
+    result = await make_runner(model).call("rank", args)
+    details = [a["detail"] for a in result.receipt["attempts"]]
+    assert "output.ranked[0].index: 5 is greater than the maximum of 2" in details[0]
+    assert "is too long" in details[1]
+    assert result.output == {"ranked": [{"index": 2, "score": 0.9}]}

@@ -51,15 +51,17 @@ class Annotations(_Frozen):
 class Binding(_Frozen):
     """Ties part of the output schema to an argument of the call.
 
-    `as_: schema` puts the argument (a JSON Schema the caller supplied) at `at`; `as_: enum` makes the argument
-    (a list) the allowed values at `at`. Bound schemas are sent to the model and enforced on its answer.
+    `schema` puts the argument (a JSON Schema the caller supplied) at `at`; `enum` makes the argument (a list) the
+    allowed values at `at`; `index` limits the integer at `at` to a valid position in the argument (a list);
+    `max_items` caps the array at `at` to the argument (an integer). Bound schemas are sent to the model and
+    enforced on its answer.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     argument: str
     at: str = Field(pattern=r"^(/[^/]+)+$", description="JSON Pointer into output_schema, e.g. /properties/data")
-    as_: Literal["schema", "enum"] = Field(alias="as")
+    as_: Literal["schema", "enum", "index", "max_items"] = Field(alias="as")
 
 
 class ToolSpec(_Frozen):
@@ -89,8 +91,14 @@ class ToolSpec(_Frozen):
             value = arguments.get(b.argument)
             if b.as_ == "schema":
                 node[last] = value
-            elif value is not None:
+            elif value is None:
+                continue
+            elif b.as_ == "enum":
                 node[last] = {**node[last], "enum": list(value)}
+            elif b.as_ == "index":
+                node[last] = {**node[last], "maximum": len(value) - 1}
+            else:
+                node[last] = {**node[last], "maxItems": value}
         return schema
 
     def render(self, arguments: dict[str, Any]) -> list[dict[str, str]]:

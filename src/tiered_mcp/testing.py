@@ -184,13 +184,15 @@ class FakeUpstream:
     completion after `latency_s`. Use as a context manager; `base_url` ends in /v1.
     """
 
-    def __init__(self, latency_s: float = 0.0, models: tuple[str, ...] = ("gpt-5.4-nano", "gpt-5.4-mini", "gpt-5.4")):
+    def __init__(self, latency_s: float = 0.0, models: tuple[str, ...] = ("gpt-5.4-nano", "gpt-5.4-mini", "gpt-5.4"),
+                 port: int = 0, record: bool = True):
         self.latency_s = latency_s
         self.models = models
+        self.record = record
         self.seen: list[Seen] = []
         self._script: dict[str, deque[FakeResponse]] = defaultdict(deque)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-upstream", daemon=True)
 
@@ -212,6 +214,11 @@ class FakeUpstream:
     def __exit__(self, *exc: Any) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def _remember(self, seen: Seen) -> None:
+        # A long-running demo server must not grow without bound.
+        if self.record:
+            self.seen.append(seen)
 
     def _next(self, model: str) -> FakeResponse:
         with self._lock:
@@ -247,8 +254,7 @@ class FakeUpstream:
                 return True
 
             def do_GET(self) -> None:
-                seen = Seen("GET", self.path, {k.lower(): v for k, v in self.headers.items()}, None)
-                upstream.seen.append(seen)
+                upstream._remember(Seen("GET", self.path, {k.lower(): v for k, v in self.headers.items()}, None))
                 if self.path.split("?")[0].rstrip("/").endswith("/models"):
                     self._send(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"}
                                                                 for m in upstream.models]})
@@ -259,7 +265,7 @@ class FakeUpstream:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 seen = Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                upstream.seen.append(seen)
+                upstream._remember(seen)
                 if not self.path.split("?")[0].rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
@@ -326,3 +332,25 @@ def network_guard() -> Iterator[list[str]]:
     finally:
         socket.socket.connect, socket.socket.connect_ex = real_connect, real_connect_ex  # type: ignore[method-assign]
         socket.getaddrinfo = real_getaddrinfo  # type: ignore[assignment]
+
+
+def main() -> None:
+    """`python -m tiered_mcp.testing [--port P] [--latency S]`: run the fake upstream until interrupted."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m tiered_mcp.testing", description="A loopback OpenAI-compatible "
+                                 "server that answers every request with a schema-valid completion.")
+    ap.add_argument("--port", type=int, default=8787)
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each answer")
+    args = ap.parse_args()
+    up = FakeUpstream(latency_s=args.latency, port=args.port, record=False)
+    sys.stderr.write(f"fake upstream at {up.base_url} (Ctrl-C to stop)\n")
+    try:
+        up._server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
