@@ -64,7 +64,7 @@ def make_runner(specs: Specs, ledger: Ledger, sleeps: Sleeps) -> Callable[..., R
     def make(model: Any = None, **config: Any) -> Runner:
         cfg: Config = config_from_dict(config)
         return Runner(cfg, specs, model if model is not None else ScriptedModel(), ledger,
-                      sleep=sleeps, jitter=lambda: 1.0)
+                      env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps, jitter=lambda: 1.0)
 
     return make
 

@@ -122,7 +122,8 @@ def test_tools_table_lists_every_tool(capsys):
 def test_doctor(upstream, monkeypatch, capsys):
     monkeypatch.setenv("OPENAI_BASE_URL", upstream.base_url)
     assert main(["doctor"]) == 1
-    assert "export OPENAI_API_KEY" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "OPENAI_API_KEY NOT" in out and "extract cannot run" in out and "[tiers.nano]" in out
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out

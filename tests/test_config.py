@@ -9,6 +9,7 @@ EXAMPLES = sorted((__import__("pathlib").Path(__file__).parents[1] / "examples")
 def test_defaults_are_openai_with_seed_prices():
     cfg = load_config(env={})
     assert {t: (c.model, c.input_price, c.output_price) for t, c in cfg.tiers.items()} == {
+        "local": ("use-multilingual-v3", 0.0, 0.0),
         "nano": ("gpt-5.4-nano", 0.20, 1.25), "mini": ("gpt-5.4-mini", 0.75, 4.50),
         "flagship": ("gpt-5.4", 2.50, 15.00)}
     p = cfg.providers["openai"]
@@ -59,7 +60,8 @@ def test_a_missing_file_says_how_to_fix_it(tmp_path):
 
 def test_ladder_skips_unconfigured_tiers():
     cfg = config_from_dict({})
-    assert cfg.ladder("local", "flagship") == ["nano", "mini", "flagship"]
+    assert cfg.ladder("local", "flagship") == ["local", "nano", "mini", "flagship"]
+    assert config_from_dict({"tiers": {"mini": {"model": "m"}}}).ladder("nano", "mini") == ["nano", "mini"]
     assert cfg.ladder("nano", "mini") == ["nano", "mini"]
 
 

@@ -25,7 +25,8 @@ async def test_tools_list_publishes_every_tool_with_both_schemas(make_runner):
     assert sorted(tools) == sorted(SHIPPED)
     cls = tools["classify"]
     assert cls.input_schema["required"] == ["text", "labels"]
-    assert cls.input_schema["properties"]["tier"]["enum"] == ["nano", "mini"]  # capped by call_tier_ceiling
+    assert cls.input_schema["properties"]["tier"]["enum"] == ["local", "nano", "mini"]  # capped by call_tier_ceiling
+    assert tools["extract"].input_schema["properties"]["tier"]["enum"] == ["nano", "mini"]  # no local task
     assert cls.output_schema["required"] == ["label", "labels", "confidence", "reason"]
     assert cls.annotations.read_only_hint is True and cls.annotations.open_world_hint is False
 

@@ -171,7 +171,9 @@ def _call(args: argparse.Namespace) -> int:
     else:
         con = _console()
         if result.is_error:
-            con.print(f"[bold red]error[/]: {text}")
+            from rich.markup import escape
+
+            con.print(f"[bold red]error[/]: {escape(text)}")
         else:
             con.print_json(json.dumps(result.structured_content))
         if receipt:
@@ -188,6 +190,7 @@ async def _call_over_stdio(command: list[str], env: dict[str, str], tool: str, a
 
 
 def _print_receipt(con: Any, r: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     saved = r.get("saved_usd")
@@ -203,7 +206,7 @@ def _print_receipt(con: Any, r: dict[str, Any]) -> None:
         reason = a["reason"] + (f" ({a['trigger']})" if a.get("trigger") else "")
         table.add_row(str(i), a["tier"], a["model"], reason, a["outcome"],
                       f"{a['input_tokens']}/{a['output_tokens']}", _money(a["cost_usd"]),
-                      f"{a['latency_ms']:.0f}", a["detail"][:200])
+                      f"{a['latency_ms']:.0f}", escape(a["detail"][:300]))
     con.print(table)
 
 
@@ -296,7 +299,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
     from .doctor import run_checks
 
-    checks = anyio.run(run_checks, args.config, tuple(args.specs))
+    checks, blocked = anyio.run(run_checks, args.config, tuple(args.specs))
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="tiered-mcp doctor")
@@ -304,9 +308,13 @@ def _doctor(args: argparse.Namespace) -> int:
         table.add_column(col, overflow="fold")
     for c in checks:
         table.add_row(c.tier, c.provider, c.model, c.key, c.endpoint, ", ".join(c.tools) or "-",
-                      "[green]ok[/]" if c.ok else f"[red]{c.problem}[/]")
-    _console().print(table)
-    return OK if all(c.ok or not c.tools for c in checks) else FAILED
+                      "[green]ok[/]" if c.ok else f"[red]{escape(c.problem or '')}[/]")
+    con = _console()
+    con.print(table)
+    for tool, why in blocked.items():
+        con.print(f"[red]{tool} cannot run[/]: {escape(why)}")
+    # A tier with a problem fails the check only if a tool starts there (the local tier is optional).
+    return OK if not blocked and all(c.ok or not c.tools for c in checks) else FAILED
 
 
 def _spec_schema(args: argparse.Namespace) -> int:

@@ -29,8 +29,9 @@ class _Frozen(BaseModel):
 
 
 class Provider(_Frozen):
-    """An OpenAI-compatible endpoint and where its key lives."""
+    """An OpenAI-compatible endpoint and where its key lives, or (kind "embedded") the in-process local model."""
 
+    kind: Literal["openai", "embedded"] = "openai"
     base_url: str = "https://api.openai.com/v1"
     base_url_env: str | None = None
     api_key_env: str | None = None
@@ -47,6 +48,10 @@ class Provider(_Frozen):
         if self.base_url_env and env.get(self.base_url_env):
             return env[self.base_url_env]
         return self.base_url
+
+    def has_key(self, env: Mapping[str, str]) -> bool:
+        """Whether a call could authenticate: the provider needs no key, or its variable is set."""
+        return not self.api_key_env or bool(env.get(self.api_key_env))
 
     def api_key(self, env: Mapping[str, str]) -> str | None:
         """The key from `env`, or None when the provider needs none or it is not set."""
@@ -70,6 +75,7 @@ class ToolSettings(_Frozen):
 
     tier: TierName | None = None
     escalation_ceiling: TierName | None = None
+    confidence_threshold: float | None = Field(default=None, ge=0, le=1)
 
 
 class Retry(_Frozen):
@@ -115,8 +121,11 @@ class Config(_Frozen):
         return default_state_dir(os.environ if env is None else env) / "ledger.sqlite3"
 
 
+LOCAL = "local"
+
 DEFAULTS: dict[str, Any] = {
     "providers": {
+        "embedded": {"kind": "embedded"},
         "openai": {
             "base_url": "https://api.openai.com/v1",
             "base_url_env": "OPENAI_BASE_URL",
@@ -124,6 +133,7 @@ DEFAULTS: dict[str, Any] = {
         }
     },
     "tiers": {
+        "local": {"provider": "embedded", "model": "use-multilingual-v3", "input_price": 0.0, "output_price": 0.0},
         "nano": {"provider": "openai", "model": "gpt-5.4-nano", "input_price": 0.20, "output_price": 1.25},
         "mini": {"provider": "openai", "model": "gpt-5.4-mini", "input_price": 0.75, "output_price": 4.50},
         "flagship": {"provider": "openai", "model": "gpt-5.4", "input_price": 2.50, "output_price": 15.00},

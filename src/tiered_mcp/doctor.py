@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from .config import load_config
-from .errors import ModelError
-from .runner import ladder_for
+from .errors import CallError, ModelError
+from .local import LocalEngine
+from .routing import INSTALL_LOCAL, ladder_for
 from .specs import load_specs
 
 
@@ -28,16 +29,31 @@ class TierCheck:
 
 
 async def run_checks(config_path: str | None, spec_dirs: tuple[str, ...],
-                     env: Mapping[str, str] | None = None) -> list[TierCheck]:
-    """Check every configured tier; each endpoint is asked once for its model list (5 s timeout)."""
+                     env: Mapping[str, str] | None = None) -> tuple[list[TierCheck], dict[str, str]]:
+    """Check every configured tier; each endpoint is asked once for its model list (5 s timeout).
+
+    Returns:
+        The check of each tier, and the tools that cannot run on any tier, with why.
+    """
     from ._openai import OpenAIModels
 
     env = os.environ if env is None else env
     config = load_config(config_path, env)
     specs = load_specs(spec_dirs)
+    local_installed = LocalEngine.installed()
+
+    def usable(tier: str) -> bool:
+        provider = config.providers[config.tiers[tier].provider]
+        return local_installed if provider.kind == "embedded" else provider.has_key(env)
+
     starts: dict[str, list[str]] = {}
+    blocked: dict[str, str] = {}
     for spec in specs:
-        ladder = ladder_for(config, spec)
+        try:
+            ladder = ladder_for(config, spec, usable=usable)
+        except CallError as e:
+            blocked[spec.name] = str(e)
+            continue
         if ladder:
             starts.setdefault(ladder[0], []).append(spec.name)
     models = OpenAIModels(env)
@@ -46,6 +62,9 @@ async def run_checks(config_path: str | None, spec_dirs: tuple[str, ...],
     try:
         for name, tier in config.tiers.items():
             provider = config.providers[tier.provider]
+            if provider.kind == "embedded":
+                checks.append(await _check_local(name, tier.provider, starts.get(name, []), local_installed))
+                continue
             key = "not needed"
             if provider.api_key_env:
                 key = f"{provider.api_key_env} set" if env.get(provider.api_key_env) else f"{provider.api_key_env} NOT SET"
@@ -68,4 +87,21 @@ async def run_checks(config_path: str | None, spec_dirs: tuple[str, ...],
                     check.problem = f"model {tier.model!r} not in the endpoint's model list"
     finally:
         await models.aclose()
-    return checks
+    return checks, blocked
+
+
+async def _check_local(tier: str, provider: str, tools: list[str], installed: bool) -> TierCheck:
+    """The local tier: installed or not, and if so, load it and time the load."""
+    check = TierCheck(tier, provider, "use-multilingual-v3", "not needed", "in process", tools=tools)
+    if not installed:
+        check.endpoint, check.problem = "not installed", f"optional: {INSTALL_LOCAL}"
+        return check
+    engine = LocalEngine()
+    try:
+        embedder = await engine.embedder()
+    except CallError as e:
+        check.problem = str(e)
+        return check
+    check.model = embedder.model_name
+    check.endpoint = f"loaded in {embedder.load_seconds:.2f} s"
+    return check

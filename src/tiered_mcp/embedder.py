@@ -36,7 +36,10 @@ def embedder_available() -> bool:
     Returns:
         True when numpy and the embedding model package can be imported.
     """
-    return all(importlib.util.find_spec(name) is not None for name in _REQUIRED)
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in _REQUIRED)
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules (how tests hide one)
+        return False
 
 
 def _usable_cpus() -> int:
@@ -127,14 +130,14 @@ class Embedder:
             texts: the strings to embed (any of the model's 16 languages; others still get a vector).
 
         Returns:
-            A float32 array of shape (len(texts), 512); each non-empty row has unit length.
+            A float32 array of shape (len(texts), 512) whose rows have unit length.
 
         Raises:
             LocalTierUnavailable: the packages are missing or the model could not be loaded.
         """
+        self.load()  # first, so a missing numpy is reported as LocalTierUnavailable too
         import numpy as np
 
-        self.load()
         if not texts:
             return np.zeros((0, 512), dtype=np.float32)
         parts = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .config import FLAGSHIP, Config
+from .config import FLAGSHIP, LOCAL, Config
 from .prices import cost_of
 
 RECEIPT_META_KEY = "tiered-mcp/receipt"
@@ -62,8 +62,12 @@ class Receipt:
 
     def flagship_cost_usd(self, config: Config) -> float | None:
         """What the same tokens would have cost on the flagship tier."""
-        flagship = config.tiers.get(FLAGSHIP)
-        return None if flagship is None else cost_of(flagship, self.input_tokens, self.output_tokens)
+        return self.tier_cost_usd(config, FLAGSHIP)
+
+    def tier_cost_usd(self, config: Config, tier: str) -> float | None:
+        """What the same tokens would have cost on `tier` (None when it is not configured or not priced)."""
+        settings = config.tiers.get(tier)
+        return None if settings is None else cost_of(settings, self.input_tokens, self.output_tokens)
 
     def to_dict(self, config: Config) -> dict[str, Any]:
         """The receipt as sent in `_meta` (costs in USD; None means the price is unknown)."""
@@ -79,6 +83,7 @@ class Receipt:
             "cost_usd": _round(cost),
             "flagship_cost_usd": _round(flagship),
             "saved_usd": _round(flagship - cost) if cost is not None and flagship is not None else None,
+            **({"nano_cost_usd": _round(self.tier_cost_usd(config, "nano"))} if self.tier == LOCAL else {}),
             "latency_ms": round(self.latency_ms, 1),
             **({"error": self.error} if self.error else {}),
             **({"call_id": self.call_id} if self.call_id is not None else {}),

@@ -5,16 +5,17 @@ retry and escalate, and write the receipt to the ledger.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import anyio
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from .config import TIERS, Config
+from .config import Config
 from .errors import (
     ArgumentsError,
     CallError,
@@ -26,9 +27,11 @@ from .errors import (
     Transient,
 )
 from .ledger import Ledger
+from .local import LocalEngine, estimate_tokens, output_tokens
 from .models import Model, ModelReply, ModelRequest
 from .prices import cost_of
 from .receipts import Attempt, Receipt
+from .routing import ladder_for
 from .specs import Specs, ToolSpec, strict_compatible
 
 Progress = Callable[[float, float | None, str], Awaitable[None]]
@@ -65,36 +68,6 @@ def _with_defaults(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[st
     return out
 
 
-def ladder_for(config: Config, spec: ToolSpec, requested: str | None = None) -> list[str]:
-    """The tiers a call may use, cheapest first: from the per-call tier, else the config's tool tier, else the
-    spec's, up to the tool's escalation ceiling.
-
-    Raises:
-        TierNotAllowed: a per-call tier that is unknown, not configured, or above `call_tier_ceiling`.
-    """
-    settings = config.tools.get(spec.name)
-    if requested is not None:
-        if requested not in TIERS:
-            raise TierNotAllowed(f"tier: {requested!r} is not a tier; use one of {', '.join(TIERS)}")
-        if TIERS.index(requested) > TIERS.index(config.call_tier_ceiling):
-            raise TierNotAllowed(
-                f"tier: {requested!r} is above the server's call_tier_ceiling ({config.call_tier_ceiling!r}); "
-                f"ask for {config.call_tier_ceiling!r} or lower, or omit tier (the operator can raise "
-                "call_tier_ceiling in the config)"
-            )
-        if requested not in config.tiers:
-            raise TierNotAllowed(
-                f"tier: {requested!r} is not configured on this server (configured: {', '.join(config.tiers)})"
-            )
-    start = requested or (settings.tier if settings and settings.tier else spec.tier)
-    ceiling = (settings.escalation_ceiling if settings and settings.escalation_ceiling else None) or (
-        config.escalation_ceiling
-    )
-    if TIERS.index(ceiling) < TIERS.index(start):
-        ceiling = start
-    return config.ladder(start, ceiling)
-
-
 class Runner:
     """Runs tool calls.
 
@@ -103,6 +76,8 @@ class Runner:
         specs: the loaded tools.
         model: the seam every model request goes through.
         ledger: where receipts are written (None: nowhere).
+        local: the embedded local tier (None: a default engine, used only if its packages are installed).
+        env: where provider keys are looked for, to tell which tiers can run.
         sleep: how to wait between retries (tests pass a recorder).
         jitter: returns a factor in [0, 1) for backoff jitter.
     """
@@ -114,17 +89,31 @@ class Runner:
         model: Model,
         ledger: Ledger | None = None,
         *,
+        local: LocalEngine | None = None,
+        env: Mapping[str, str] | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.config, self.specs, self.model, self.ledger = config, specs, model, ledger
+        self.local = local if local is not None else LocalEngine()
+        self._env = os.environ if env is None else env
         self._sleep, self._jitter = sleep, jitter
+
+    def usable(self, tier: str) -> bool:
+        """Whether `tier` can run now: its provider's key is set, or for the local tier, its packages are installed."""
+        settings = self.config.tiers.get(tier)
+        if settings is None:
+            return False
+        provider = self.config.providers[settings.provider]
+        if provider.kind == "embedded":
+            return self.local.is_installed
+        return provider.has_key(self._env)
 
     # ---- routing ---------------------------------------------------------------------------------------------------
 
     def ladder(self, spec: ToolSpec, requested: str | None = None) -> list[str]:
-        """The tiers a call of `spec` may use; see `ladder_for`."""
-        return ladder_for(self.config, spec, requested)
+        """The tiers a call of `spec` may use now; see `routing.ladder_for`."""
+        return ladder_for(self.config, spec, requested, self.usable)
 
     # ---- one call --------------------------------------------------------------------------------------------------
 
@@ -176,6 +165,12 @@ class Runner:
                     raise ArgumentsError(f"arguments.{b.argument}: not a valid JSON Schema: {e.message}") from None
         return args
 
+    def _threshold(self, spec: ToolSpec) -> float:
+        settings = self.config.tools.get(spec.name)
+        if settings and settings.confidence_threshold is not None:
+            return settings.confidence_threshold
+        return spec.confidence_threshold
+
     async def _climb(
         self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], receipt: Receipt, progress: Progress | None
     ) -> dict[str, Any]:
@@ -186,20 +181,74 @@ class Runner:
         request_base = dict(messages=messages, schema=schema, schema_name=spec.name, strict=strict_compatible(schema))
         failures: list[str] = []
         trigger: str | None = None
-        for tier in ladder:
-            output = await self._on_tier(tier, request_base, receipt, trigger, progress)
-            if output is not None:
-                receipt.ok, receipt.tier, receipt.model = True, tier, receipt.attempts[-1].model
-                return output
+        unsure: tuple[dict[str, Any], Attempt] | None = None  # the best answer that was valid but not confident
+        for i, tier in enumerate(ladder):
+            if self.config.providers[self.config.tiers[tier].provider].kind == "embedded":
+                output = await self._on_local(tier, spec, args, request_base, receipt, trigger, progress)
+            else:
+                output = await self._on_tier(tier, request_base, receipt, trigger, progress)
             last = receipt.attempts[-1]
+            if output is not None:
+                confidence = output.get(spec.confidence_field) if spec.confidence_field else None
+                threshold = self._threshold(spec)
+                if isinstance(confidence, (int, float)) and confidence < threshold:
+                    note = f"confidence {confidence:g} is under the tool's threshold {threshold:g}"
+                    if i + 1 < len(ladder):
+                        last.outcome, last.detail = "low_confidence", f"{note}; escalating"
+                        unsure = (output, last)
+                        trigger = last.outcome
+                        continue
+                    last.detail = f"{note}, but no tier above can run; answered anyway"
+                receipt.ok, receipt.tier, receipt.model = True, tier, last.model
+                return output
             trigger = last.outcome
             failures.append(f"{tier} ({last.model}): {last.outcome}: {last.detail}")
+        if unsure is not None:
+            # The tiers above failed outright; a valid answer of low confidence is better than none.
+            output, attempt = unsure
+            attempt.detail += "; the tiers above failed, so this answer stands"
+            receipt.ok, receipt.tier, receipt.model = True, attempt.tier, attempt.model
+            return output
         top = ladder[-1]
         hint = ""
         if top != "flagship":
             hint = (f" Escalation stops at {top!r} (escalation_ceiling); raise [tools.{spec.name}] "
                     "escalation_ceiling in the config to let it climb further.")
         raise ToolFailed(f"{spec.name} failed on every tier it may use: " + " | ".join(failures) + hint)
+
+    async def _on_local(
+        self,
+        tier: str,
+        spec: ToolSpec,
+        args: dict[str, Any],
+        base: dict[str, Any],
+        receipt: Receipt,
+        trigger: str | None,
+        progress: Progress | None,
+    ) -> dict[str, Any] | None:
+        """Run the tool's local task in process. No model call: the tokens recorded are what the prompt would use."""
+        settings = self.config.tiers[tier]
+        attempt = Attempt(tier=tier, model=settings.model, reason="first" if not receipt.attempts else "escalation",
+                          trigger=trigger if receipt.attempts else None)
+        receipt.attempts.append(attempt)
+        if progress is not None:
+            await progress(len(receipt.attempts), None, f"{tier} ({settings.model}): {attempt.reason}")
+        t0 = time.perf_counter()
+        try:
+            output = await self.local.run(spec.local_task or "", args)
+        finally:
+            attempt.latency_ms = (time.perf_counter() - t0) * 1000
+        attempt.model = self.local.model_name
+        attempt.input_tokens = sum(estimate_tokens(m["content"]) for m in base["messages"])
+        attempt.output_tokens = output_tokens(output)
+        attempt.cost_usd = cost_of(settings, attempt.input_tokens, attempt.output_tokens)
+        problems = schema_problems(base["schema"], output, "output")
+        if problems:
+            attempt.outcome, attempt.detail = "invalid", "; ".join(problems)
+            return None
+        attempt.outcome = "ok"
+        attempt.detail = "answered in process; tokens are estimates of what the prompt would have used"
+        return output
 
     async def _on_tier(
         self,

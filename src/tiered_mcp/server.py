@@ -17,13 +17,14 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 
 from . import __version__
-from .config import TIERS, Config, load_config
-from .errors import CallError
+from .config import LOCAL, TIERS, Config, load_config
+from .errors import CallError, ConfigError
 from .ledger import Ledger
 from .models import LazyOpenAI, Model
 from .prices import price_of
 from .receipts import RECEIPT_META_KEY
-from .runner import Runner, UnknownTool, ladder_for
+from .routing import Usable, ladder_for
+from .runner import Runner, UnknownTool
 from .specs import Specs, ToolSpec, load_specs
 
 log = logging.getLogger("tiered_mcp")
@@ -38,7 +39,8 @@ def _dumps(value: Any) -> str:
 
 def published_input_schema(spec: ToolSpec, config: Config) -> dict[str, Any]:
     """The spec's input schema plus the optional per-call `tier`, limited to what the config allows."""
-    allowed = [t for t in TIERS[: TIERS.index(config.call_tier_ceiling) + 1] if t in config.tiers]
+    allowed = [t for t in TIERS[: TIERS.index(config.call_tier_ceiling) + 1]
+               if t in config.tiers and (t != LOCAL or spec.local_task)]
     schema = dict(spec.input_schema)
     schema["properties"] = {
         **spec.input_schema.get("properties", {}),
@@ -47,11 +49,18 @@ def published_input_schema(spec: ToolSpec, config: Config) -> dict[str, Any]:
     return schema
 
 
-def tier_table(config: Config, specs: Specs) -> list[dict[str, Any]]:
-    """Per tool: the tier it starts on, its escalation ladder, model and price (USD per million tokens)."""
+def tier_table(config: Config, specs: Specs, usable: Usable = lambda tier: True) -> list[dict[str, Any]]:
+    """Per tool: the tier it starts on, its escalation ladder, model and price (USD per million tokens).
+
+    With `usable`, the ladder is the one a call would use now (e.g. local when no key is set); a tool that cannot
+    run at all shows an empty ladder and the reason.
+    """
     rows = []
     for spec in specs:
-        ladder = ladder_for(config, spec)
+        try:
+            ladder, problem = ladder_for(config, spec, usable=usable), None
+        except CallError as e:
+            ladder, problem = [], str(e)
         tier = config.tiers.get(ladder[0]) if ladder else None
         price = price_of(tier) if tier else None
         rows.append({
@@ -63,6 +72,7 @@ def tier_table(config: Config, specs: Specs) -> list[dict[str, Any]]:
             "output_price": price.output if price else None,
             "price_source": price.source if price else "unknown",
             "description": spec.description,
+            **({"problem": problem} if problem else {}),
         })
     return rows
 
@@ -124,7 +134,7 @@ def build_server(runner: Runner) -> Server[Any]:
     async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         uri = str(params.uri)
         if uri == TIERS_URI:
-            body: Any = tier_table(runner.config, runner.specs)
+            body: Any = tier_table(runner.config, runner.specs, runner.usable)
         elif uri == USAGE_URI:
             if runner.ledger is None:
                 body = {"error": "no ledger configured"}
@@ -149,6 +159,22 @@ def build_server(runner: Runner) -> Server[Any]:
     )
 
 
+def check_tool_settings(config: Config, specs: Specs) -> None:
+    """[tools.X] tables must name loaded tools, and may start on local only tools the local tier serves.
+
+    Raises:
+        ConfigError: naming the table and the fix.
+    """
+    for name, settings in config.tools.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise ConfigError(f"config {config.source}: [tools.{name}] names no loaded tool "
+                              f"(tools: {', '.join(sorted(specs.tools))})")
+        if settings.tier == "local" and spec.local_task is None:
+            raise ConfigError(f"config {config.source}: [tools.{name}] tier = \"local\", but the local tier does not "
+                              f"serve {name} (it serves tools with a local_task: classify, rank, summarize)")
+
+
 def build_runner(
     config_path: str | None = None,
     spec_dirs: tuple[str, ...] = (),
@@ -164,12 +190,7 @@ def build_runner(
     env = os.environ if env is None else env
     config = load_config(config_path, env)
     specs: Specs = load_specs(spec_dirs)
-    unknown = sorted(set(config.tools) - set(specs.tools))
-    if unknown:
-        from .errors import ConfigError
-
-        raise ConfigError(f"config {config.source}: [tools.{unknown[0]}] names no loaded tool "
-                          f"(tools: {', '.join(sorted(specs.tools))})")
+    check_tool_settings(config, specs)
     ledger = Ledger(ledger_path or config.ledger_path(env), store_inputs=config.store_inputs)
     return Runner(config, specs, model if model is not None else LazyOpenAI(env), ledger)
 

@@ -77,6 +77,13 @@ class ToolSpec(_Frozen):
     prompt: Prompt
     annotations: Annotations = Field(default_factory=Annotations)
     bindings: list[Binding] = Field(default_factory=list)
+    local_task: Literal["classify", "rank", "summarize"] | None = Field(
+        default=None, description="The embedded local tier can serve this tool with this task (same argument names)."
+    )
+    confidence_field: str | None = Field(default=None, description="Output property holding a 0..1 confidence.")
+    confidence_threshold: float = Field(
+        default=0.6, ge=0, le=1, description="An answer less confident than this escalates when a tier is left."
+    )
 
     def model_output_schema(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """The output schema for this call: the spec's, with every binding applied."""
@@ -232,6 +239,9 @@ def check_spec(spec: ToolSpec, source: str) -> None:
         )
     if template_variables(spec.prompt.system):
         raise SpecError(source, "prompt.system", "must be fixed text: arguments go in prompt.user, never the system message")
+    if spec.confidence_field and spec.output_schema.get("properties", {}).get(spec.confidence_field, {}).get(
+            "type") != "number":
+        raise SpecError(source, "confidence_field", f"{spec.confidence_field!r} is not a number property of the output")
     for i, b in enumerate(spec.bindings):
         if b.argument not in props:
             raise SpecError(source, f"bindings.{i}.argument", f"{b.argument!r} is not an input property")

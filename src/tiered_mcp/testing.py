@@ -53,10 +53,9 @@ def sample_for(schema: Any, defs: dict[str, Any] | None = None) -> Any:
     if kind == "string":
         return "x" * max(1, schema.get("minLength", 1))
     if kind in ("number", "integer"):
-        lo = schema.get("minimum", 0)
-        hi = schema.get("maximum", max(lo, 1))
-        value = (lo + hi) / 2
-        return int(value) if kind == "integer" else value
+        # The top of the range: a confidence or score at its maximum never triggers a confidence escalation.
+        value = schema.get("maximum", schema.get("minimum", 1))
+        return int(value) if kind == "integer" else float(value)
     if kind == "boolean":
         return True
     return None
