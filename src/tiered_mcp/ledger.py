@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -90,10 +91,25 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(_SCHEMA)
+        self._setup()
+
+    def _setup(self) -> None:
+        # Switching a new file to WAL takes an exclusive lock that SQLite's busy handler does not wait for, so
+        # several processes opening one new ledger at once can see "database is locked": wait and try again.
+        delay = 0.01
+        for _ in range(60):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        raise sqlite3.OperationalError(f"ledger {self.path} stayed locked while opening it")
 
     def close(self) -> None:
         with self._lock:
