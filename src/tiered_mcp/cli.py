@@ -31,10 +31,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tiered-mcp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="run the MCP server (stdio)")
+    p = sub.add_parser("serve", help="run the MCP server (stdio, or Streamable HTTP at /mcp)")
     _common(p)
     p.add_argument("--ledger", metavar="PATH", help="SQLite ledger file (default: the config's, else the state dir)")
-    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="default: WARNING on stdio, INFO over HTTP")
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="stderr log lines: readable text, or one JSON object per line")
+    p.add_argument("--transport", default="stdio", choices=["stdio", "http"])
+    http = p.add_argument_group("HTTP (with --transport http)")
+    http.add_argument("--host", default="127.0.0.1",
+                      help="address to bind (default 127.0.0.1); beyond loopback a token is required")
+    http.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    http.add_argument("--token-file", metavar="PATH",
+                      help="file holding the bearer token clients must send (default: $TIERED_MCP_TOKEN)")
+    http.add_argument("--allowed-host", metavar="HOST[:PORT]", action="append", default=[],
+                      help="accept this Host header besides loopback (repeatable; no port = any port)")
+    http.add_argument("--allowed-origin", metavar="ORIGIN", action="append", default=[],
+                      help="accept this browser Origin besides loopback, e.g. https://app.example.com (repeatable)")
+    http.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, metavar="N",
+                      help="largest request body; larger ones get 413 (default 4 MiB)")
+    http.add_argument("--stateless", action="store_true",
+                      help="no sessions: each request stands alone (replicas behind a load balancer)")
+    http.add_argument("--json-response", action="store_true",
+                      help="answer with plain JSON instead of SSE streams (no progress notifications)")
 
     p = sub.add_parser("tools", help="list the tools with their tier, model and price")
     _common(p)
@@ -45,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--ledger", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print one JSON object (result, receipt, is_error)")
+    p.add_argument("--options", metavar="JSON", help='per-call routing options, e.g. \'{"cache": false}\' '
+                   "(sent in the request's _meta)")
 
     p = sub.add_parser("usage", help="totals, cost, flagship baseline and savings from the ledger")
     _common(p, specs=False)
@@ -61,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
 
     sub.add_parser("spec-schema", help="print the JSON Schema of tool spec files")
+
+    from .cli_reports import add_parsers
+
+    add_parsers(sub, _common)
     return parser
 
 
@@ -81,11 +107,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import anyio
 
+    from .logs import configure_logging
     from .server import build_runner, build_server, serve_stdio
+    from .tracing import configure_tracing
 
-    logging.basicConfig(stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.transport == "stdio":
+        configure_logging(args.log_level or "WARNING", args.log_format)
+        configure_tracing()
+        runner = build_runner(args.config, tuple(args.specs), args.ledger)
+        anyio.run(serve_stdio, build_server(runner))
+        return OK
+
+    from .http_app import HttpOptions, build_http_app, resolve_token, serve_http
+
+    # Checked before anything is set up: a refused start leaves no ledger file and binds nothing.
+    token = resolve_token(os.environ, args.token_file)
+    options = HttpOptions(host=args.host, port=args.port, token=token, allowed_hosts=tuple(args.allowed_host),
+                          allowed_origins=tuple(args.allowed_origin), max_body_bytes=args.max_body_bytes,
+                          stateless=args.stateless, json_response=args.json_response)
+    configure_logging(args.log_level or "INFO", args.log_format, redact=[token] if token else [])
+    configure_tracing()
     runner = build_runner(args.config, tuple(args.specs), args.ledger)
-    anyio.run(serve_stdio, build_server(runner))
+    anyio.run(serve_http, build_http_app(build_server(runner), options, tools=len(runner.specs)), options)
     return OK
 
 
@@ -144,6 +187,15 @@ def _call(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"tiered-mcp: --args must be a JSON object of the tool's arguments ({e})", file=sys.stderr)
         return USAGE
+    from .errors import ArgumentsError
+    from .options import OPTIONS_META_KEY, parse_options
+
+    try:
+        meta = {OPTIONS_META_KEY: json.loads(args.options)} if args.options else None
+        parse_options(meta)
+    except (ValueError, ArgumentsError) as e:
+        print(f"tiered-mcp: --options: {e}", file=sys.stderr)
+        return USAGE
     load_config(args.config)  # fail here, readably, rather than in the child
     specs = load_specs(args.specs)
     if specs.get(args.tool) is None:
@@ -157,7 +209,7 @@ def _call(args: argparse.Namespace) -> int:
     if args.ledger:
         child += ["--ledger", args.ledger]
     try:
-        result = anyio.run(_call_over_stdio, child, _child_env(args.config), args.tool, arguments)
+        result = anyio.run(_call_over_stdio, child, _child_env(args.config), args.tool, arguments, meta)
     except Exception as e:  # the child died or never spoke MCP
         print(f"tiered-mcp: could not run the server: {type(e).__name__}: {e}", file=sys.stderr)
         return UNREACHABLE
@@ -181,12 +233,13 @@ def _call(args: argparse.Namespace) -> int:
     return FAILED if result.is_error else OK
 
 
-async def _call_over_stdio(command: list[str], env: dict[str, str], tool: str, arguments: dict[str, Any]) -> Any:
+async def _call_over_stdio(command: list[str], env: dict[str, str], tool: str, arguments: dict[str, Any],
+                           meta: dict[str, Any] | None = None) -> Any:
     from mcp import Client, StdioServerParameters
 
     params = StdioServerParameters(command=command[0], args=command[1:], env=env)
     async with Client(params) as client:
-        return await client.call_tool(tool, arguments)
+        return await client.call_tool(tool, arguments, meta=meta)
 
 
 def _print_receipt(con: Any, r: dict[str, Any]) -> None:
@@ -324,5 +377,17 @@ def _spec_schema(args: argparse.Namespace) -> int:
     return OK
 
 
-_COMMANDS = {"serve": _serve, "tools": _tools, "call": _call, "usage": _usage, "config": _config,
+def _report(args: argparse.Namespace) -> int:
+    from .cli_reports import report
+
+    return report(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .cli_reports import eval_command
+
+    return eval_command(args)
+
+
+_COMMANDS = {"report": _report, "eval": _eval, "serve": _serve, "tools": _tools, "call": _call, "usage": _usage, "config": _config,
              "doctor": _doctor, "spec-schema": _spec_schema}

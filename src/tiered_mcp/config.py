@@ -17,10 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import ConfigError
 
 TIERS: tuple[str, ...] = ("local", "nano", "mini", "flagship")
+FLAGSHIP = "flagship"
 """Every tier name, cheapest first; the escalation ladder climbs in this order."""
 
 TierName = Literal["local", "nano", "mini", "flagship"]
-FLAGSHIP = "flagship"
+Trigger = Literal["invalid", "low_confidence", "refused", "truncated", "validator"]
+TRIGGERS: tuple[str, ...] = ("invalid", "low_confidence", "refused", "truncated", "validator")
+"""What makes a call climb to the next tier. Transport failures (429, 5xx, timeouts) always move on."""
 CONFIG_ENV = "TIERED_MCP_CONFIG"
 
 
@@ -42,6 +45,7 @@ class Provider(_Frozen):
     max_tokens_param: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
+    max_concurrency: int = Field(default=32, ge=1, le=1024, description="Requests in flight to this provider at once.")
 
     def effective_base_url(self, env: Mapping[str, str]) -> str:
         """The base URL, taking `base_url_env` from `env` when that variable is set."""
@@ -76,6 +80,10 @@ class ToolSettings(_Frozen):
     tier: TierName | None = None
     escalation_ceiling: TierName | None = None
     confidence_threshold: float | None = Field(default=None, ge=0, le=1)
+    escalate_on: list[Trigger] | None = None
+    daily_usd: float | None = Field(default=None, ge=0)
+    shadow_rate: float = Field(default=0.0, ge=0, le=1)
+    shadow_tier: TierName = FLAGSHIP
 
 
 class Retry(_Frozen):
@@ -86,6 +94,19 @@ class Retry(_Frozen):
     max_retry_after_s: float = Field(default=30.0, ge=0)
 
 
+class Budgets(_Frozen):
+    """USD caps, enforced before each model request from its worst-case cost. None means no cap."""
+
+    daily_usd: float | None = Field(default=None, ge=0, description="All tools, per UTC day.")
+    session_usd: float | None = Field(default=None, ge=0, description="This server process.")
+
+
+class Shadow(_Frozen):
+    """Background comparisons of a tool's tier against a comparison tier."""
+
+    max_pending: int = Field(default=4, ge=1, le=256, description="Shadow runs in flight at once; more are skipped.")
+
+
 class Config(_Frozen):
     """The whole configuration. Build it with `load_config`."""
 
@@ -94,6 +115,9 @@ class Config(_Frozen):
     call_tier_ceiling: TierName = "mini"
     escalation_ceiling: TierName = FLAGSHIP
     retry: Retry = Field(default_factory=Retry)
+    budgets: Budgets = Field(default_factory=Budgets)
+    cache_ttl_s: float = Field(default=3600.0, ge=0, description="Identical calls are answered from the cache this long.")
+    shadow: Shadow = Field(default_factory=Shadow)
     providers: dict[str, Provider]
     tiers: dict[TierName, Tier]
     tools: dict[str, ToolSettings] = Field(default_factory=dict)

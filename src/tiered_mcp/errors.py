@@ -8,6 +8,7 @@
     │   ├── ArgumentsError      arguments break the tool's input schema
     │   ├── TierNotAllowed      a per-call tier above the configured ceiling, or not configured
     │   ├── LocalTierError      the local tier cannot serve this call (not installed, or the wrong tool)
+    │   ├── BudgetExceeded      the call could pass a USD cap; names the cap and what remains
     │   └── ToolFailed          every tier on the ladder failed; carries the attempts
     └── ModelError              one model attempt failed (raised by a Model, handled by the runner)
         ├── Transient           worth retrying on the same tier
@@ -76,6 +77,10 @@ class TierNotAllowed(CallError):
 
 class LocalTierError(CallError):
     """The local tier cannot serve this call."""
+
+
+class BudgetExceeded(CallError):
+    """A request that could pass a budget cap was refused before it was made."""
 
 
 class ToolFailed(CallError):

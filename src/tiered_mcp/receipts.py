@@ -46,6 +46,11 @@ class Receipt:
     attempts: list[Attempt] = field(default_factory=list)
     latency_ms: float = 0.0
     call_id: int | None = None
+    kind: str = "call"
+    session: str | None = None
+    batch: str | None = None
+    cached: bool = False
+    budget: dict[str, Any] | None = None
 
     @property
     def input_tokens(self) -> int:
@@ -85,6 +90,8 @@ class Receipt:
             "saved_usd": _round(flagship - cost) if cost is not None and flagship is not None else None,
             **({"nano_cost_usd": _round(self.tier_cost_usd(config, "nano"))} if self.tier == LOCAL else {}),
             "latency_ms": round(self.latency_ms, 1),
+            **({"cached": True} if self.cached else {}),
+            **({"budget": self.budget} if self.budget else {}),
             **({"error": self.error} if self.error else {}),
             **({"call_id": self.call_id} if self.call_id is not None else {}),
         }

@@ -48,8 +48,9 @@ def _no_tier_message(config: Config, spec: ToolSpec, ladder: list[str], usable: 
 
 
 def ladder_for(config: Config, spec: ToolSpec, requested: str | None = None,
-               usable: Usable = lambda tier: True) -> list[str]:
-    """The tiers this call may use, cheapest first.
+               usable: Usable = lambda tier: True, lower_ceiling: str | None = None) -> list[str]:
+    """The tiers this call may use, cheapest first. `lower_ceiling` (a per-call option) can only lower the
+    configured escalation ceiling, never raise it.
 
     Raises:
         TierNotAllowed: a per-call tier that is unknown, not configured, above `call_tier_ceiling`, or local for a
@@ -64,6 +65,8 @@ def ladder_for(config: Config, spec: ToolSpec, requested: str | None = None,
     ceiling = (settings.escalation_ceiling if settings and settings.escalation_ceiling else None) or (
         config.escalation_ceiling
     )
+    if lower_ceiling is not None and TIERS.index(lower_ceiling) < TIERS.index(ceiling):
+        ceiling = lower_ceiling
     if TIERS.index(ceiling) < TIERS.index(start):
         ceiling = start
     ladder = config.ladder(start, ceiling)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Any, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 import mcp_types as types
 from mcp.server.lowlevel import Server
@@ -24,6 +25,7 @@ from .models import LazyOpenAI, Model
 from .prices import price_of
 from .receipts import RECEIPT_META_KEY
 from .routing import Usable, ladder_for
+from .options import parse_options
 from .runner import Runner, UnknownTool
 from .specs import Specs, ToolSpec, load_specs
 
@@ -37,16 +39,51 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def _noise(key: str, value: Any) -> bool:
+    return (key == "additionalProperties" and value is False) or (key == "minLength" and value == 1 and value is not True)
+
+
+def compact(schema: Any) -> Any:
+    """A schema as published to hosts: without keywords that only restrict (closed objects, non-empty strings).
+
+    Hosts pay for every token of tools/list on every turn; the server still validates against the full schema,
+    and a call that breaks it gets an error that names the field.
+    """
+    if isinstance(schema, list):
+        return [compact(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {k: compact(v) for k, v in schema.items() if not _noise(k, v)}
+
+
 def published_input_schema(spec: ToolSpec, config: Config) -> dict[str, Any]:
     """The spec's input schema plus the optional per-call `tier`, limited to what the config allows."""
     allowed = [t for t in TIERS[: TIERS.index(config.call_tier_ceiling) + 1]
                if t in config.tiers and (t != LOCAL or spec.local_task)]
     schema = dict(spec.input_schema)
-    schema["properties"] = {
-        **spec.input_schema.get("properties", {}),
-        "tier": {"type": "string", "enum": allowed, "description": "Optional: run on this tier."},
-    }
-    return schema
+    props = dict(spec.input_schema.get("properties", {}))
+    if spec.batch is not None:
+        name = spec.batch.argument
+        item = {k: v for k, v in props[name].items() if k != "description"}
+        props["items"] = {"type": "array", "items": item, "maxItems": spec.batch.max_items,
+                          "description": f"Batch of {name} values instead of {name}"}
+        schema["required"] = [r for r in spec.input_schema.get("required", []) if r != name]
+        schema["anyOf"] = [{"required": [name]}, {"required": ["items"]}]
+    props["tier"] = {"type": "string", "enum": allowed}
+    schema["properties"] = props
+    return compact(schema)
+
+
+def published_output_schema(spec: ToolSpec) -> dict[str, Any]:
+    """The spec's output schema; for a batch tool, either that or {results: [{index, output | error}], failed}."""
+    if spec.batch is None:
+        return compact(spec.output_schema)
+    one = {"$ref": "#/$defs/one"}
+    batch = {"type": "object", "required": ["results"], "properties": {
+        "results": {"type": "array", "items": {"type": "object", "required": ["index"], "properties": {
+            "index": {"type": "integer"}, "output": one, "error": {"type": "string"}}}},
+        "failed": {"type": "integer"}}}
+    return {"type": "object", "$defs": {"one": compact(spec.output_schema)}, "anyOf": [one, batch]}
 
 
 def tier_table(config: Config, specs: Specs, usable: Usable = lambda tier: True) -> list[dict[str, Any]]:
@@ -85,11 +122,11 @@ def build_server(runner: Runner) -> Server[Any]:
             title=spec.title,
             description=spec.description,
             input_schema=published_input_schema(spec, runner.config),
-            output_schema=spec.output_schema,
+            output_schema=published_output_schema(spec),
             annotations=types.ToolAnnotations(
-                title=spec.title,
                 read_only_hint=spec.annotations.read_only,
-                destructive_hint=spec.annotations.destructive,
+                # The spec says destructive_hint means something only for tools that are not read-only.
+                destructive_hint=None if spec.annotations.read_only else spec.annotations.destructive,
                 idempotent_hint=spec.annotations.idempotent,
                 open_world_hint=spec.annotations.open_world,
             ),
@@ -104,19 +141,36 @@ def build_server(runner: Runner) -> Server[Any]:
         async def progress(done: float, total: float | None, message: str) -> None:
             await ctx.session.report_progress(done, total, message)
 
+        def log_call(receipt: dict[str, Any] | None, error: str | None = None) -> None:
+            # One line per finished call, fields from the receipt; the error is a class name, never its message,
+            # which may quote the caller's arguments.
+            r = receipt or {}
+            items = [i for i in r.get("per_item") or () if i]  # a batch's receipt holds one receipt per item
+            attempts = r.get("attempts") or [a for i in items for a in i.get("attempts") or ()]
+            tier = r.get("tier") or ("+".join(r["tiers"]) if r.get("tiers") else None)
+            fields = {"tool": params.name, "ok": error is None, "tier": tier, "model": r.get("model"),
+                      "attempts": len(attempts), "cost_usd": r.get("cost_usd"), "latency_ms": r.get("latency_ms"),
+                      "call_id": r.get("call_id"), "error": error,
+                      **({"items": r.get("items"), "failed": r.get("failed")} if r.get("batch") else {})}
+            log.info("call %(tool)s ok=%(ok)s tier=%(tier)s model=%(model)s attempts=%(attempts)s "
+                     "cost_usd=%(cost_usd)s latency_ms=%(latency_ms)s call_id=%(call_id)s", fields, extra=fields)
+
         try:
-            result = await runner.call(params.name, params.arguments, progress)
+            result = await runner.call(params.name, params.arguments, progress, parse_options(params.meta))
         except UnknownTool as e:
             raise MCPError(types.INVALID_PARAMS, str(e)) from None
         except CallError as e:
+            log_call(e.receipt, type(e).__name__)
             meta = {RECEIPT_META_KEY: e.receipt} if e.receipt else None
             return types.CallToolResult(content=[types.TextContent(text=str(e))], is_error=True, _meta=meta)
         except Exception as e:  # a bug of ours must not take the server down with it
             log.exception("internal error in tool %s", params.name)
+            log_call(None, type(e).__name__)
             return types.CallToolResult(
                 content=[types.TextContent(text=f"internal error in tiered-mcp ({type(e).__name__}); see server log")],
                 is_error=True,
             )
+        log_call(result.receipt)
         return types.CallToolResult(
             content=[types.TextContent(text=_dumps(result.output))],
             structured_content=result.output,
@@ -148,9 +202,15 @@ def build_server(runner: Runner) -> Server[Any]:
             contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=_dumps(body))]
         )
 
+    @asynccontextmanager
+    async def lifespan(server: Any) -> AsyncIterator[Runner]:
+        async with runner.running():
+            yield runner
+
     return Server(
         "tiered-mcp",
         version=__version__,
+        lifespan=lifespan,
         instructions="Tools that run routine steps on cheaper models; each result's _meta carries a cost receipt.",
         on_list_tools=list_tools,
         on_call_tool=call_tool,

@@ -19,7 +19,9 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .compare import Compare
 from .errors import SpecError
+from .validators import Validator, needs_argument
 
 RESERVED_ARGUMENTS = frozenset({"tier"})
 """Arguments the server adds to every tool's published input schema; specs may not declare them."""
@@ -64,6 +66,13 @@ class Binding(_Frozen):
     as_: Literal["schema", "enum", "index", "max_items"] = Field(alias="as")
 
 
+class Batch(_Frozen):
+    """The tool also takes `items`: a list of values for `argument`, each run as its own call, concurrently."""
+
+    argument: str
+    max_items: int = Field(default=1000, ge=1, le=100_000)
+
+
 class ToolSpec(_Frozen):
     """One tool, as declared in a spec file."""
 
@@ -84,6 +93,9 @@ class ToolSpec(_Frozen):
     confidence_threshold: float = Field(
         default=0.6, ge=0, le=1, description="An answer less confident than this escalates when a tier is left."
     )
+    validators: list[Validator] = Field(default_factory=list, description="Checks on answers beyond the schema.")
+    batch: Batch | None = None
+    compare: Compare | None = Field(default=None, description="How two answers are scored (shadow and eval).")
 
     def model_output_schema(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """The output schema for this call: the spec's, with every binding applied."""
@@ -242,6 +254,15 @@ def check_spec(spec: ToolSpec, source: str) -> None:
     if spec.confidence_field and spec.output_schema.get("properties", {}).get(spec.confidence_field, {}).get(
             "type") != "number":
         raise SpecError(source, "confidence_field", f"{spec.confidence_field!r} is not a number property of the output")
+    for i, v in enumerate(spec.validators):
+        if needs_argument(v.check) and v.argument not in props:
+            raise SpecError(source, f"validators.{i}.argument", f"{v.check} needs an input property, got {v.argument!r}")
+    if spec.batch and spec.batch.argument not in props:
+        raise SpecError(source, "batch.argument", f"{spec.batch.argument!r} is not an input property")
+    if spec.batch and "items" in props:
+        raise SpecError(source, "input_schema.properties.items", "is reserved for batches (batch: is set)")
+    if spec.compare and spec.compare.method == "judge" and not spec.compare.rubric:
+        raise SpecError(source, "compare.rubric", "a judge comparison needs a rubric")
     for i, b in enumerate(spec.bindings):
         if b.argument not in props:
             raise SpecError(source, f"bindings.{i}.argument", f"{b.argument!r} is not an input property")
