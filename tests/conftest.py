@@ -59,12 +59,17 @@ def sleeps() -> Sleeps:
 
 @pytest.fixture
 def make_runner(specs: Specs, ledger: Ledger, sleeps: Sleeps) -> Callable[..., Runner]:
-    """make_runner(model, **config) -> a Runner over the shipped specs, a temp ledger and recorded sleeps."""
+    """make_runner(model, **config) -> a Runner over the shipped specs, a temp ledger and recorded sleeps.
 
-    def make(model: Any = None, **config: Any) -> Runner:
-        cfg: Config = config_from_dict(config)
+    Extra keyword arguments of the returned function that are Runner options (sample, session) go to the Runner.
+    """
+
+    def make(model: Any = None, *, runner_options: dict[str, Any] | None = None, **config: Any) -> Runner:
+        runner_options = runner_options or {}
+        # Unit tests repeat arguments with different scripts; the cache would answer them. Its own tests turn it on.
+        cfg: Config = config_from_dict({"cache_ttl_s": 0, **config})
         return Runner(cfg, specs, model if model is not None else ScriptedModel(), ledger,
-                      env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps, jitter=lambda: 1.0)
+                      env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps, jitter=lambda: 1.0, **runner_options)
 
     return make
 

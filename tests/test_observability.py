@@ -287,7 +287,8 @@ def test_the_console_exporter_writes_to_stderr_only(monkeypatch, capsys):
         pass
     provider.shutdown()
     out, err = capsys.readouterr()
-    assert out == "" and "hello-span" in err
+    [line] = json_lines(err)  # one line per span, like the JSON log lines
+    assert out == "" and line["name"] == "hello-span"
 
 
 @pytest.mark.parametrize("protocol, module", [("http/protobuf", "http"), ("grpc", "grpc")])

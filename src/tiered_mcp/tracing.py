@@ -118,6 +118,13 @@ def _otlp_exporter(env: Mapping[str, str]) -> Any:
     return OTLPSpanExporter()
 
 
+def _console_exporter() -> Any:
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    # stderr: stdout belongs to the stdio transport. One line per span, like our JSON log lines.
+    return ConsoleSpanExporter(out=sys.stderr, formatter=lambda s: s.to_json(indent=None) + "\n")
+
+
 def tracer_provider_from_env() -> Any:
     """A TracerProvider with the exporters the process's OTEL_* variables ask for, or None when they ask for none.
 
@@ -136,15 +143,14 @@ def tracer_provider_from_env() -> Any:
         return None
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
     attributes: dict[str, Any] = {"service.version": __version__}
     # Resource.create reads the OTEL_* variables; a name passed here would override the operator's.
     if not env.get("OTEL_SERVICE_NAME") and "service.name=" not in env.get("OTEL_RESOURCE_ATTRIBUTES", ""):
         attributes["service.name"] = "tiered-mcp"
     # Exporters first: one that cannot be made must not leave a half-built provider (and its threads) behind.
-    exporters = [(name, _otlp_exporter(env) if name == "otlp" else ConsoleSpanExporter(out=sys.stderr))
-                 for name in wanted]  # console on stderr: stdout belongs to the stdio transport
+    exporters = [(name, _otlp_exporter(env) if name == "otlp" else _console_exporter()) for name in wanted]
     provider = TracerProvider(resource=Resource.create(attributes))
     for name, exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter) if name == "otlp" else SimpleSpanProcessor(exporter))

@@ -1,0 +1,179 @@
+"""Shadow comparisons, the report and bake-offs, against scripted tiers whose errors are known in advance."""
+
+import json
+
+import anyio
+import pytest
+
+from tiered_mcp.cli import main
+from tiered_mcp.evaluate import Case, cheapest_meeting, config_snippet, load_cases, run_eval
+from tiered_mcp.html_report import render_html
+from tiered_mcp.report import build_report, wilson
+from tiered_mcp.testing import ScriptedModel, reply
+
+from .conftest import server_env
+
+pytestmark = pytest.mark.anyio
+
+LABELS = ["bug", "feature"]
+
+
+def truth(i: int) -> str:
+    return "bug" if i % 2 else "feature"
+
+
+def tiers_that_differ(wrong_on_nano: set[int]):
+    """nano is wrong exactly on the items in `wrong_on_nano`; mini and flagship are always right."""
+
+    def answer(req):
+        if req.schema_name == "judge":
+            return reply({"score": 0.9, "reason": "as good"})
+        text = req.messages[1]["content"].split("<text>")[1]
+        i = int(text.split("item-")[1].split()[0])
+        if req.schema_name == "extract":
+            city = "Nowhere" if req.tier == "nano" and i in wrong_on_nano else f"City{i}"
+            return reply({"data": {"city": city}, "missing": []})
+        label = truth(i)
+        if req.tier == "nano" and i in wrong_on_nano:
+            label = "bug" if label == "feature" else "feature"
+        return reply({"label": label, "labels": [label], "confidence": 0.95, "reason": "r"})
+
+    return ScriptedModel(fallback=answer)
+
+
+async def drain(runner):
+    with anyio.fail_after(10):
+        while runner.shadows_pending:
+            await anyio.sleep(0.01)
+
+
+async def test_shadow_agreement_matches_the_known_truth(make_runner, ledger):
+    model = tiers_that_differ(wrong_on_nano=set(range(0, 40, 2)))  # extract on nano: wrong on half
+    runner = make_runner(model, tools={"classify": {"shadow_rate": 1.0}, "extract": {"shadow_rate": 1.0}},
+                         shadow={"max_pending": 64})
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    async with runner.running():
+        for i in range(40):
+            await runner.call("classify", {"text": f"item-{i} text", "labels": LABELS})
+            await runner.call("extract", {"text": f"item-{i} ships to City{i} or Nowhere", "schema": schema})
+        await drain(runner)
+    reports = {r.tool: r for r in build_report(ledger)}
+    cls, ext = reports["classify"], reports["extract"]
+    assert (cls.calls, cls.shadowed, cls.scored) == (40, 40, 40)
+    # classify's nano is wrong on the even items too: 20 of 40 disagree.
+    assert cls.agreement == 0.5 and ext.agreement == 0.5
+    assert "move to flagship, or improve the prompt" in cls.recommendation
+    assert cls.comparison_cost_per_call > cls.cost_per_call
+
+
+async def test_a_tier_that_agrees_is_kept(make_runner, ledger):
+    runner = make_runner(tiers_that_differ(set()), tools={"classify": {"shadow_rate": 1.0}}, shadow={"max_pending": 64})
+    async with runner.running():
+        for i in range(60):
+            await runner.call("classify", {"text": f"item-{i} text", "labels": LABELS})
+        await drain(runner)
+    [r] = build_report(ledger)
+    assert r.agreement == 1.0 and r.recommendation.startswith("classify: nano agrees 100% ± ")
+    assert r.recommendation.endswith("with flagship over 60 calls: keep nano")
+    assert [row["kind"] for row in ledger.calls()].count("shadow") == 60
+
+
+async def test_shadow_runs_are_sampled_bounded_and_never_delay_the_answer(make_runner, ledger):
+    gate = anyio.Event()
+
+    async def slow_flagship(req):
+        if req.tier == "flagship":
+            await gate.wait()
+        return reply({"label": "bug", "labels": ["bug"], "confidence": 0.95, "reason": "r"})
+
+    rolls = iter([0.05, 0.5, 0.05, 0.05, 0.05])
+    runner = make_runner(ScriptedModel(fallback=slow_flagship), tools={"classify": {"shadow_rate": 0.1}},
+                         shadow={"max_pending": 2}, runner_options={"sample": lambda: next(rolls)})
+    async with runner.running():
+        for i in range(5):
+            with anyio.fail_after(2):  # answered while the shadow run is still waiting on the flagship
+                await runner.call("classify", {"text": f"item-{i}", "labels": LABELS})
+        assert runner.shadows_pending == 2 and runner.shadows_skipped == 2  # 4 sampled, 2 over the bound
+        gate.set()
+        await drain(runner)
+    assert len(ledger.shadows()) == 2
+
+
+async def test_judge_comparisons_for_free_text_tools(make_runner, ledger):
+    model = ScriptedModel(fallback=lambda req: reply({"score": 0.9, "reason": "fine"}) if req.schema_name == "judge"
+                          else reply({"summary": "s", "key_points": [], "method": "abstractive"}))
+    runner = make_runner(model, tools={"summarize": {"shadow_rate": 1.0}})
+    async with runner.running():
+        await runner.call("summarize", {"text": "A long text."})
+        await drain(runner)
+    [row] = ledger.shadows()
+    assert (row.tier, row.comparison_tier, row.score, row.agree) == ("mini", "flagship", 0.9, True)
+    assert "judge" in [c["kind"] for c in ledger.calls()]
+    judge = next(r for r in model.requests if r.schema_name == "judge")
+    assert "faithfully" in judge.messages[0]["content"] and judge.tier == "flagship"
+
+
+def test_wilson_interval():
+    lo, hi = wilson(97, 100)
+    assert lo == pytest.approx(0.9155, abs=1e-4) and hi == pytest.approx(0.9897, abs=1e-4)  # known values
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+async def test_a_bake_off_scores_tiers_against_expected_answers(make_runner, ledger):
+    cases = [Case("classify", {"text": f"item-{i} text", "labels": LABELS},
+                  {"label": truth(i), "labels": [truth(i)], "confidence": 1, "reason": ""}) for i in range(10)]
+    runner = make_runner(tiers_that_differ({0, 3, 6}))
+    scores, runs = await run_eval(runner, cases, ["flagship", "nano", "mini"], concurrency=4)
+    by_tier = {s.tier: s for s in scores}
+    assert [s.tier for s in scores] == ["nano", "mini", "flagship"]
+    assert by_tier["nano"].quality == pytest.approx(0.7) and by_tier["mini"].quality == 1.0
+    assert by_tier["nano"].valid_rate == 1.0 and by_tier["nano"].basis == "expected"
+    assert by_tier["nano"].cost_usd < by_tier["mini"].cost_usd < by_tier["flagship"].cost_usd
+    assert len(runs) == 30 and {r["kind"] for r in ledger.calls()} == {"eval"}
+    assert cheapest_meeting(scores, 0.9) == {"classify": "mini"}
+    assert cheapest_meeting(scores, 0.6) == {"classify": "nano"}
+    assert '[tools.classify]\ntier = "mini"' in config_snippet({"classify": "mini"}, 0.9)
+
+
+async def test_without_expected_answers_quality_is_agreement_with_the_strongest_tier(make_runner):
+    cases = [Case("classify", {"text": f"item-{i} text", "labels": LABELS}) for i in range(4)]
+    scores, _ = await run_eval(make_runner(tiers_that_differ({1})), cases, ["nano", "flagship"])
+    assert {s.tier: (s.quality, s.basis) for s in scores} == {"nano": (0.75, "agreement"),
+                                                             "flagship": (1.0, "agreement")}
+
+
+def test_shipped_case_files_load(specs):
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parents[1] / "examples" / "cases").glob("*.jsonl"))
+    assert {f.stem for f in files} == set(specs.tools)
+    for f in files:
+        cases = load_cases(f)
+        assert cases and all(c.tool == f.stem for c in cases)
+
+
+def test_eval_and_report_commands(upstream, tmp_path, monkeypatch, capsys):
+    for k, v in server_env(upstream, tmp_path).items():
+        monkeypatch.setenv(k, v)
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text("\n".join(json.dumps({"tool": "rank", "arguments": {"query": "q", "items": ["a", "b"]}})
+                               for _ in range(3)), encoding="utf-8")
+    ledger, out_cfg, page = tmp_path / "l.sqlite3", tmp_path / "best.toml", tmp_path / "eval.html"
+    code = main(["eval", str(cases), "--tiers", "nano,mini", "--ledger", str(ledger), "--min-quality", "0.9",
+                 "--write-config", str(out_cfg), "--html", str(page)])
+    out = capsys.readouterr().out
+    assert code == 0 and "bake-off" in out and "cheapest tier meeting 0.9 is nano" in out
+    assert 'tier = "nano"' in out_cfg.read_text() and "<svg" in page.read_text()
+    assert len(upstream.completions()) == 6
+    assert main(["report", "--ledger", str(ledger), "--html", str(tmp_path / "r.html")]) == 0
+    assert "No shadow comparisons yet" in capsys.readouterr().out
+    assert main(["eval", "--ledger", str(ledger)]) == 2
+
+
+def test_html_report_is_self_contained(make_runner):
+    from tiered_mcp.report import ToolReport
+
+    r = ToolReport("classify", "nano", "flagship", 10, 10, 10, 0.9, (0.6, 0.98), 0.9, 0.0001, 0.001, "keep <nano>")
+    page = render_html([r])
+    assert page.startswith("<!doctype html>") and "<svg" in page and "http" not in page.split("<svg")[0]
+    assert "keep &lt;nano&gt;" in page

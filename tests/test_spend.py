@@ -1,0 +1,97 @@
+"""Budgets (enforced before spending, held across restarts) and the cache of identical calls."""
+
+import time
+
+import pytest
+
+from tiered_mcp.errors import BudgetExceeded
+from tiered_mcp.options import CallOptions
+from tiered_mcp.testing import ScriptedModel, reply
+
+pytestmark = pytest.mark.anyio
+
+ARGS = {"text": "The app crashes when I click save.", "labels": ["bug", "feature"]}
+GOOD = {"label": "bug", "labels": ["bug"], "confidence": 0.9, "reason": "crash"}
+# gpt-5.4-nano: 4096 output tokens at $1.25/M is about $0.0051 worst case per request.
+BIG = reply(GOOD, input_tokens=1_000_000, output_tokens=0)  # costs exactly $0.20 on nano
+
+
+async def test_a_request_that_could_pass_the_daily_cap_is_refused_before_it_is_made(make_runner):
+    model = ScriptedModel({"nano": [BIG]})
+    runner = make_runner(model, budgets={"daily_usd": 0.203})
+    first = await runner.call("classify", ARGS)
+    assert first.receipt["budget"]["budgets.daily_usd"]["remaining_usd"] == pytest.approx(0.003)
+    with pytest.raises(BudgetExceeded) as err:
+        await runner.call("classify", {**ARGS, "text": "another"})
+    msg = str(err.value)
+    assert "budgets.daily_usd = $0.20" in msg and "$0.0030 remains" in msg and "nano request" in msg
+    assert len(model.requests) == 1  # refused before spending
+
+
+async def test_budgets_hold_across_restarts(make_runner):
+    await make_runner(ScriptedModel({"nano": [BIG]})).call("classify", ARGS)
+    model = ScriptedModel()
+    with pytest.raises(BudgetExceeded):
+        await make_runner(model, budgets={"daily_usd": 0.2}).call("classify", ARGS)
+    assert model.requests == []
+
+
+async def test_session_and_tool_caps(make_runner):
+    await make_runner(ScriptedModel({"nano": [BIG]})).call("classify", ARGS)  # an earlier session's spend
+    fresh = make_runner(ScriptedModel(), budgets={"session_usd": 0.01})
+    assert (await fresh.call("classify", ARGS)).receipt["budget"]["budgets.session_usd"]["spent_usd"] < 0.01
+    with pytest.raises(BudgetExceeded, match="tools.classify.daily_usd"):
+        await make_runner(ScriptedModel(), tools={"classify": {"daily_usd": 0.1}}).call("classify", ARGS)
+    other = await make_runner(ScriptedModel(), tools={"classify": {"daily_usd": 0.1}}).call(
+        "rank", {"query": "q", "items": ["a"]})
+    assert other.receipt["tier"] == "nano"
+
+
+async def test_a_budget_stop_on_escalation_keeps_the_unsure_answer(make_runner):
+    unsure = {**GOOD, "confidence": 0.2}
+    model = ScriptedModel({"nano": [reply(unsure)]})
+    # nano's worst case fits; mini's ($0.0185 for 4096 output tokens at $4.50/M) does not.
+    result = await make_runner(model, budgets={"daily_usd": 0.01}).call("classify", ARGS)
+    assert result.output == unsure
+    assert [a["outcome"] for a in result.receipt["attempts"]] == ["low_confidence", "budget"]
+    assert "the budget stops the climb" in result.receipt["attempts"][0]["detail"]
+
+
+async def test_shadow_and_failed_spend_count(make_runner, ledger):
+    model = ScriptedModel({"nano": [reply("{}", input_tokens=1_000_000, output_tokens=0), reply(GOOD)]})
+    await make_runner(model).call("classify", ARGS)
+    assert ledger.spent("") == pytest.approx(0.2 + (100 * 0.2 + 20 * 1.25) / 1e6)
+
+
+async def test_identical_calls_come_from_the_cache(make_runner, ledger):
+    model = ScriptedModel({"nano": [reply(GOOD)]})
+    runner = make_runner(model, cache_ttl_s=60)
+    first = await runner.call("classify", ARGS)
+    second = await runner.call("classify", ARGS)
+    assert len(model.requests) == 1
+    assert second.output == first.output
+    assert second.receipt["cached"] is True and second.receipt["cost_usd"] == 0 and second.receipt["tier"] == "nano"
+    assert [r["cached"] for r in ledger.calls()] == [0, 1]
+    await runner.call("classify", {**ARGS, "text": "different"})
+    await runner.call("classify", ARGS, options=CallOptions(cache=False))
+    assert len(model.requests) == 3
+
+
+async def test_the_cache_expires_and_skips_tools_that_are_not_idempotent(make_runner):
+    model = ScriptedModel()
+    runner = make_runner(model, cache_ttl_s=0.2)
+    await runner.call("classify", ARGS)
+    time.sleep(0.25)
+    await runner.call("classify", ARGS)
+    assert len(model.requests) == 2
+    runner = make_runner(model, cache_ttl_s=60)
+    await runner.call("draft", {"instructions": "say hi"})
+    await runner.call("draft", {"instructions": "say hi"})
+    assert len(model.requests) == 4
+
+
+async def test_a_new_spec_version_or_model_misses_the_cache(make_runner, specs):
+    model = ScriptedModel()
+    await make_runner(model, cache_ttl_s=60).call("classify", ARGS)
+    await make_runner(model, cache_ttl_s=60, tiers={"nano": {"model": "gpt-5.4-nano-2026"}}).call("classify", ARGS)
+    assert len(model.requests) == 2
