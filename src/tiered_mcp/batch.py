@@ -43,6 +43,18 @@ def batch_receipt(spec: ToolSpec, receipts: list[dict[str, Any] | None], started
     }
 
 
+async def _write(runner: Runner, rows: list[tuple[int, list[Any]]], receipts: list[dict[str, Any] | None]) -> None:
+    entries = [(i, entry) for i, mine in rows for entry in mine]
+    if runner.ledger is not None and entries:
+        ids = await runner.ledger.arecord_many([entry for _, entry in entries], runner.config)
+        for (i, (receipt, _, _)), call_id in zip(entries, ids):
+            receipt.call_id = call_id
+            if receipts[i] is not None:
+                receipts[i]["call_id"] = call_id  # type: ignore[index]
+    for _, (receipt, _, _) in entries:
+        runner.budget.written(receipt.tool, receipt.cost_usd)
+
+
 async def run_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], progress: Progress | None,
                     options: CallOptions) -> Result:
     """Run every item of a batch call.
@@ -63,16 +75,23 @@ async def run_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], progre
         problems.append(f"arguments: give either {name} or items, not both")
     if problems:
         raise ArgumentsError("; ".join(problems))
+    # The shared arguments are checked once, with the first item standing in; items were checked above.
+    shared = runner._check_arguments(spec, {**args, name: items[0]})
+    shared.pop(name)
     batch_id = uuid.uuid4().hex[:12]
     started = time.perf_counter()
     results: list[dict[str, Any]] = [{} for _ in items]
     receipts: list[dict[str, Any] | None] = [None] * len(items)
+    rows: list[tuple[int, list[Any]]] = []  # (item, its ledger rows), written together when the batch ends
     done = 0
 
     async def one(i: int, item: Any) -> None:
         nonlocal done
+        mine: list[Any] = []
+        rows.append((i, mine))
         try:
-            r = await runner.call_one(spec, {**args, name: item}, None, options, batch=batch_id)
+            r = await runner.call_one(spec, {**shared, name: item}, None, options, batch=batch_id, checked=True,
+                                      sink=mine)
             results[i], receipts[i] = {"index": i, "output": r.output}, r.receipt
             outcome = f"ok on {r.receipt['tier']}"
         except CallError as e:
@@ -82,9 +101,15 @@ async def run_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], progre
         if progress is not None:
             await progress(done, len(items), f"item {i}: {outcome}")
 
-    async with anyio.create_task_group() as tg:
-        for i, item in enumerate(items):
-            tg.start_soon(one, i, item)
+    try:
+        async with anyio.create_task_group() as tg:
+            for i, item in enumerate(items):
+                tg.start_soon(one, i, item)
+    finally:
+        # One transaction for the whole batch (a thread hop and a commit per item cost more than the work itself);
+        # shielded, so a cancelled batch still records what its finished items spent.
+        with anyio.CancelScope(shield=True):
+            await _write(runner, rows, receipts)
     receipt = batch_receipt(spec, receipts, started)
     if receipt["ok"] == 0:
         first = next(r["error"] for r in results if "error" in r)

@@ -171,44 +171,48 @@ class Ledger:
 
     def record(self, receipt: Receipt, config: Config, arguments: Any = None, output: Any = None) -> int:
         """Write a call and its attempts in one transaction; returns the call's id."""
+        return self.record_many([(receipt, arguments, output)], config)[0]
+
+    def record_many(self, entries: list[tuple[Receipt, Any, Any]], config: Config) -> list[int]:
+        """Write several calls (receipt, arguments, output) and their attempts in one transaction; their ids."""
         keep = self.store_inputs
-        row = (
-            now_iso(),
-            receipt.tool, receipt.tier, receipt.model, int(receipt.ok), receipt.error, len(receipt.attempts),
-            receipt.input_tokens, receipt.output_tokens, receipt.cost_usd, receipt.flagship_cost_usd(config),
-            receipt.latency_ms,
-            json.dumps(arguments, ensure_ascii=False) if keep and arguments is not None else None,
-            json.dumps(output, ensure_ascii=False) if keep and output is not None else None,
-            receipt.kind, receipt.session, receipt.batch, int(receipt.cached),
-        )
+        ids = []
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                cur.execute(
-                    "INSERT INTO calls (ts, tool, tier, model, ok, error, attempts, input_tokens, output_tokens,"
-                    " cost_usd, flagship_cost_usd, latency_ms, arguments, output, kind, session, batch, cached)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                )
-                call_id = int(cur.lastrowid or 0)
-                cur.executemany(
-                    "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (call_id, n, a.tier, a.model, a.reason, a.trigger, a.outcome, a.detail, a.input_tokens,
-                         a.output_tokens, a.cost_usd, a.latency_ms)
-                        for n, a in enumerate(receipt.attempts, 1)
-                    ],
-                )
+                for receipt, arguments, output in entries:
+                    cur.execute(
+                        "INSERT INTO calls (ts, tool, tier, model, ok, error, attempts, input_tokens, output_tokens,"
+                        " cost_usd, flagship_cost_usd, latency_ms, arguments, output, kind, session, batch, cached)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (now_iso(), receipt.tool, receipt.tier, receipt.model, int(receipt.ok), receipt.error,
+                         len(receipt.attempts), receipt.input_tokens, receipt.output_tokens, receipt.cost_usd,
+                         receipt.flagship_cost_usd(config), receipt.latency_ms,
+                         json.dumps(arguments, ensure_ascii=False) if keep and arguments is not None else None,
+                         json.dumps(output, ensure_ascii=False) if keep and output is not None else None,
+                         receipt.kind, receipt.session, receipt.batch, int(receipt.cached)),
+                    )
+                    call_id = int(cur.lastrowid or 0)
+                    cur.executemany(
+                        "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(call_id, n, a.tier, a.model, a.reason, a.trigger, a.outcome, a.detail, a.input_tokens,
+                          a.output_tokens, a.cost_usd, a.latency_ms) for n, a in enumerate(receipt.attempts, 1)],
+                    )
+                    ids.append(call_id)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
-        return call_id
+        return ids
 
     async def arecord(self, receipt: Receipt, config: Config, arguments: Any = None, output: Any = None) -> int:
         """`record` in a worker thread."""
         return await anyio.to_thread.run_sync(self.record, receipt, config, arguments, output)
+
+    async def arecord_many(self, entries: list[tuple[Receipt, Any, Any]], config: Config) -> list[int]:
+        """`record_many` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.record_many, entries, config)
 
     def usage(self, since: str | None = None, by: str = "tool") -> tuple[list[UsageRow], UsageRow]:
         """Totals per group and overall.

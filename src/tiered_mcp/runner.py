@@ -13,7 +13,6 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import anyio
@@ -63,20 +62,41 @@ class Result:
     receipt: dict[str, Any]
 
 
-@lru_cache(maxsize=512)
-def _validator(schema_json: str) -> Draft202012Validator:
-    return Draft202012Validator(json.loads(schema_json))
+_VALIDATORS: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    # Keyed by identity: specs' schemas live as long as the specs, and bound schemas are memoised per spec (see
+    # ToolSpec.model_output_schema), so a batch of a thousand items builds one validator, not a thousand.
+    hit = _VALIDATORS.get(id(schema))
+    if hit is None or hit[0] is not schema:
+        if len(_VALIDATORS) > 2048:
+            _VALIDATORS.clear()
+        hit = _VALIDATORS[id(schema)] = (schema, Draft202012Validator(schema))
+    return hit[1]
 
 
 def schema_problems(schema: dict[str, Any], instance: Any, what: str, limit: int = 5) -> list[str]:
     """Readable validation errors, each naming the field (as a JSON path) and the rule it breaks."""
-    validator = _validator(json.dumps(schema, sort_keys=True))
+    validator = _validator(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path)))
     out = []
     for e in errors[:limit]:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.path)
         out.append(f"{what}{path}: {e.message}")
     return out
+
+
+_STRICT: dict[int, tuple[dict[str, Any], bool]] = {}
+
+
+def _strict(schema: dict[str, Any]) -> bool:
+    hit = _STRICT.get(id(schema))
+    if hit is None or hit[0] is not schema:
+        if len(_STRICT) > 2048:
+            _STRICT.clear()
+        hit = _STRICT[id(schema)] = (schema, strict_compatible(schema))
+    return hit[1]
 
 
 def _with_defaults(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
@@ -195,9 +215,13 @@ class Runner:
         kind: str = "call",
         batch: str | None = None,
         forced_tier: str | None = None,
+        checked: bool = False,
+        sink: list[tuple[Receipt, Any, Any]] | None = None,
     ) -> Result:
         """One call of `spec`. `forced_tier` runs exactly that tier, no escalation, past the per-call ceiling
-        (shadow runs and bake-offs); `kind` labels the ledger row ("call", "shadow", "eval")."""
+        (shadow runs and bake-offs); `kind` labels the ledger row ("call", "shadow", "eval"); `checked` says the
+        arguments were validated (and defaulted) already, as a batch does once for all its items; with `sink`, the
+        ledger row is appended there for the caller to write (a batch writes all its rows in one transaction)."""
         options = options or CallOptions()
         args = dict(arguments)
         requested = args.pop("tier", None)
@@ -207,7 +231,8 @@ class Runner:
         failure: CallError | None = None
         with tracing.span("tiered.call", tool=spec.name, kind=kind) as span:
             try:
-                args = self._check_arguments(spec, args)
+                if not checked:
+                    args = self._check_arguments(spec, args)
                 if forced_tier is not None:
                     if not self.usable(forced_tier):
                         raise TierNotAllowed(f"tier {forced_tier!r} cannot run here (not configured, or no key)")
@@ -226,11 +251,13 @@ class Runner:
                 raise
             finally:
                 receipt.latency_ms = (time.perf_counter() - started) * 1000
-                if self.ledger is not None:
+                if sink is not None:
+                    sink.append((receipt, args, output))
+                elif self.ledger is not None:
                     # Shielded: a cancelled call is still written down, with what it spent before the cancel.
                     with anyio.CancelScope(shield=True):
                         receipt.call_id = await self.ledger.arecord(receipt, self.config, args, output)
-                self.budget.written(spec.name, receipt.cost_usd)
+                    self.budget.written(spec.name, receipt.cost_usd)
                 receipt.budget = self.budget.status(spec.name) or None
                 span.set(tier=receipt.tier, ok=receipt.ok, cost_usd=receipt.cost_usd, attempts=len(receipt.attempts),
                          cached=receipt.cached)
@@ -303,7 +330,7 @@ class Runner:
             raise TierNotAllowed(f"no configured tier can run {spec.name}; add a [tiers.{spec.tier}] table to the config")
         messages = spec.render(args)
         schema = spec.model_output_schema(args)
-        base = dict(messages=messages, schema=schema, schema_name=spec.name, strict=strict_compatible(schema))
+        base = dict(messages=messages, schema=schema, schema_name=spec.name, strict=_strict(schema))
         triggers = self._triggers(spec, options)
         failures: list[str] = []
         trigger: str | None = None

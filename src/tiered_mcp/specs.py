@@ -17,7 +17,7 @@ from typing import Any, Iterable, Literal
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .compare import Compare
 from .errors import SpecError
@@ -76,6 +76,8 @@ class Batch(_Frozen):
 class ToolSpec(_Frozen):
     """One tool, as declared in a spec file."""
 
+    _memo: dict[str, Any] = PrivateAttr(default_factory=dict)
+
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="Tool name as published over MCP.")
     title: str = Field(min_length=1, max_length=80)
     description: str = Field(min_length=1, max_length=400, description="One short line; hosts pay for it every turn.")
@@ -98,9 +100,23 @@ class ToolSpec(_Frozen):
     compare: Compare | None = Field(default=None, description="How two answers are scored (shadow and eval).")
 
     def model_output_schema(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        """The output schema for this call: the spec's, with every binding applied."""
+        """The output schema for this call: the spec's, with every binding applied.
+
+        Memoised on the bound arguments' values (the same dict comes back for the same values, e.g. for every
+        item of a batch); treat the result as read-only.
+        """
         if not self.bindings:
             return self.output_schema
+        key = json.dumps([arguments.get(b.argument) for b in self.bindings], sort_keys=True)
+        memo = self._memo
+        if key in memo:
+            return memo[key]
+        if len(memo) > 256:
+            memo.clear()
+        memo[key] = schema = self._bind(arguments)
+        return schema
+
+    def _bind(self, arguments: dict[str, Any]) -> dict[str, Any]:
         schema = json.loads(json.dumps(self.output_schema))
         for b in self.bindings:
             *parents, last = b.at.strip("/").split("/")

@@ -176,6 +176,12 @@ def completion(request_body: dict[str, Any], r: FakeResponse) -> dict[str, Any]:
     }
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 resets connections when dozens of clients connect at once.
+    request_queue_size = 256
+    daemon_threads = True
+
+
 class FakeUpstream:
     """An OpenAI-compatible server on 127.0.0.1 in a background thread.
 
@@ -191,8 +197,7 @@ class FakeUpstream:
         self.seen: list[Seen] = []
         self._script: dict[str, deque[FakeResponse]] = defaultdict(deque)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-upstream", daemon=True)
 
     @property

@@ -66,6 +66,9 @@ class Span:
         self.otel.set_status(Status(StatusCode.ERROR, description))
 
 
+_NOOP = Span(trace.INVALID_SPAN)
+
+
 @contextmanager
 def span(name: str, /, **fields: Any) -> Iterator[Span]:
     """Start a span named `name` as a child of the current one, with `tiered.<key>` attributes.
@@ -80,6 +83,11 @@ def span(name: str, /, **fields: Any) -> Iterator[Span]:
     Returns:
         A context manager yielding a `Span` handle.
     """
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        # No SDK installed a provider, so every span would be a no-op; skipping OTel's machinery saves ~0.2 ms a
+        # span, which counts when a batch runs a thousand items.
+        yield _NOOP
+        return
     with _tracer.start_as_current_span(name, attributes=_attributes(fields)) as otel_span:
         try:
             yield Span(otel_span)
