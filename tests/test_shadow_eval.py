@@ -177,3 +177,21 @@ def test_html_report_is_self_contained(make_runner):
     page = render_html([r])
     assert page.startswith("<!doctype html>") and "<svg" in page and "http" not in page.split("<svg")[0]
     assert "keep &lt;nano&gt;" in page
+
+
+async def test_pending_shadow_runs_finish_at_shutdown_within_the_drain_time(make_runner, ledger):
+    async def slow(req):
+        if req.tier == "flagship":
+            await anyio.sleep(0.2)
+        return reply({"label": "bug", "labels": ["bug"], "confidence": 0.95, "reason": "r"})
+
+    runner = make_runner(ScriptedModel(fallback=slow), tools={"classify": {"shadow_rate": 1.0}})
+    async with runner.running():
+        await runner.call("classify", {"text": "item-1", "labels": LABELS})
+    assert len(ledger.shadows()) == 1  # the exit waited for it
+    runner = make_runner(ScriptedModel(fallback=slow), tools={"classify": {"shadow_rate": 1.0}},
+                         shadow={"drain_s": 0})
+    async with runner.running():
+        await runner.call("classify", {"text": "item-2", "labels": LABELS})
+    assert len(ledger.shadows()) == 1
+    assert ledger.calls()[-1]["error"] == "cancelled (the server stopped)"

@@ -76,7 +76,7 @@ def report(args: argparse.Namespace) -> int:
     for r in reports:
         con.print(escape(r.recommendation))
     if not reports:
-        con.print("No shadow comparisons yet: set shadow_rate under [tools.NAME] in the config.")
+        con.print(escape("No shadow comparisons yet: set shadow_rate under [tools.NAME] in the config."))
     if args.html:
         con.print(f"wrote {args.html}")
     return 0
@@ -114,7 +114,7 @@ def eval_command(args: argparse.Namespace) -> int:
         else:
             cases = load_cases(args.cases)
         tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
-        scores, _ = anyio.run(_with_progress, runner, cases, tiers, args.concurrency)
+        scores = anyio.run(_with_progress, runner, cases, tiers, args.concurrency)
     except ArgumentsError as e:
         print(f"tiered-mcp: {e}", file=sys.stderr)
         return USAGE
@@ -140,10 +140,14 @@ async def _with_progress(runner: Any, cases: Any, tiers: list[str], concurrency:
 
     from rich.console import Console
 
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("running cases", total=len(cases) * len(tiers))
-        return await run_eval(runner, cases, tiers, concurrency,
-                              lambda done, total: bar.update(task, completed=done))
+    try:
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("running cases", total=len(cases) * len(tiers))
+            scores, _ = await run_eval(runner, cases, tiers, concurrency,
+                                       lambda done, total: bar.update(task, completed=done))
+            return scores
+    finally:
+        await runner.aclose()
 
 
 def _print_scores(scores: Any, choice: dict[str, str | None] | None, args: argparse.Namespace) -> None:

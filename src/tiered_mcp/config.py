@@ -105,6 +105,7 @@ class Shadow(_Frozen):
     """Background comparisons of a tool's tier against a comparison tier."""
 
     max_pending: int = Field(default=4, ge=1, le=256, description="Shadow runs in flight at once; more are skipped.")
+    drain_s: float = Field(default=10.0, ge=0, description="At shutdown, how long pending shadow runs may finish.")
 
 
 class Config(_Frozen):

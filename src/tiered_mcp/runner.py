@@ -175,14 +175,29 @@ class Runner:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Runner]:
-        """Own a task group for background shadow runs while the server serves (they are cancelled on exit)."""
-        async with anyio.create_task_group() as tg:
-            self._background = tg
-            try:
-                yield self
-            finally:
-                self._background = None
-                tg.cancel_scope.cancel()
+        """Own a task group for background shadow runs while the server serves. On exit, pending shadow runs get
+        `shadow.drain_s` to finish (they delay shutdown, never an answer), then are cancelled; the model's
+        connections are closed."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._background = tg
+                try:
+                    yield self
+                finally:
+                    self._background = None
+                    with anyio.move_on_after(self.config.shadow.drain_s, shield=True):
+                        while self.shadows_pending:
+                            await anyio.sleep(0.02)
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the model's connections (the seam may have none)."""
+        close = getattr(self.model, "aclose", None)
+        if close is not None:
+            await close()
 
     # ---- entry point -----------------------------------------------------------------------------------------------
 
@@ -244,7 +259,7 @@ class Runner:
                     output = await self._climb(spec, args, ladder, receipt, progress, options)
                     self._to_cache(spec, args, ladder, receipt, output, options)
             except anyio.get_cancelled_exc_class():
-                receipt.error = "cancelled by the client"
+                receipt.error = "cancelled by the client" if kind == "call" else "cancelled (the server stopped)"
                 raise
             except CallError as e:
                 receipt.error, failure = str(e), e
