@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 
 from tiered_mcp.testing import FakeResponse, completion
 

@@ -35,8 +35,11 @@ def test_call_prints_the_validated_result_and_its_receipt(upstream, tmp_path):
     assert data["receipt"]["cost_usd"] == pytest.approx((200 * 0.2 + 25 * 1.25) / 1e6)
     assert SECRET not in out.stdout + out.stderr
     pretty = run_cli("call", "classify", "--args", ARGS, "--ledger", ledger, env=server_env(upstream, tmp_path))
-    assert pretty.returncode == 0 and "receipt" in pretty.stdout and "flagship would cost" in pretty.stdout
-    assert len(Ledger(ledger).calls()) == 2
+    assert pretty.returncode == 0 and "answered from the cache" in pretty.stdout
+    fresh = run_cli("call", "classify", "--args", ARGS, "--ledger", ledger, "--options", '{"cache": false}',
+                    env=server_env(upstream, tmp_path))
+    assert fresh.returncode == 0 and "flagship would cost" in fresh.stdout
+    assert len(Ledger(ledger).calls()) == 3
 
 
 def test_call_exit_codes(upstream, tmp_path):

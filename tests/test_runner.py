@@ -158,7 +158,7 @@ async def test_server_errors_back_off_exponentially_then_escalate(make_runner, s
 
 async def test_permanent_errors_are_not_retried(make_runner, sleeps):
     model = ScriptedModel({"nano": [MissingKey("OPENAI_API_KEY is not set")]})
-    result = await make_runner(model).call("classify", ARGS)
+    await make_runner(model).call("classify", ARGS)
     assert sleeps == [] and model.tiers_called() == ["nano", "mini"]
 
 

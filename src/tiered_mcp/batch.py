@@ -47,7 +47,7 @@ async def _write(runner: Runner, rows: list[tuple[int, list[Any]]], receipts: li
     entries = [(i, entry) for i, mine in rows for entry in mine]
     if runner.ledger is not None and entries:
         ids = await runner.ledger.arecord_many([entry for _, entry in entries], runner.config)
-        for (i, (receipt, _, _)), call_id in zip(entries, ids):
+        for (i, (receipt, _, _)), call_id in zip(entries, ids, strict=True):
             receipt.call_id = call_id
             if receipts[i] is not None:
                 receipts[i]["call_id"] = call_id  # type: ignore[index]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from typing import Any, Sequence
@@ -247,6 +246,12 @@ def _print_receipt(con: Any, r: dict[str, Any]) -> None:
     from rich.table import Table
 
     saved = r.get("saved_usd")
+    if r.get("cached"):
+        con.print(f"[bold]receipt[/]: {r['tool']} answered from the cache (first answered on {r.get('tier')}, "
+                  f"{r.get('model')}); cost {_money(r['cost_usd'])}")
+        return
+    if not r.get("attempts"):
+        return  # the call failed before any model was asked: the error says why
     con.print(
         f"[bold]receipt[/]: {r['tool']} on {r.get('tier') or '-'} ({r.get('model') or '-'}); "
         f"{r['input_tokens']} in / {r['output_tokens']} out tokens; cost {_money(r['cost_usd'])}; "

@@ -91,7 +91,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .errors import ArgumentsError
-    from .evaluate import Case, cheapest_meeting, config_snippet, load_cases, run_eval
+    from .evaluate import Case, cheapest_meeting, config_snippet, load_cases
     from .server import build_runner
 
     if args.write_config and args.min_quality is None:

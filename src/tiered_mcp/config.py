@@ -228,9 +228,9 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"config file {p} does not exist (set --config or {CONFIG_ENV} to an existing file)")
+            raise ConfigError(f"config file {p} does not exist (set --config or {CONFIG_ENV} to an existing file)") from None
         except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {p} is not valid TOML: {e}")
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
         source = str(p)
     return config_from_dict(data, source=source)
 

@@ -241,7 +241,7 @@ def _check_schema(source: str, field_name: str, schema: dict[str, Any]) -> None:
         Draft202012Validator.check_schema(schema)
     except SchemaError as e:
         where = ".".join(str(p) for p in e.absolute_path)
-        raise SpecError(source, f"{field_name}{'.' + where if where else ''}", f"not a valid JSON Schema: {e.message}")
+        raise SpecError(source, f"{field_name}{'.' + where if where else ''}", f"not a valid JSON Schema: {e.message}") from None
     if schema.get("type") != "object":
         raise SpecError(source, f"{field_name}.type", 'must be "object" (MCP requires an object at the root)')
 
@@ -296,7 +296,7 @@ def parse_spec(text: str, source: str) -> ToolSpec:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
-        raise SpecError(source, where, f"not valid YAML: {getattr(e, 'problem', None) or e}")
+        raise SpecError(source, where, f"not valid YAML: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(data, dict):
         raise SpecError(source, "", "must be a YAML mapping with name, title, description, tier, schemas and prompt")
     try:
@@ -304,7 +304,7 @@ def parse_spec(text: str, source: str) -> ToolSpec:
     except ValidationError as e:
         err = e.errors()[0]
         msg = "unknown key (see tool-spec.schema.json)" if err["type"] == "extra_forbidden" else err["msg"]
-        raise SpecError(source, ".".join(str(p) for p in err["loc"]), msg)
+        raise SpecError(source, ".".join(str(p) for p in err["loc"]), msg) from None
     check_spec(spec, source)
     return spec
 
