@@ -62,18 +62,27 @@ class Result:
     receipt: dict[str, Any]
 
 
-_VALIDATORS: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
+class _PerSchema:
+    """Something derived from a schema, computed once per schema object.
+
+    Keyed by identity: specs' schemas live as long as the specs, and bound schemas are memoised per spec (see
+    ToolSpec.model_output_schema), so a batch of a thousand items builds one validator, not a thousand.
+    """
+
+    def __init__(self, build: Callable[[dict[str, Any]], Any]) -> None:
+        self._build, self._memo = build, {}  # type: ignore[var-annotated]
+
+    def __call__(self, schema: dict[str, Any]) -> Any:
+        hit = self._memo.get(id(schema))
+        if hit is None or hit[0] is not schema:
+            if len(self._memo) > 2048:
+                self._memo.clear()
+            hit = self._memo[id(schema)] = (schema, self._build(schema))
+        return hit[1]
 
 
-def _validator(schema: dict[str, Any]) -> Draft202012Validator:
-    # Keyed by identity: specs' schemas live as long as the specs, and bound schemas are memoised per spec (see
-    # ToolSpec.model_output_schema), so a batch of a thousand items builds one validator, not a thousand.
-    hit = _VALIDATORS.get(id(schema))
-    if hit is None or hit[0] is not schema:
-        if len(_VALIDATORS) > 2048:
-            _VALIDATORS.clear()
-        hit = _VALIDATORS[id(schema)] = (schema, Draft202012Validator(schema))
-    return hit[1]
+_validator = _PerSchema(Draft202012Validator)
+_strict = _PerSchema(strict_compatible)
 
 
 def schema_problems(schema: dict[str, Any], instance: Any, what: str, limit: int = 5) -> list[str]:
@@ -85,18 +94,6 @@ def schema_problems(schema: dict[str, Any], instance: Any, what: str, limit: int
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.path)
         out.append(f"{what}{path}: {e.message}")
     return out
-
-
-_STRICT: dict[int, tuple[dict[str, Any], bool]] = {}
-
-
-def _strict(schema: dict[str, Any]) -> bool:
-    hit = _STRICT.get(id(schema))
-    if hit is None or hit[0] is not schema:
-        if len(_STRICT) > 2048:
-            _STRICT.clear()
-        hit = _STRICT[id(schema)] = (schema, strict_compatible(schema))
-    return hit[1]
 
 
 def _with_defaults(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
