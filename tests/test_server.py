@@ -171,3 +171,23 @@ async def test_no_key_in_the_result_or_the_ledger(upstream, tmp_path):
     assert result.is_error and "HTTP 401" in result.content[0].text
     everything = result.model_dump_json() + (tmp_path / "ledger.sqlite3").read_bytes().decode("latin-1")
     assert "Incorrect API key provided" in everything and SECRET not in everything
+
+
+async def test_every_tool_end_to_end_over_stdio_with_the_real_openai_client(upstream, tmp_path):
+    import yaml
+    from pathlib import Path
+
+    cases = {p.stem: yaml.safe_load(p.read_text(encoding="utf-8"))[0]
+             for p in (Path(__file__).parent / "cases").glob("*.yaml")}
+    models = {"nano": "gpt-5.4-nano", "mini": "gpt-5.4-mini"}
+    async with Client(stdio_params(upstream, tmp_path), mode="legacy") as client:
+        tiers = {t.name: t for t in (await client.list_tools()).tools}
+        for name in SHIPPED:
+            case = cases[name]
+            tier = "mini" if name in ("summarize", "review_code", "draft") else "nano"
+            upstream.push(models[tier], FakeResponse(content=case["model_reply"]))
+            result = await client.call_tool(name, case["arguments"])
+            assert not result.is_error, (name, result.content[0].text)
+            assert result.meta[RECEIPT_META_KEY]["tier"] == tier and name in tiers
+    assert {s.body["model"] for s in upstream.completions()} == {"gpt-5.4-nano", "gpt-5.4-mini"}
+    assert len(upstream.completions()) == len(SHIPPED)

@@ -195,3 +195,27 @@ async def test_pending_shadow_runs_finish_at_shutdown_within_the_drain_time(make
         await runner.call("classify", {"text": "item-2", "labels": LABELS})
     assert len(ledger.shadows()) == 1
     assert ledger.calls()[-1]["error"] == "cancelled (the server stopped)"
+
+
+async def test_eval_replays_stored_calls_from_the_ledger(upstream, tmp_path, monkeypatch, capsys, specs):
+    from tiered_mcp.config import config_from_dict
+    from tiered_mcp.ledger import Ledger
+    from tiered_mcp.runner import Runner
+
+    path = tmp_path / "l.sqlite3"
+    config = tmp_path / "c.toml"
+    config.write_text("store_inputs = true\n", encoding="utf-8")
+    led = Ledger(path, store_inputs=True)
+    runner = Runner(config_from_dict({"store_inputs": True}), specs, ScriptedModel(), led,
+                    env={"OPENAI_API_KEY": "k"})
+    for i in range(3):
+        await runner.call("rank", {"query": f"q{i}", "items": ["a", "b"]})
+    led.close()
+    for k, v in server_env(upstream, tmp_path).items():
+        monkeypatch.setenv(k, v)
+    code = await anyio.to_thread.run_sync(lambda: main(
+        ["eval", "--from-ledger", "--ledger", str(path), "--config", str(config), "--tiers", "nano,mini", "--json"]))
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and {(s["tool"], s["tier"], s["cases"]) for s in out["scores"]} == {("rank", "nano", 3),
+                                                                                           ("rank", "mini", 3)}
+    assert len(upstream.completions()) == 6
