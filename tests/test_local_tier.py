@@ -115,3 +115,16 @@ def test_the_readme_call_works_with_no_key(tmp_path):
     data = json.loads(out.stdout)
     assert data["result"]["label"] == "bug report" and data["receipt"]["tier"] == "local"
     assert data["receipt"]["cost_usd"] == 0
+
+
+async def test_a_bake_off_can_include_the_local_tier(runner):
+    from tiered_mcp.evaluate import Case, run_eval
+
+    cases = [Case("classify", CLEAR, {"label": "billing problem", "labels": ["billing problem"], "confidence": 1,
+                                      "reason": ""}),
+             Case("extract", {"text": "x", "schema": {"type": "object"}})]
+    scores, runs = await run_eval(runner(env={"OPENAI_API_KEY": "k"}), cases, ["local", "nano"])
+    local = {s.tool: s for s in scores if s.tier == "local"}
+    assert local["classify"].quality == 1.0 and local["classify"].cost_usd == 0
+    assert local["extract"].valid_rate == 0  # refused: the local tier does not serve extract
+    assert any("does not serve extract" in (r.error or "") for r in runs)

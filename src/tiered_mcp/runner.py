@@ -248,6 +248,9 @@ class Runner:
                 if forced_tier is not None:
                     if not self.usable(forced_tier):
                         raise TierNotAllowed(f"tier {forced_tier!r} cannot run here (not configured, or no key)")
+                    if self.config.providers[self.config.tiers[forced_tier].provider].kind == "embedded" and (
+                            spec.local_task is None):
+                        raise TierNotAllowed(f"the local tier does not serve {spec.name}")
                     ladder = [forced_tier]
                 else:
                     ladder = self.ladder(spec, requested, options.escalation_ceiling)
