@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -9,9 +10,9 @@ from typing import Any, Callable
 import pytest
 
 from tiered_mcp.config import Config, config_from_dict
-from tiered_mcp.ledger import Ledger
 from tiered_mcp.runner import Runner
 from tiered_mcp.specs import Specs, load_specs
+from tiered_mcp.storage import LedgerStore, open_ledger
 from tiered_mcp.testing import FakeUpstream, ScriptedModel, network_guard
 
 SECRET = "sk-test-DoNotLeak-0123456789abcdef"
@@ -38,9 +39,54 @@ def specs() -> Specs:
     return load_specs()
 
 
+# Every test that uses a ledger runs once on each backend, except in modules about the transport, where a second
+# run would repeat the first (test_load runs HTTP on both).
+LEDGER_BACKENDS = ("sqlite", "postgresql")
+SQLITE_ONLY_MODULES = {"test_http"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if ("ledger_target" in metafunc.fixturenames
+            and metafunc.module.__name__.rsplit(".", 1)[-1] not in SQLITE_ONLY_MODULES
+            and not any("ledger_target" in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))):
+        metafunc.parametrize("ledger_target", LEDGER_BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    """A PostgreSQL server for the session (see tests/pg_server.py); skips, or fails under $TIERED_MCP_REQUIRE_PG,
+    when none can be had."""
+    from . import pg_server
+
+    try:
+        with pg_server.server() as dsn:
+            yield dsn
+    except pg_server.Unavailable as e:
+        if os.environ.get(pg_server.ENV_REQUIRE):
+            pytest.fail(f"PostgreSQL is required (${pg_server.ENV_REQUIRE}) but unavailable: {e}", pytrace=False)
+        pytest.skip(f"PostgreSQL cases skipped: {e}")
+
+
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    led = Ledger(tmp_path / "ledger.sqlite3")
+def pg_url(pg_dsn: str) -> str:
+    """A URL on the test server whose tables land in a fresh schema, dropped after the test."""
+    from . import pg_server
+
+    with pg_server.schema_url(pg_dsn) as url:
+        yield url
+
+
+@pytest.fixture
+def ledger_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the test's ledger lives: a SQLite file, or a postgresql:// URL (parametrized by LEDGER_BACKENDS)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return str(tmp_path / "ledger.sqlite3")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def ledger(ledger_target: str) -> LedgerStore:
+    led = open_ledger(ledger_target)
     yield led
     led.close()
 
@@ -58,7 +104,7 @@ def sleeps() -> Sleeps:
 
 
 @pytest.fixture
-def make_runner(specs: Specs, ledger: Ledger, sleeps: Sleeps) -> Callable[..., Runner]:
+def make_runner(specs: Specs, ledger: LedgerStore, sleeps: Sleeps) -> Callable[..., Runner]:
     """make_runner(model, **config) -> a Runner over the shipped specs, a temp ledger and recorded sleeps.
 
     Extra keyword arguments of the returned function that are Runner options (sample, session) go to the Runner.

@@ -1,54 +1,203 @@
-"""The ledger under concurrent writers: threads in one process and several processes on one file."""
+"""The ledger on both backends (SQLite and PostgreSQL, via the parametrized `ledger_target` fixture): concurrent
+writers in threads and processes, usage, budgets' spend, the cache, shadow rows; and the PostgreSQL URL's handling."""
 
+import json
+import re
 import subprocess
 import sys
 import textwrap
 import threading
+from datetime import datetime, timedelta, timezone
 
+import pytest
+
+from tiered_mcp.cli import main, masked_config
 from tiered_mcp.config import config_from_dict
+from tiered_mcp.errors import ConfigError
 from tiered_mcp.ledger import Ledger
 from tiered_mcp.receipts import Attempt, Receipt
+from tiered_mcp.storage import POSTGRES_EXTRA_HINT, ShadowRow, is_postgres_url, mask_dsn, open_ledger
 
 CFG = config_from_dict({})
 
 
-def receipt(i: int) -> Receipt:
-    r = Receipt(tool="classify", tier="nano", model="gpt-5.4-nano", ok=True)
+def receipt(i: int, tool: str = "classify", cost: float | None = None, session: str | None = None) -> Receipt:
+    r = Receipt(tool=tool, tier="nano", model="gpt-5.4-nano", ok=True, session=session)
     r.attempts += [Attempt(tier="nano", model="gpt-5.4-nano", reason="first", outcome="invalid", input_tokens=i),
-                   Attempt(tier="nano", model="gpt-5.4-nano", reason="repair", outcome="ok", input_tokens=1)]
+                   Attempt(tier="nano", model="gpt-5.4-nano", reason="repair", outcome="ok", input_tokens=1,
+                           cost_usd=cost)]
     return r
 
 
-def test_threads_lose_no_rows(tmp_path):
-    led = Ledger(tmp_path / "l.sqlite3")
+def test_threads_lose_no_rows(ledger_target):
+    led = open_ledger(ledger_target)
     threads = [threading.Thread(target=lambda k=k: [led.record(receipt(k * 100 + i), CFG) for i in range(50)])
                for k in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(led.calls()) == 400
-    assert all(len(led.attempts(c["id"])) == 2 for c in led.calls())
+    calls = led.calls()
+    assert len(calls) == 400 and len({c["id"] for c in calls}) == 400
+    assert all(len(led.attempts(c["id"])) == 2 for c in calls)
+    led.close()
 
 
-def test_processes_lose_no_rows(tmp_path):
-    path = tmp_path / "l.sqlite3"
+def test_processes_lose_no_rows(ledger_target):
     script = textwrap.dedent(f"""
         from tiered_mcp.config import config_from_dict
-        from tiered_mcp.ledger import Ledger
         from tiered_mcp.receipts import Receipt
-        led = Ledger({str(path)!r})
+        from tiered_mcp.storage import open_ledger
+        led = open_ledger({ledger_target!r})
         for i in range(100):
             led.record(Receipt(tool="rank", tier="nano", model="m", ok=True), config_from_dict({{}}))
+        led.close()
     """)
     procs = [subprocess.Popen([sys.executable, "-c", script]) for _ in range(6)]
     assert [p.wait(timeout=60) for p in procs] == [0] * 6
-    assert len(Ledger(path).calls()) == 600
+    led = open_ledger(ledger_target)
+    assert len(led.calls()) == 600
+    led.close()
 
 
-def test_usage_groups_and_since(tmp_path):
-    led = Ledger(tmp_path / "l.sqlite3")
-    led.record(receipt(10), CFG)
-    rows, total = led.usage(by="model")
-    assert [r.key for r in rows] == ["gpt-5.4-nano"] and total.calls == 1 and total.input_tokens == 11
-    assert led.usage(since="2999-01-01")[1].calls == 0
+def test_usage_groups_and_since(ledger):
+    ledger.record(receipt(10), CFG)
+    ledger.record(receipt(5, tool="rank"), CFG)
+    ledger.record(Receipt(tool="rank", tier="mini", model="gpt-5.4-mini", ok=False, kind="shadow"), CFG)
+    rows, total = ledger.usage(by="model")
+    assert [r.key for r in rows] == ["gpt-5.4-mini (shadow)", "gpt-5.4-nano"]  # by cost (all 0 here), then key
+    assert (total.calls, total.failed, total.input_tokens) == (3, 1, 17)
+    assert isinstance(total.cost_usd, float) and isinstance(total.calls, int)
+    today = datetime.now(timezone.utc).date()
+    assert ledger.usage(since=today.isoformat())[1].calls == 3
+    assert ledger.usage(since=(today + timedelta(days=1)).isoformat())[1].calls == 0
+    assert ledger.usage(since="2999-01-01")[1].calls == 0
+    assert ledger.call_counts() == {"classify": 1, "rank": 1}
+    with pytest.raises(ValueError):
+        ledger.usage(by="nope")
+
+
+def test_spent_per_utc_day_tool_and_session(ledger):
+    ledger.record(receipt(1, cost=0.25, session="a"), CFG)
+    ledger.record(receipt(1, tool="rank", cost=0.5, session="b"), CFG)
+    ledger.record(receipt(1, cost=None, session="a"), CFG)  # unknown cost: not counted
+    midnight = datetime.now(timezone.utc).strftime("%Y-%m-%dT00:00:00")  # what budgets pass
+    assert ledger.spent(midnight) == pytest.approx(0.75)
+    assert ledger.spent(midnight, tool="rank") == pytest.approx(0.5)
+    assert ledger.spent("", session="a") == pytest.approx(0.25)
+    assert ledger.spent("2999-01-01T00:00:00") == 0.0
+
+
+def test_store_inputs_and_stored_calls(ledger):
+    ledger.record(receipt(1), CFG, {"text": "not kept"}, {"label": "x"})
+    ledger.store_inputs = True
+    ledger.record(receipt(1), CFG, {"text": "kept é"}, {"label": "y"})
+    ledger.record(Receipt(tool="classify", ok=False), CFG, {"text": "failed"}, None)
+    assert ledger.stored_calls() == [("classify", {"text": "kept é"})]
+    assert ledger.stored_calls(tool="rank") == []
+    assert json.loads(ledger.calls()[1]["output"]) == {"label": "y"}
+
+
+def test_cache_put_get_replace_and_expiry(ledger):
+    assert ledger.cache_get("k") is None
+    ledger.cache_put("k", {"label": "a"}, "nano", "m1", ttl_s=60)
+    ledger.cache_put("k", {"label": "b"}, "mini", "m2", ttl_s=60)
+    assert ledger.cache_get("k") == ({"label": "b"}, "mini", "m2")
+    ledger.cache_put("old", {"label": "c"}, "nano", "m1", ttl_s=-1)
+    assert ledger.cache_get("old") is None
+
+
+def test_shadow_rows_round_trip(ledger):
+    row = ShadowRow(tool="classify", call_id=1, shadow_call_id=2, tier="nano", comparison_tier="mini", score=0.75,
+                    agree=False, detail="fields", cost_usd=0.001, comparison_cost_usd=None)
+    ledger.shadow_record(row)
+    ledger.shadow_record(ShadowRow("rank", None, None, "nano", "mini", None, None, "judge failed", None, None))
+    assert ledger.shadows() == [row, ShadowRow("rank", None, None, "nano", "mini", None, None, "judge failed",
+                                               None, None)]
+    assert ledger.shadows(since="2999-01-01") == []
+
+
+def test_a_batch_is_one_transaction_with_ids_in_order(ledger):
+    ids = ledger.record_many([(receipt(i), None, None) for i in range(5)], CFG)
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert [c["id"] for c in ledger.calls()] == ids
+
+
+# ---- PostgreSQL specifics ----------------------------------------------------------------------------------------
+
+
+def test_replicas_starting_together_create_the_schema_once(pg_url):
+    errors, ledgers = [], []
+    barrier = threading.Barrier(8)
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            ledgers.append(open_ledger(pg_url))
+        except Exception as e:  # noqa: BLE001 - any failure is the finding
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(ledgers) == 8
+    for i, led in enumerate(ledgers):
+        led.record(receipt(i), CFG)
+    assert len(ledgers[0].calls()) == 8
+    for led in ledgers:
+        led.close()
+
+
+def test_the_url_password_is_masked_everywhere(pg_url, capsys, tmp_path):
+    password = pg_url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    assert mask_dsn(pg_url).startswith("postgresql://tiered:***@") and password not in mask_dsn(pg_url)
+    led = open_ledger(pg_url)
+    assert password not in led.location
+    led.record(receipt(1), CFG)
+    led.close()
+
+    config = tmp_path / "c.toml"
+    config.write_text(f"ledger = {json.dumps(pg_url)}\n", encoding="utf-8")
+    assert masked_config(config_from_dict({"ledger": pg_url}))["ledger"] == mask_dsn(pg_url)
+    assert main(["config", "--config", str(config), "--json"]) == 0
+    assert main(["usage", "--config", str(config)]) == 0
+    assert main(["usage", "--ledger", pg_url, "--json"]) == 0
+    assert main(["report", "--ledger", pg_url]) == 0
+    wrong_port = re.sub(r"@([^/:]+):\d+/", r"@\1:1/", pg_url)
+    assert main(["usage", "--ledger", wrong_port]) == 2
+    out = capsys.readouterr()
+    assert password not in out.out + out.err
+    assert "tiered:***@" in out.out and "cannot open the PostgreSQL ledger" in out.err
+
+
+def test_a_bad_password_is_a_setup_error_without_the_password(pg_url):
+    bad = pg_url.replace("://tiered:", "://tiered:Wr0ng-Secret-Pw", 1).split("?")[0]
+    with pytest.raises(ConfigError) as e:
+        open_ledger(bad)
+    assert "password authentication failed" in str(e.value) and "Wr0ng-Secret-Pw" not in str(e.value)
+
+
+def test_mask_dsn():
+    assert mask_dsn("postgresql://u:p%40ss@db:5432/x?sslmode=require&password=q") == \
+        "postgresql://u:***@db:5432/x?sslmode=require&password=***"
+    assert mask_dsn("postgres://u@db/x") == "postgres://u@db/x"
+    assert mask_dsn("/var/lib/ledger.sqlite3") == "/var/lib/ledger.sqlite3"
+    assert is_postgres_url("PostgreSQL://h/db") and not is_postgres_url("/tmp/x.sqlite3")
+
+
+def test_a_postgres_url_without_the_extra_names_the_pip_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg now raises ImportError
+    with pytest.raises(ConfigError) as e:
+        open_ledger("postgresql://tiered:S3cret@127.0.0.1:1/db")
+    assert POSTGRES_EXTRA_HINT in str(e.value) and "S3cret" not in str(e.value)
+
+
+def test_the_config_picks_the_backend(tmp_path):
+    url = "postgresql://team@db.internal/ledger"
+    assert config_from_dict({"ledger": url}).ledger_target() == url
+    assert config_from_dict({"ledger": str(tmp_path / "x.sqlite3")}).ledger_target() == str(tmp_path / "x.sqlite3")
+    led = open_ledger(tmp_path / "y.sqlite3")
+    assert isinstance(led, Ledger)
+    led.close()

@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the MCP server (stdio, or Streamable HTTP at /mcp)")
     _common(p)
-    p.add_argument("--ledger", metavar="PATH", help="SQLite ledger file (default: the config's, else the state dir)")
+    p.add_argument("--ledger", metavar="PATH|URL",
+                   help="SQLite ledger file or postgresql:// URL (default: the config's, else the state dir)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="default: WARNING on stdio, INFO over HTTP")
     p.add_argument("--log-format", default="text", choices=["text", "json"],
@@ -62,14 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("tool")
     p.add_argument("--args", default="{}", metavar="JSON", help="the tool's arguments as a JSON object")
     _common(p)
-    p.add_argument("--ledger", metavar="PATH")
+    p.add_argument("--ledger", metavar="PATH|URL")
     p.add_argument("--json", action="store_true", help="print one JSON object (result, receipt, is_error)")
     p.add_argument("--options", metavar="JSON", help='per-call routing options, e.g. \'{"cache": false}\' '
                    "(sent in the request's _meta)")
 
     p = sub.add_parser("usage", help="totals, cost, flagship baseline and savings from the ledger")
     _common(p, specs=False)
-    p.add_argument("--ledger", metavar="PATH")
+    p.add_argument("--ledger", metavar="PATH|URL")
     p.add_argument("--since", metavar="DATE", help="only calls on or after this date (YYYY-MM-DD, UTC)")
     p.add_argument("--by", default="tool", choices=["tool", "tier", "model"])
     p.add_argument("--json", action="store_true")
@@ -274,11 +275,11 @@ def _usage(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .config import load_config
-    from .ledger import Ledger
+    from .storage import is_postgres_url, open_ledger
 
     config = load_config(args.config)
-    path = args.ledger or config.ledger_path()
-    if not os.path.exists(path):
+    path = args.ledger or config.ledger_target()
+    if not is_postgres_url(path) and not os.path.exists(path):
         print(f"tiered-mcp: no ledger at {path} yet (it is created by the first tool call)", file=sys.stderr)
         return FAILED
     since = args.since
@@ -290,7 +291,12 @@ def _usage(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"tiered-mcp: --since {args.since!r} is not a date; use YYYY-MM-DD", file=sys.stderr)
             return USAGE
-    rows, total = Ledger(path).usage(since=since, by=args.by)
+    ledger = open_ledger(path)
+    try:
+        rows, total = ledger.usage(since=since, by=args.by)
+    finally:
+        ledger.close()
+    path = ledger.location  # a URL's password masked
     if args.json:
         out = [{**asdict(r), "saved_usd": r.saved_usd} for r in [*rows, total]]
         print(json.dumps(out, indent=2))
@@ -317,6 +323,8 @@ def masked_config(config: Any, env: Any = None) -> dict[str, Any]:
     """The config as a dict, with secret-looking header values masked and the state of each key variable."""
     from urllib.parse import urlsplit, urlunsplit
 
+    from .storage import mask_dsn
+
     def mask_url(raw: str) -> str:
         url = urlsplit(raw)
         if url.username or url.password:
@@ -335,7 +343,7 @@ def masked_config(config: Any, env: Any = None) -> dict[str, Any]:
             out["api_key"] = "set (hidden)" if env.get(p.api_key_env) else f"NOT SET: export {p.api_key_env}=..."
         else:
             out["api_key"] = "not needed"
-    data["ledger"] = str(config.ledger_path(env))
+    data["ledger"] = mask_dsn(config.ledger_target(env))
     return data
 
 

@@ -49,15 +49,20 @@ def report(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .html_report import render_html
-    from .ledger import Ledger
     from .report import build_report
+    from .storage import is_postgres_url, open_ledger
 
     config = load_config(args.config)
-    path = Path(args.ledger or config.ledger_path())
-    if not path.exists():
-        print(f"tiered-mcp: no ledger at {path} yet (it is created by the first tool call)", file=sys.stderr)
+    target = args.ledger or config.ledger_target()
+    if not is_postgres_url(target) and not Path(target).exists():
+        print(f"tiered-mcp: no ledger at {target} yet (it is created by the first tool call)", file=sys.stderr)
         return FAILED
-    reports = build_report(Ledger(path), args.since, args.keep_at)
+    ledger = open_ledger(target)
+    try:
+        reports = build_report(ledger, args.since, args.keep_at)
+    finally:
+        ledger.close()
+    path = ledger.location  # a URL's password masked
     if args.html:
         Path(args.html).write_text(render_html(reports), encoding="utf-8")
     if args.json:

@@ -112,7 +112,7 @@ class Config(_Frozen):
     """The whole configuration. Build it with `load_config`."""
 
     store_inputs: bool = False
-    ledger: str | None = None
+    ledger: str | None = Field(default=None, description="A SQLite file, or a postgresql:// URL that replicas share.")
     call_tier_ceiling: TierName = "mini"
     escalation_ceiling: TierName = FLAGSHIP
     retry: Retry = Field(default_factory=Retry)
@@ -140,10 +140,18 @@ class Config(_Frozen):
         return [t for t in TIERS[lo : hi + 1] if t in self.tiers]
 
     def ledger_path(self, env: Mapping[str, str] | None = None) -> Path:
-        """Where the ledger lives: the config's `ledger`, else the user's state directory."""
+        """Where a SQLite ledger lives: the config's `ledger`, else the user's state directory."""
         if self.ledger:
             return Path(self.ledger).expanduser()
         return default_state_dir(os.environ if env is None else env) / "ledger.sqlite3"
+
+    def ledger_target(self, env: Mapping[str, str] | None = None) -> str:
+        """Where the ledger lives, as `storage.open_ledger` takes it: a postgresql:// URL as given, else a path."""
+        from .storage import is_postgres_url
+
+        if is_postgres_url(self.ledger):
+            return str(self.ledger)
+        return str(self.ledger_path(env))
 
 
 LOCAL = "local"

@@ -5,6 +5,7 @@ ledger, and maybe start a shadow comparison in the background.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -12,8 +13,8 @@ import random
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -48,6 +49,7 @@ Progress = Callable[[float, float | None, str], Awaitable[None]]
 """progress(done, total, message): called as the call moves through its steps."""
 
 QUALITY_TRIGGERS = frozenset(TRIGGERS)
+T = TypeVar("T")
 
 
 class UnknownTool(LookupError):
@@ -60,6 +62,23 @@ class Result:
 
     output: dict[str, Any]
     receipt: dict[str, Any]
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A call's ledger row (receipt, arguments, output) and cache entry, waiting to be written."""
+
+    entry: tuple[Receipt, Any, Any]
+    cache: Callable[[], None] | None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    leads: bool = False
+    call_id: int = 0
+    error: BaseException | None = None
+
+    def result(self) -> int:
+        if self.error is not None:
+            raise self.error
+        return self.call_id
 
 
 class _PerSchema:
@@ -147,6 +166,9 @@ class Runner:
         self._env = os.environ if env is None else env
         self._sleep, self._jitter, self._sample = sleep, jitter, sample
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
+        self._ledger_threads: anyio.CapacityLimiter | None = None
+        self._pending: list[_Pending] = []  # ledger rows waiting for the write under way (see _write)
+        self._writing = False
         self._background: TaskGroup | None = None
         self.shadows_pending = 0
         self.shadows_skipped = 0
@@ -241,6 +263,7 @@ class Runner:
         started = time.perf_counter()
         output: dict[str, Any] | None = None
         failure: CallError | None = None
+        fresh: tuple[list[str], CallOptions] | None = None  # a new answer, to cache
         with tracing.span("tiered.call", tool=spec.name, kind=kind) as span:
             try:
                 if not checked:
@@ -254,10 +277,13 @@ class Runner:
                     ladder = [forced_tier]
                 else:
                     ladder = self.ladder(spec, requested, options.escalation_ceiling)
-                output = self._from_cache(spec, args, ladder, receipt, options)
+                output = await self._from_cache(spec, args, ladder, receipt, options)
                 if output is None:
                     output = await self._climb(spec, args, ladder, receipt, progress, options)
-                    self._to_cache(spec, args, ladder, receipt, output, options)
+                    if sink is None:
+                        fresh = (ladder, options)  # cached in the same trip as the ledger row, below
+                    else:
+                        await self._off_loop(self._to_cache, spec, args, ladder, receipt, output, options)
             except anyio.get_cancelled_exc_class():
                 receipt.error = "cancelled by the client" if kind == "call" else "cancelled (the server stopped)"
                 raise
@@ -271,7 +297,7 @@ class Runner:
                 elif self.ledger is not None:
                     # Shielded: a cancelled call is still written down, with what it spent before the cancel.
                     with anyio.CancelScope(shield=True):
-                        receipt.call_id = await self.ledger.arecord(receipt, self.config, args, output)
+                        receipt.call_id = await self._write(spec, args, receipt, output, fresh)
                     self.budget.written(spec.name, receipt.cost_usd)
                 receipt.budget = self.budget.status(spec.name) or None
                 span.set(tier=receipt.tier, ok=receipt.ok, cost_usd=receipt.cost_usd, attempts=len(receipt.attempts),
@@ -304,17 +330,78 @@ class Runner:
         return (self.ledger is not None and options.cache and self.config.cache_ttl_s > 0
                 and spec.annotations.idempotent)
 
-    def _from_cache(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], receipt: Receipt,
-                    options: CallOptions) -> dict[str, Any] | None:
+    async def _from_cache(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], receipt: Receipt,
+                          options: CallOptions) -> dict[str, Any] | None:
         if not ladder or not self._cache_on(spec, options):
             return None
         assert self.ledger is not None
-        hit = self.ledger.cache_get(cache_key(spec, self.config.tiers[ladder[0]].model, args))
+        hit = await self._off_loop(self.ledger.cache_get, cache_key(spec, self.config.tiers[ladder[0]].model, args))
         if hit is None:
             return None
         output, tier, model = hit
         receipt.ok, receipt.tier, receipt.model, receipt.cached = True, tier, model, True
         return output
+
+    async def _off_loop(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a ledger call in a worker thread. Never on the event loop: the ledger's calls block (on the disk, on
+        its lock while another thread writes, on another process's transaction, on a database server), and every
+        call in flight would wait with them. Through a limiter of our own, so that a burst of calls cannot take
+        all of anyio's worker threads, which the stdio transport needs for every message it reads and writes."""
+        if self._ledger_threads is None:
+            self._ledger_threads = anyio.CapacityLimiter(4)
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._ledger_threads)
+
+    async def _write(self, spec: ToolSpec, args: dict[str, Any], receipt: Receipt, output: dict[str, Any] | None,
+                     fresh: tuple[list[str], CallOptions] | None) -> int:
+        """Write the call's ledger row, and cache a new answer; the row's id.
+
+        Group commit: the rows of every call that finished while a write was under way go together in the next
+        write, one transaction and one trip to a worker thread, instead of one each (which, on a busy server,
+        costs more than the writes: each trip waits for the GIL behind the event loop). A call alone waits for
+        nothing. The first call to find no write under way writes; the others wait for the write that takes them.
+        """
+        cache = None
+        if fresh is not None and output is not None:
+            cache = functools.partial(self._to_cache, spec, args, fresh[0], receipt, output, fresh[1])
+        mine = _Pending((receipt, args, output), cache)
+        self._pending.append(mine)
+        if self._writing:
+            await mine.done.wait()  # written by another call's write, or this call's turn to write
+            if not mine.leads:
+                return mine.result()
+        self._writing = True
+        batch, self._pending = self._pending, []
+        try:
+            await self._off_loop(self._write_batch, batch)
+        except BaseException as e:
+            for p in batch:
+                p.error = p.error or e
+            raise
+        finally:
+            for p in batch:
+                p.done.set()
+            if self._pending:  # arrived during this write: the first of them writes next
+                self._pending[0].leads = True
+                self._pending[0].done.set()
+            else:
+                self._writing = False
+        return mine.result()
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        assert self.ledger is not None
+        try:
+            ids = self.ledger.record_many([p.entry for p in batch], self.config)
+        except Exception as e:
+            for p in batch:
+                p.error = e
+            return
+        for p, call_id in zip(batch, ids):
+            p.call_id = call_id
+            if p.cache is not None:
+                try:
+                    p.cache()
+                except Exception as e:
+                    p.error = e
 
     def _to_cache(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], receipt: Receipt,
                   output: dict[str, Any], options: CallOptions) -> None:

@@ -20,7 +20,6 @@ from mcp.shared.exceptions import MCPError
 from . import __version__
 from .config import LOCAL, TIERS, Config, load_config
 from .errors import CallError, ConfigError
-from .ledger import Ledger
 from .models import LazyOpenAI, Model
 from .prices import price_of
 from .receipts import RECEIPT_META_KEY
@@ -28,6 +27,7 @@ from .routing import Usable, ladder_for
 from .options import parse_options
 from .runner import Runner, UnknownTool
 from .specs import Specs, ToolSpec, load_specs
+from .storage import open_ledger
 
 log = logging.getLogger("tiered_mcp")
 
@@ -242,17 +242,19 @@ def build_runner(
     env: Mapping[str, str] | None = None,
     model: Model | None = None,
 ) -> Runner:
-    """Everything a server needs, from the command line's options.
+    """Everything a server needs, from the command line's options (`ledger_path`: a file or a postgresql:// URL).
 
     Raises:
-        SetupError: a bad config or spec file (the message names the file and field).
+        SetupError: a bad config or spec file (the message names the file and field), or a ledger that cannot be
+            opened.
     """
     env = os.environ if env is None else env
     config = load_config(config_path, env)
     specs: Specs = load_specs(spec_dirs)
     check_tool_settings(config, specs)
-    ledger = Ledger(ledger_path or config.ledger_path(env), store_inputs=config.store_inputs)
-    return Runner(config, specs, model if model is not None else LazyOpenAI(env), ledger)
+    ledger = open_ledger(ledger_path or config.ledger_target(env), store_inputs=config.store_inputs)
+    # The runner tells which tiers can run from the same environment the model takes its keys from.
+    return Runner(config, specs, model if model is not None else LazyOpenAI(env), ledger, env=env)
 
 
 async def serve_stdio(server: Server[Any]) -> None:
