@@ -13,7 +13,7 @@ import random
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, TypeVar
 
 import anyio
@@ -64,23 +64,6 @@ class Result:
     receipt: dict[str, Any]
 
 
-@dataclass(eq=False)
-class _Pending:
-    """A call's ledger row (receipt, arguments, output) and cache entry, waiting to be written."""
-
-    entry: tuple[Receipt, Any, Any]
-    cache: Callable[[], None] | None
-    done: anyio.Event = field(default_factory=anyio.Event)
-    leads: bool = False
-    call_id: int = 0
-    error: BaseException | None = None
-
-    def result(self) -> int:
-        if self.error is not None:
-            raise self.error
-        return self.call_id
-
-
 class _PerSchema:
     """Something derived from a schema, computed once per schema object.
 
@@ -113,6 +96,23 @@ def schema_problems(schema: dict[str, Any], instance: Any, what: str, limit: int
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.path)
         out.append(f"{what}{path}: {e.message}")
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _meta_problem(schema_json: str) -> str | None:
+    try:
+        Draft202012Validator.check_schema(json.loads(schema_json))
+    except SchemaError as e:
+        return e.message
+    return None
+
+
+def _meta_schema_problem(schema: Any) -> str | None:
+    """Why a caller's schema is not a valid JSON Schema, or None. Memoised on its canonical JSON (up to 64 KiB, so
+    the memo stays small): checking against the meta-schema costs over a millisecond, and a host tends to send the
+    same schema call after call."""
+    text = json.dumps(schema, sort_keys=True)
+    return _meta_problem(text) if len(text) <= 65536 else _meta_problem.__wrapped__(text)
 
 
 def _with_defaults(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
@@ -167,8 +167,6 @@ class Runner:
         self._sleep, self._jitter, self._sample = sleep, jitter, sample
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
         self._ledger_threads: anyio.CapacityLimiter | None = None
-        self._pending: list[_Pending] = []  # ledger rows waiting for the write under way (see _write)
-        self._writing = False
         self._background: TaskGroup | None = None
         self.shadows_pending = 0
         self.shadows_skipped = 0
@@ -317,10 +315,9 @@ class Runner:
         args = _with_defaults(spec.input_schema, args)
         for b in spec.bindings:
             if b.as_ == "schema":
-                try:
-                    Draft202012Validator.check_schema(args[b.argument])
-                except SchemaError as e:
-                    raise ArgumentsError(f"arguments.{b.argument}: not a valid JSON Schema: {e.message}") from None
+                problem = _meta_schema_problem(args[b.argument])
+                if problem is not None:
+                    raise ArgumentsError(f"arguments.{b.argument}: not a valid JSON Schema: {problem}")
         return args
 
     # ---- cache -----------------------------------------------------------------------------------------------------
@@ -348,60 +345,22 @@ class Runner:
         call in flight would wait with them. Through a limiter of our own, so that a burst of calls cannot take
         all of anyio's worker threads, which the stdio transport needs for every message it reads and writes."""
         if self._ledger_threads is None:
-            self._ledger_threads = anyio.CapacityLimiter(4)
+            self._ledger_threads = anyio.CapacityLimiter(8)
         return await anyio.to_thread.run_sync(func, *args, limiter=self._ledger_threads)
 
     async def _write(self, spec: ToolSpec, args: dict[str, Any], receipt: Receipt, output: dict[str, Any] | None,
                      fresh: tuple[list[str], CallOptions] | None) -> int:
-        """Write the call's ledger row, and cache a new answer; the row's id.
-
-        Group commit: the rows of every call that finished while a write was under way go together in the next
-        write, one transaction and one trip to a worker thread, instead of one each (which, on a busy server,
-        costs more than the writes: each trip waits for the GIL behind the event loop). A call alone waits for
-        nothing. The first call to find no write under way writes; the others wait for the write that takes them.
-        """
-        cache = None
-        if fresh is not None and output is not None:
-            cache = functools.partial(self._to_cache, spec, args, fresh[0], receipt, output, fresh[1])
-        mine = _Pending((receipt, args, output), cache)
-        self._pending.append(mine)
-        if self._writing:
-            await mine.done.wait()  # written by another call's write, or this call's turn to write
-            if not mine.leads:
-                return mine.result()
-        self._writing = True
-        batch, self._pending = self._pending, []
-        try:
-            await self._off_loop(self._write_batch, batch)
-        except BaseException as e:
-            for p in batch:
-                p.error = p.error or e
-            raise
-        finally:
-            for p in batch:
-                p.done.set()
-            if self._pending:  # arrived during this write: the first of them writes next
-                self._pending[0].leads = True
-                self._pending[0].done.set()
-            else:
-                self._writing = False
-        return mine.result()
-
-    def _write_batch(self, batch: list[_Pending]) -> None:
+        """Write the call's ledger row, and cache a new answer, in one trip to a worker thread; the row's id."""
         assert self.ledger is not None
-        try:
-            ids = self.ledger.record_many([p.entry for p in batch], self.config)
-        except Exception as e:
-            for p in batch:
-                p.error = e
-            return
-        for p, call_id in zip(batch, ids):
-            p.call_id = call_id
-            if p.cache is not None:
-                try:
-                    p.cache()
-                except Exception as e:
-                    p.error = e
+        ledger = self.ledger
+
+        def write() -> int:
+            call_id = ledger.record(receipt, self.config, args, output)
+            if fresh is not None and output is not None:
+                self._to_cache(spec, args, fresh[0], receipt, output, fresh[1])
+            return call_id
+
+        return await self._off_loop(write)
 
     def _to_cache(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], receipt: Receipt,
                   output: dict[str, Any], options: CallOptions) -> None:

@@ -1,0 +1,214 @@
+"""Throughput (calls/s) and per-call p50/p95 at 1, 8 and 64 concurrent callers, over stdio and Streamable HTTP.
+
+    python benchmarks/throughput.py [--transport stdio,http] [--callers 1,8,64] [--latency-ms 50]
+
+Subjects, against benchmarks/fast_upstream.py in its own process (fixed latency per request):
+
+- direct:     the same Chat Completions requests straight through one `openai.AsyncOpenAI` (aiohttp transport).
+- mcp proxy:  a minimal SDK low-level server forwarding the same request (benchmarks/floor_server.py --proxy).
+- tiered-mcp: `tiered-mcp serve` with its default config and a real SQLite ledger, `classify` with a new text per
+              call (identical calls would be cache hits). Note the default `max_concurrency = 32` per provider:
+              at 64 callers, at most 32 requests are in flight upstream.
+
+Over stdio a host has one connection to its server, so the callers share one `mcp.Client`; over HTTP each caller
+is a team member with a `mcp.Client` (a session) of its own. Each caller makes its calls one after another. Per
+level, each subject runs `--rounds` times (A B C, B C A, C A B, ...) and its runs are pooled, so that drift on a
+noisy machine hits all of them alike. Everything (callers, server, upstream) shares the machine's cores, as it
+would on a laptop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import anyio
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+SUBJECTS = ("direct", "mcp proxy", "tiered-mcp")
+LEDGER: dict[str, Any] = {"dsn": None}  # --ledger postgresql: the throwaway server's URL and tests/pg_server helpers
+Call = Callable[[int, int], Awaitable[None]]  # (caller, call number)
+
+
+@dataclass
+class Level:
+    transport: str
+    callers: int
+    elapsed: dict[str, float] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    times: dict[str, list[float]] = field(default_factory=dict)
+
+    def rate(self, subject: str) -> float:
+        return self.calls[subject] / self.elapsed[subject]
+
+
+def calls_per_caller(callers: int) -> int:
+    return {1: 200, 8: 48}.get(callers, max(16, 1024 // callers))
+
+
+async def _clients(stack: contextlib.AsyncExitStack, transport: str, which: str, upstream_port: int, callers: int,
+                   mode: str, tmp: str, src: str | None = None) -> list[Any]:
+    """One shared client over stdio; one client per caller over HTTP. `src`: run tiered-mcp from that copy of src/."""
+    from mcp import Client, StdioServerParameters
+
+    env = C.server_env(upstream_port)
+    if src:
+        env["PYTHONPATH"] = src
+    if which == "tiered":
+        if LEDGER["dsn"]:  # a schema of its own on the benchmark's PostgreSQL server
+            ledger = stack.enter_context(LEDGER["schema_url"](LEDGER["dsn"]))
+        else:
+            ledger = os.path.join(tmp, f"ledger-{transport}-{C.label(src) if src else 'now'}.sqlite3")
+            _prefill(ledger, LEDGER.get("prefill", 0))
+        argv = C.tiered_stdio_args(ledger)
+    else:
+        argv = [os.path.join(C.HERE, "floor_server.py"), "--proxy"]
+    if transport == "stdio":
+        params = StdioServerParameters(command=sys.executable, args=argv, env=env)
+        client = await stack.enter_async_context(Client(params, mode=mode))
+        await client.list_tools()
+        return [client]
+    port = C.free_port()
+    argv = argv + ["--transport", "http", "--port", str(port)]
+    url = stack.enter_context(C.http_server(argv, env, port, os.path.join(tmp, f"{which}-{port}-http.log")))
+    out = []
+    for _ in range(callers):
+        client = await stack.enter_async_context(Client(url, mode=mode))
+        await client.list_tools()
+        out.append(client)
+    return out
+
+
+def _prefill(path: str, rows: int) -> None:
+    """Cache entries from `rows` earlier distinct calls (still fresh), as a server that has been busy for a while has."""
+    if rows:
+        from tiered_mcp.ledger import Ledger
+
+        ledger = Ledger(path)
+        for i in range(rows):
+            ledger.cache_put(f"earlier-call-{i}", {"label": "bug report"}, "nano", "gpt-5.4-nano", 3600.0)
+        ledger.close()
+
+
+def _mcp(clients: list[Any]) -> Call:
+    async def call(caller: int, n: int) -> None:
+        result = await clients[caller % len(clients)].call_tool("classify", C.classify_args(n))
+        if result.is_error:
+            raise RuntimeError(f"classify failed: {result.content[0].text if result.content else result}")
+    return call
+
+
+async def _run(call: Call, callers: int, per_caller: int, start: int, times: list[float]) -> float:
+    async def caller(c: int) -> None:
+        for k in range(per_caller):
+            t0 = time.perf_counter()
+            await call(c, start + c * per_caller + k)
+            times.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for c in range(callers):
+            tg.start_soon(caller, c)
+    return time.perf_counter() - t0
+
+
+async def measure(transport: str, levels: list[int], mode: str, upstream_port: int, rounds: int,
+                  before: list[str] = ()) -> list[Level]:
+    tmp = tempfile.mktemp(prefix="tiered-bench-")
+    os.makedirs(tmp)
+    out = []
+    async with contextlib.AsyncExitStack() as stack:
+        direct = C.direct_client(upstream_port)
+        stack.push_async_callback(direct.close)
+        bodies: dict[int, dict[str, Any]] = {}
+
+        async def direct_call(caller: int, n: int) -> None:
+            await C.direct_call(direct, bodies[n])
+
+        most = max(levels)
+        floor = await _clients(stack, transport, "floor", upstream_port, most, mode, tmp)
+        tiered = await _clients(stack, transport, "tiered", upstream_port, most, mode, tmp)
+        run = {"direct": direct_call, "mcp proxy": _mcp(floor), "tiered-mcp": _mcp(tiered)}
+        for src in before:
+            run[C.label(src)] = _mcp(await _clients(stack, transport, "tiered", upstream_port, most, mode, tmp, src))
+        subjects = tuple(run)
+        n = 0
+        for callers in levels:
+            level = Level(transport, callers, {s: 0.0 for s in subjects}, {s: 0 for s in subjects},
+                          {s: [] for s in subjects})
+            per = max(1, calls_per_caller(callers) // rounds)
+            for subject in subjects:  # warm-up at this concurrency: pools grow to it
+                for i in range(callers):
+                    bodies[n + i] = C.request_body(C.classify_args(n + i))
+                await _run(run[subject], callers, 1, n, [])
+                n += callers
+            order = [s for r in range(rounds) for s in subjects[r % len(subjects):] + subjects[:r % len(subjects)]]
+            for subject in order:
+                for i in range(callers * per):
+                    bodies[n + i] = C.request_body(C.classify_args(n + i))  # built before the clock starts
+                level.elapsed[subject] += await _run(run[subject], callers, per, n, level.times[subject])
+                level.calls[subject] += callers * per
+                n += callers * per
+            out.append(level)
+            print_level(level)
+    return out
+
+
+def print_level(level: Level) -> None:
+    print(f"\n{level.transport}, {level.callers} concurrent caller(s), {level.calls['direct']} calls each")
+    print(f"  {'subject':<11} {'calls/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'rate vs direct':>15}")
+    for s in level.calls:
+        print(f"  {s:<11} {level.rate(s):>9.1f} {C.ms(C.pct(level.times[s], 50)):>8} "
+              f"{C.ms(C.pct(level.times[s], 95)):>8} {level.rate(s) / level.rate('direct'):>15.3f}")
+    print(f"  tiered-mcp / mcp proxy: {level.rate('tiered-mcp') / level.rate('mcp proxy'):.3f} of the floor's rate")
+
+
+async def run_all(transports: list[str], levels: list[int], latency_ms: float, mode: str, rounds: int = 4,
+                  before: list[str] = (), ledger: str = "sqlite") -> list[Level]:
+    out = []
+    with contextlib.ExitStack() as stack:
+        if ledger == "postgresql":
+            sys.path.insert(0, os.path.dirname(C.HERE))
+            from tests import pg_server  # a throwaway cluster on loopback, as the tests use
+
+            LEDGER.update(dsn=stack.enter_context(pg_server.server()), schema_url=pg_server.schema_url)
+            print(f"ledger: PostgreSQL (a throwaway cluster on loopback, fsync off); {C.version_of('psycopg')}")
+        port = stack.enter_context(C.upstream(latency_ms / 1000))
+        await C.check_same_body(port)
+        for transport in transports:
+            out += await measure(transport, levels, mode, port, rounds, before)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--transport", default="stdio,http")
+    ap.add_argument("--callers", default="1,8,64")
+    ap.add_argument("--latency-ms", type=float, default=50.0)
+    ap.add_argument("--mode", default="auto", choices=["auto", "legacy"])
+    ap.add_argument("--rounds", type=int, default=4, help="runs per subject and level, in rotating order, pooled")
+    ap.add_argument("--prefill-cache", type=int, default=0, metavar="N",
+                    help="start each SQLite ledger with N fresh cache entries (a server busy for a while)")
+    ap.add_argument("--ledger", default="sqlite", choices=["sqlite", "postgresql"],
+                    help="tiered-mcp's ledger: a SQLite file, or a throwaway PostgreSQL cluster (tests/pg_server.py)")
+    ap.add_argument("--before", metavar="SRC", action="append", default=[],
+                    help="also run tiered-mcp from this copy of src/, labelled by its parent folder (repeatable)")
+    args = ap.parse_args()
+    print(C.machine())
+    print(f"upstream latency {args.latency_ms:g} ms; MCP client mode {args.mode}"
+          + (f"; ledgers start with {args.prefill_cache} cache entries" if args.prefill_cache else ""))
+    LEDGER["prefill"] = args.prefill_cache
+    anyio.run(run_all, args.transport.split(","), [int(x) for x in args.callers.split(",")], args.latency_ms,
+              args.mode, args.rounds, args.before, args.ledger)
+
+
+if __name__ == "__main__":
+    main()
