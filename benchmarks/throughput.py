@@ -88,7 +88,7 @@ async def _clients(stack: contextlib.AsyncExitStack, transport: str, which: str,
 
 
 def _prefill(path: str, rows: int) -> None:
-    """Cache entries from `rows` earlier distinct calls (still fresh), as a server that has been busy for a while has."""
+    """Cache entries of `rows` earlier distinct calls (still fresh), as on a server that has been busy a while."""
     if rows:
         from tiered_mcp.ledger import Ledger
 

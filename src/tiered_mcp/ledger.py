@@ -65,6 +65,8 @@ CREATE TABLE IF NOT EXISTS cache (
     model TEXT NOT NULL,
     output TEXT NOT NULL
 );
+-- Each cache write deletes expired entries: without this index that scans the whole cache on every call.
+CREATE INDEX IF NOT EXISTS cache_expires ON cache (expires);
 CREATE TABLE IF NOT EXISTS shadows (
     id INTEGER PRIMARY KEY,
     ts TEXT NOT NULL,

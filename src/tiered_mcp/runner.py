@@ -14,7 +14,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import anyio
 from anyio.abc import TaskGroup
@@ -49,7 +49,6 @@ Progress = Callable[[float, float | None, str], Awaitable[None]]
 """progress(done, total, message): called as the call moves through its steps."""
 
 QUALITY_TRIGGERS = frozenset(TRIGGERS)
-T = TypeVar("T")
 
 
 class UnknownTool(LookupError):
@@ -166,7 +165,6 @@ class Runner:
         self._env = os.environ if env is None else env
         self._sleep, self._jitter, self._sample = sleep, jitter, sample
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
-        self._ledger_threads: anyio.CapacityLimiter | None = None
         self._background: TaskGroup | None = None
         self.shadows_pending = 0
         self.shadows_skipped = 0
@@ -261,7 +259,6 @@ class Runner:
         started = time.perf_counter()
         output: dict[str, Any] | None = None
         failure: CallError | None = None
-        fresh: tuple[list[str], CallOptions] | None = None  # a new answer, to cache
         with tracing.span("tiered.call", tool=spec.name, kind=kind) as span:
             try:
                 if not checked:
@@ -275,13 +272,10 @@ class Runner:
                     ladder = [forced_tier]
                 else:
                     ladder = self.ladder(spec, requested, options.escalation_ceiling)
-                output = await self._from_cache(spec, args, ladder, receipt, options)
+                output = self._from_cache(spec, args, ladder, receipt, options)
                 if output is None:
                     output = await self._climb(spec, args, ladder, receipt, progress, options)
-                    if sink is None:
-                        fresh = (ladder, options)  # cached in the same trip as the ledger row, below
-                    else:
-                        await self._off_loop(self._to_cache, spec, args, ladder, receipt, output, options)
+                    self._to_cache(spec, args, ladder, receipt, output, options)
             except anyio.get_cancelled_exc_class():
                 receipt.error = "cancelled by the client" if kind == "call" else "cancelled (the server stopped)"
                 raise
@@ -295,7 +289,7 @@ class Runner:
                 elif self.ledger is not None:
                     # Shielded: a cancelled call is still written down, with what it spent before the cancel.
                     with anyio.CancelScope(shield=True):
-                        receipt.call_id = await self._write(spec, args, receipt, output, fresh)
+                        receipt.call_id = await self.ledger.arecord(receipt, self.config, args, output)
                     self.budget.written(spec.name, receipt.cost_usd)
                 receipt.budget = self.budget.status(spec.name) or None
                 span.set(tier=receipt.tier, ok=receipt.ok, cost_usd=receipt.cost_usd, attempts=len(receipt.attempts),
@@ -327,40 +321,17 @@ class Runner:
         return (self.ledger is not None and options.cache and self.config.cache_ttl_s > 0
                 and spec.annotations.idempotent)
 
-    async def _from_cache(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], receipt: Receipt,
-                          options: CallOptions) -> dict[str, Any] | None:
+    def _from_cache(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], receipt: Receipt,
+                    options: CallOptions) -> dict[str, Any] | None:
         if not ladder or not self._cache_on(spec, options):
             return None
         assert self.ledger is not None
-        hit = await self._off_loop(self.ledger.cache_get, cache_key(spec, self.config.tiers[ladder[0]].model, args))
+        hit = self.ledger.cache_get(cache_key(spec, self.config.tiers[ladder[0]].model, args))
         if hit is None:
             return None
         output, tier, model = hit
         receipt.ok, receipt.tier, receipt.model, receipt.cached = True, tier, model, True
         return output
-
-    async def _off_loop(self, func: Callable[..., T], *args: Any) -> T:
-        """Run a ledger call in a worker thread. Never on the event loop: the ledger's calls block (on the disk, on
-        its lock while another thread writes, on another process's transaction, on a database server), and every
-        call in flight would wait with them. Through a limiter of our own, so that a burst of calls cannot take
-        all of anyio's worker threads, which the stdio transport needs for every message it reads and writes."""
-        if self._ledger_threads is None:
-            self._ledger_threads = anyio.CapacityLimiter(8)
-        return await anyio.to_thread.run_sync(func, *args, limiter=self._ledger_threads)
-
-    async def _write(self, spec: ToolSpec, args: dict[str, Any], receipt: Receipt, output: dict[str, Any] | None,
-                     fresh: tuple[list[str], CallOptions] | None) -> int:
-        """Write the call's ledger row, and cache a new answer, in one trip to a worker thread; the row's id."""
-        assert self.ledger is not None
-        ledger = self.ledger
-
-        def write() -> int:
-            call_id = ledger.record(receipt, self.config, args, output)
-            if fresh is not None and output is not None:
-                self._to_cache(spec, args, fresh[0], receipt, output, fresh[1])
-            return call_id
-
-        return await self._off_loop(write)
 
     def _to_cache(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], receipt: Receipt,
                   output: dict[str, Any], options: CallOptions) -> None:
