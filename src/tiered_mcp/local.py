@@ -5,7 +5,6 @@ The embedder loads once, lazily, on the first local call (never at server start-
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from typing import Any, Callable
 
@@ -20,11 +19,6 @@ _TASK_ARGS = {
     "rank": ("query", "items", "top_k"),
     "summarize": ("text", "max_words", "style", "focus"),
 }
-
-
-def estimate_tokens(text: str) -> int:
-    """A rough o200k-like token count (about four bytes a token), for what a model call would have cost."""
-    return max(1, (len(text.encode("utf-8")) + 3) // 4)
 
 
 class LocalEngine:
@@ -84,6 +78,3 @@ class LocalEngine:
         except ValueError as e:
             raise ArgumentsError(f"arguments: {e}") from None
 
-
-def output_tokens(output: dict[str, Any]) -> int:
-    return estimate_tokens(json.dumps(output, ensure_ascii=False))

@@ -36,12 +36,14 @@ from .errors import (
     Transient,
 )
 from .ledger import Ledger
-from .local import LocalEngine, estimate_tokens, output_tokens
+from .local import LocalEngine
 from .models import Model, ModelReply, ModelRequest
 from .options import CallOptions
 from .prices import cost_of
 from .receipts import Attempt, Receipt
 from .routing import ladder_for
+from .tokens import count as count_tokens
+from .tokens import count_messages
 from .specs import Specs, ToolSpec, strict_compatible
 from .validators import run_validators
 
@@ -431,15 +433,16 @@ class Runner:
         finally:
             attempt.latency_ms = (time.perf_counter() - t0) * 1000
         attempt.model = self.local.model_name
-        attempt.input_tokens = sum(estimate_tokens(m["content"]) for m in base["messages"])
-        attempt.output_tokens = output_tokens(output)
+        # What the prompt and this answer come to in o200k tokens: the basis of the nano and flagship baselines.
+        attempt.input_tokens = count_messages(base["messages"])
+        attempt.output_tokens = count_tokens(json.dumps(output, ensure_ascii=False))
         attempt.cost_usd = cost_of(self.config.tiers[tier], attempt.input_tokens, attempt.output_tokens)
         problems = schema_problems(base["schema"], output, "output")
         if problems:
             attempt.outcome, attempt.detail = "invalid", "; ".join(problems)
             return None
         attempt.outcome = "ok"
-        attempt.detail = "answered in process; tokens are estimates of what the prompt would have used"
+        attempt.detail = "answered in process; tokens are what the prompt and answer come to (o200k), for the baselines"
         return output
 
     async def _on_tier(self, tier: str, spec: ToolSpec, args: dict[str, Any], base: dict[str, Any],
