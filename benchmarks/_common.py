@@ -144,7 +144,7 @@ def request_body(args: dict[str, Any], tool: str = "classify") -> dict[str, Any]
     Built from the same spec, template and schema binding the runner uses; `check_same_body` proves it equal to what
     the runner really sends.
     """
-    from tiered_mcp.runner import _strict, _with_defaults
+    from tiered_mcp.call.runner import _strict, _with_defaults
 
     spec, tier = _spec(tool)
     full = _with_defaults(spec.input_schema, args)
@@ -163,8 +163,8 @@ _LOADED: dict[str, Any] = {}
 
 def _spec(tool: str) -> Any:
     if not _LOADED:
-        from tiered_mcp.config import load_config
-        from tiered_mcp.specs import load_specs
+        from tiered_mcp.core.config import load_config
+        from tiered_mcp.specs.spec import load_specs
 
         _LOADED.update(specs=load_specs(), nano=load_config(None, {}).tiers["nano"])
     return _LOADED["specs"].get(tool), _LOADED["nano"]
@@ -175,10 +175,10 @@ async def check_same_body(upstream_port: int, tool: str = "classify") -> None:
     `request_body` builds exactly that body: the direct client and the floor server then send what we send."""
     import openai
 
-    from tiered_mcp.config import load_config
-    from tiered_mcp.models import LazyOpenAI
-    from tiered_mcp.runner import Runner
-    from tiered_mcp.specs import load_specs
+    from tiered_mcp.core.config import load_config
+    from tiered_mcp.models.base import LazyOpenAI
+    from tiered_mcp.call.runner import Runner
+    from tiered_mcp.specs.spec import load_specs
 
     env = {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1"}
     seen: list[dict[str, Any]] = []

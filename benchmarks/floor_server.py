@@ -33,9 +33,9 @@ def build(proxy: bool) -> Server[Any]:
         sys.path.insert(0, HERE)
         from _common import request_body
 
-        from tiered_mcp.config import load_config
-        from tiered_mcp.server import published_input_schema, published_output_schema
-        from tiered_mcp.specs import load_specs
+        from tiered_mcp.core.config import load_config
+        from tiered_mcp.serve.server import published_input_schema, published_output_schema
+        from tiered_mcp.specs.spec import load_specs
 
         specs, config = load_specs(), load_config(None, os.environ)
         for name in ("classify", "extract"):

@@ -16,13 +16,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))  # run from a checkout without installing
 
-from tiered_mcp import local_tasks
-from tiered_mcp.embedder import Embedder, embedder_available
+from tiered_mcp.models import local_tasks
+from tiered_mcp.models.embedder import Embedder, embedder_available
 
 EVAL = ROOT / "data" / "local_classify_eval.jsonl"
 COLD = (
     "import sys, time; t = time.perf_counter(); sys.path.insert(0, sys.argv[1]);"
-    "from tiered_mcp.embedder import Embedder; e = Embedder(); e.load();"
+    "from tiered_mcp.models.embedder import Embedder; e = Embedder(); e.load();"
     "print(time.perf_counter() - t, e.load_seconds)"
 )
 DOCUMENT = """The city council met on Tuesday to debate the new public transport plan.

@@ -81,7 +81,7 @@ async def measure(runs: int) -> Startup:
             listing = listing or listing_now
             times[f"floor {mode}"].append((await first_answer(floor, mode))[0])
         times["import mcp"].append(import_mcp())
-    from tiered_mcp.tokens import count
+    from tiered_mcp.core.tokens import count
 
     return Startup(times, count(listing), len(listing))
 

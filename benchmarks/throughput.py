@@ -90,7 +90,7 @@ async def _clients(stack: contextlib.AsyncExitStack, transport: str, which: str,
 def _prefill(path: str, rows: int) -> None:
     """Cache entries of `rows` earlier distinct calls (still fresh), as on a server that has been busy a while."""
     if rows:
-        from tiered_mcp.ledger import Ledger
+        from tiered_mcp.ledger.sqlite import Ledger
 
         ledger = Ledger(path)
         for i in range(rows):

@@ -9,10 +9,10 @@ from typing import Any, Callable
 
 import pytest
 
-from tiered_mcp.config import Config, config_from_dict
-from tiered_mcp.runner import Runner
-from tiered_mcp.specs import Specs, load_specs
-from tiered_mcp.storage import LedgerStore, open_ledger
+from tiered_mcp.core.config import Config, config_from_dict
+from tiered_mcp.call.runner import Runner
+from tiered_mcp.specs.spec import Specs, load_specs
+from tiered_mcp.ledger.base import LedgerStore, open_ledger
 from tiered_mcp.testing import FakeUpstream, ScriptedModel, network_guard
 
 SECRET = "sk-test-DoNotLeak-0123456789abcdef"

@@ -3,9 +3,9 @@
 import pytest
 from mcp import Client
 
-from tiered_mcp.errors import ArgumentsError, UpstreamRejected
-from tiered_mcp.receipts import RECEIPT_META_KEY
-from tiered_mcp.server import build_server
+from tiered_mcp.core.errors import ArgumentsError, UpstreamRejected
+from tiered_mcp.core.receipts import RECEIPT_META_KEY
+from tiered_mcp.serve.server import build_server
 from tiered_mcp.testing import ScriptedModel, reply
 
 pytestmark = pytest.mark.anyio

@@ -6,8 +6,8 @@ import pytest
 import yaml
 from mcp import Client
 
-from tiered_mcp.receipts import RECEIPT_META_KEY
-from tiered_mcp.server import build_server
+from tiered_mcp.core.receipts import RECEIPT_META_KEY
+from tiered_mcp.serve.server import build_server
 from tiered_mcp.testing import ScriptedModel, reply
 
 from .test_specs import SHIPPED

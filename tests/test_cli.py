@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tiered_mcp.cli import main
-from tiered_mcp.ledger import Ledger
-from tiered_mcp.receipts import Attempt, Receipt
-from tiered_mcp.config import config_from_dict
+from tiered_mcp.cli.main import main
+from tiered_mcp.ledger.sqlite import Ledger
+from tiered_mcp.core.receipts import Attempt, Receipt
+from tiered_mcp.core.config import config_from_dict
 from tiered_mcp.testing import FakeResponse
 
 from .conftest import SECRET, server_env

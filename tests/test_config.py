@@ -1,7 +1,7 @@
 import pytest
 
-from tiered_mcp.config import config_from_dict, default_state_dir, load_config
-from tiered_mcp.errors import ConfigError
+from tiered_mcp.core.config import config_from_dict, default_state_dir, load_config
+from tiered_mcp.core.errors import ConfigError
 
 EXAMPLES = sorted((__import__("pathlib").Path(__file__).parents[1] / "examples").glob("config.*.toml"))
 

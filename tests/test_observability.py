@@ -16,9 +16,9 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.server.lowlevel import Server
 
-from tiered_mcp import tracing
-from tiered_mcp.logs import JsonFormatter, configure_logging
-from tiered_mcp.server import build_server
+from tiered_mcp.core import tracing
+from tiered_mcp.serve.logs import JsonFormatter, configure_logging
+from tiered_mcp.serve.server import build_server
 from tiered_mcp.testing import ScriptedModel, reply
 
 from .conftest import PYTHON, SECRET, server_env
@@ -311,7 +311,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_without_a_provider_spans_are_no_ops():
-    proc = run_python("from tiered_mcp import tracing\n"
+    proc = run_python("from tiered_mcp.core import tracing\n"
                       "with tracing.span('tiered.call', tool='x', n=None) as s:\n"
                       "    s.set(ok=True); s.error('e')\n")
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stderr
@@ -319,7 +319,7 @@ def test_without_a_provider_spans_are_no_ops():
 
 def test_configure_tracing_installs_a_provider_in_a_fresh_process():
     pytest.importorskip("opentelemetry.sdk")
-    proc = run_python("import sys\nfrom tiered_mcp import tracing\n"
+    proc = run_python("import sys\nfrom tiered_mcp.core import tracing\n"
                       "assert tracing.configure_tracing()\n"
                       "with tracing.span('tiered.call', tool='classify'): pass\n",
                       OTEL_TRACES_EXPORTER="console")
@@ -329,7 +329,7 @@ def test_configure_tracing_installs_a_provider_in_a_fresh_process():
 
 def test_configure_tracing_without_the_sdk_warns_and_carries_on():
     proc = run_python("import logging, sys\nsys.modules['opentelemetry.sdk'] = None\n"
-                      "logging.basicConfig()\nfrom tiered_mcp import tracing\n"
+                      "logging.basicConfig()\nfrom tiered_mcp.core import tracing\n"
                       "assert tracing.configure_tracing() is False\n"
                       "with tracing.span('tiered.call'): pass\n",
                       OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318")

@@ -2,9 +2,9 @@
 
 import pytest
 
-from tiered_mcp._openai import OpenAIModels, scrub
-from tiered_mcp.config import config_from_dict
-from tiered_mcp.errors import (
+from tiered_mcp.models._openai import OpenAIModels, scrub
+from tiered_mcp.core.config import config_from_dict
+from tiered_mcp.core.errors import (
     MissingKey,
     RateLimited,
     UpstreamRejected,
@@ -12,7 +12,7 @@ from tiered_mcp.errors import (
     UpstreamUnavailable,
     UpstreamUnreachable,
 )
-from tiered_mcp.models import ModelRequest
+from tiered_mcp.models.base import ModelRequest
 from tiered_mcp.testing import FakeResponse
 
 from .conftest import SECRET

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tiered_mcp.errors import (
+from tiered_mcp.core.errors import (
     ArgumentsError,
     MissingKey,
     RateLimited,
@@ -12,7 +12,7 @@ from tiered_mcp.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from tiered_mcp.runner import UnknownTool
+from tiered_mcp.call.runner import UnknownTool
 from tiered_mcp.testing import ScriptedModel, reply
 
 pytestmark = pytest.mark.anyio

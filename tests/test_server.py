@@ -7,9 +7,9 @@ import anyio
 import pytest
 from mcp import Client, MCPError, StdioServerParameters
 
-from tiered_mcp.receipts import RECEIPT_META_KEY
-from tiered_mcp.server import TIERS_URI, USAGE_URI, build_server
-from tiered_mcp.tokens import count
+from tiered_mcp.core.receipts import RECEIPT_META_KEY
+from tiered_mcp.serve.server import TIERS_URI, USAGE_URI, build_server
+from tiered_mcp.core.tokens import count
 from tiered_mcp.testing import FakeResponse, Hang, ScriptedModel, reply
 
 from .conftest import SECRET, server_env

@@ -5,10 +5,10 @@ import json
 import anyio
 import pytest
 
-from tiered_mcp.cli import main
-from tiered_mcp.evaluate import Case, cheapest_meeting, config_snippet, load_cases, run_eval
-from tiered_mcp.html_report import render_html
-from tiered_mcp.report import build_report, wilson
+from tiered_mcp.cli.main import main
+from tiered_mcp.evidence.evaluate import Case, cheapest_meeting, config_snippet, load_cases, run_eval
+from tiered_mcp.cli.html_report import render_html
+from tiered_mcp.evidence.report import build_report, wilson
 from tiered_mcp.testing import ScriptedModel, reply
 
 from .conftest import server_env
@@ -171,7 +171,7 @@ def test_eval_and_report_commands(upstream, tmp_path, monkeypatch, capsys):
 
 
 def test_html_report_is_self_contained(make_runner):
-    from tiered_mcp.report import ToolReport
+    from tiered_mcp.evidence.report import ToolReport
 
     r = ToolReport("classify", "nano", "flagship", 10, 10, 10, 0.9, (0.6, 0.98), 0.9, 0.0001, 0.001, "keep <nano>")
     page = render_html([r])
@@ -198,9 +198,9 @@ async def test_pending_shadow_runs_finish_at_shutdown_within_the_drain_time(make
 
 
 async def test_eval_replays_stored_calls_from_the_ledger(upstream, tmp_path, monkeypatch, capsys, specs):
-    from tiered_mcp.config import config_from_dict
-    from tiered_mcp.ledger import Ledger
-    from tiered_mcp.runner import Runner
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.ledger.sqlite import Ledger
+    from tiered_mcp.call.runner import Runner
 
     path = tmp_path / "l.sqlite3"
     config = tmp_path / "c.toml"

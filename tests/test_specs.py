@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from tiered_mcp.errors import SpecError
-from tiered_mcp.specs import (
+from tiered_mcp.core.errors import SpecError
+from tiered_mcp.specs.spec import (
     default_specs_dir,
     load_specs,
     parse_spec,

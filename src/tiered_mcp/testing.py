@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import anyio
 
-from .models import ModelReply, ModelRequest
+from tiered_mcp.models.base import ModelReply, ModelRequest
 
 # ---- schema-valid answers ----------------------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""The `tiered-mcp` command: argument parsing and printing."""

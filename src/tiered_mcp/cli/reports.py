@@ -1,0 +1,174 @@
+"""The `report` and `eval` commands: parsing their options and printing their tables (the work is in report.py and
+evaluate.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+FAILED, USAGE = 1, 2
+
+
+def add_parsers(sub: Any, common: Any) -> None:
+    p = sub.add_parser("report", help="per tool: shadow agreement with a confidence interval, cost, recommendation")
+    common(p, specs=False)
+    p.add_argument("--ledger", metavar="PATH")
+    p.add_argument("--since", metavar="DATE", help="only comparisons on or after this date (YYYY-MM-DD, UTC)")
+    p.add_argument("--keep-at", type=float, default=0.9, metavar="Q",
+                   help="agreement a tier must show to be kept (default 0.9)")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with a chart")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("eval", help="bake-off: run cases on several tiers; quality, validity, cost, latency per tier")
+    p.add_argument("cases", nargs="?", help="JSONL file: {tool, arguments, expected?} per line")
+    common(p)
+    p.add_argument("--ledger", metavar="PATH")
+    p.add_argument("--tiers", default="nano,mini,flagship", help="comma-separated tiers (default nano,mini,flagship)")
+    p.add_argument("--min-quality", type=float, metavar="Q", help="name the cheapest tier reaching Q per tool")
+    p.add_argument("--write-config", metavar="PATH", help="write [tools.X] tier = ... for those tiers (needs --min-quality)")
+    p.add_argument("--from-ledger", action="store_true", help="replay stored calls (needs store_inputs = true)")
+    p.add_argument("--limit", type=int, default=200, help="with --from-ledger: at most this many calls")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--html", metavar="FILE", help="also write the results as an HTML page")
+    p.add_argument("--json", action="store_true")
+
+
+def _console() -> Any:
+    from tiered_mcp.cli.main import _console as console
+
+    return console()
+
+
+def report(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tiered_mcp.core.config import load_config
+    from tiered_mcp.cli.html_report import render_html
+    from tiered_mcp.evidence.report import build_report
+    from tiered_mcp.ledger.base import is_postgres_url, open_ledger
+
+    config = load_config(args.config)
+    target = args.ledger or config.ledger_target()
+    if not is_postgres_url(target) and not Path(target).exists():
+        print(f"tiered-mcp: no ledger at {target} yet (it is created by the first tool call)", file=sys.stderr)
+        return FAILED
+    ledger = open_ledger(target)
+    try:
+        reports = build_report(ledger, args.since, args.keep_at)
+    finally:
+        ledger.close()
+    path = ledger.location  # a URL's password masked
+    if args.html:
+        Path(args.html).write_text(render_html(reports), encoding="utf-8")
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
+        return 0
+    con = _console()
+    table = Table(title=f"shadow comparisons ({path})")
+    for col in ("tool", "tier", "vs", "calls", "shadowed", "agreement", "95% interval", "cost/call", "vs cost/call"):
+        table.add_column(col)
+    for r in reports:
+        table.add_row(r.tool, r.tier, r.comparison_tier, str(r.calls), str(r.shadowed),
+                      "-" if r.agreement is None else f"{100 * r.agreement:.0f}%",
+                      "-" if r.interval is None else f"{100 * r.interval[0]:.0f}–{100 * r.interval[1]:.0f}%",
+                      _money(r.cost_per_call), _money(r.comparison_cost_per_call))
+    con.print(table)
+    for r in reports:
+        con.print(escape(r.recommendation))
+    if not reports:
+        con.print(escape("No shadow comparisons yet: set shadow_rate under [tools.NAME] in the config."))
+    if args.html:
+        con.print(f"wrote {args.html}")
+    return 0
+
+
+def _money(x: float | None) -> str:
+    return "unknown" if x is None else f"${x:.6f}"
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    import anyio
+
+    from tiered_mcp.core.config import load_config
+    from tiered_mcp.core.errors import ArgumentsError
+    from tiered_mcp.evidence.evaluate import Case, cheapest_meeting, config_snippet, load_cases
+    from tiered_mcp.serve.server import build_runner
+
+    if args.write_config and args.min_quality is None:
+        print("tiered-mcp: --write-config needs --min-quality Q", file=sys.stderr)
+        return USAGE
+    if bool(args.cases) == bool(args.from_ledger):
+        print("tiered-mcp: give a CASES.jsonl file or --from-ledger (one of them)", file=sys.stderr)
+        return USAGE
+    runner = build_runner(args.config, tuple(args.specs), args.ledger)
+    try:
+        if args.from_ledger:
+            if not load_config(args.config).store_inputs:
+                print("tiered-mcp: --from-ledger replays stored arguments; set store_inputs = true in the config "
+                      "and let calls accumulate first", file=sys.stderr)
+            assert runner.ledger is not None
+            cases = [Case(tool, arguments) for tool, arguments in runner.ledger.stored_calls(limit=args.limit)]
+            if not cases:
+                print("tiered-mcp: the ledger holds no stored calls to replay", file=sys.stderr)
+                return FAILED
+        else:
+            cases = load_cases(args.cases)
+        tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
+        scores = anyio.run(_with_progress, runner, cases, tiers, args.concurrency)
+    except ArgumentsError as e:
+        print(f"tiered-mcp: {e}", file=sys.stderr)
+        return USAGE
+    choice = cheapest_meeting(scores, args.min_quality) if args.min_quality is not None else None
+    if args.write_config and choice is not None:
+        Path(args.write_config).write_text(config_snippet(choice, args.min_quality), encoding="utf-8")
+    if args.html:
+        from tiered_mcp.cli.html_report import render_html
+
+        Path(args.html).write_text(render_html([], [asdict(s) for s in scores], "tiered-mcp bake-off"),
+                                   encoding="utf-8")
+    if args.json:
+        print(json.dumps({"scores": [asdict(s) for s in scores], "cheapest": choice}, indent=2))
+        return 0
+    _print_scores(scores, choice, args)
+    return 0
+
+
+async def _with_progress(runner: Any, cases: Any, tiers: list[str], concurrency: int) -> Any:
+    from rich.progress import Progress
+
+    from tiered_mcp.evidence.evaluate import run_eval
+
+    from rich.console import Console
+
+    try:
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("running cases", total=len(cases) * len(tiers))
+            scores, _ = await run_eval(runner, cases, tiers, concurrency,
+                                       lambda done, total: bar.update(task, completed=done))
+            return scores
+    finally:
+        await runner.aclose()
+
+
+def _print_scores(scores: Any, choice: dict[str, str | None] | None, args: argparse.Namespace) -> None:
+    from rich.table import Table
+
+    con = _console()
+    table = Table(title="bake-off")
+    for col in ("tool", "tier", "cases", "quality", "basis", "schema-valid", "cost", "p50 ms", "p95 ms"):
+        table.add_column(col)
+    for s in scores:
+        table.add_row(s.tool, s.tier, str(s.cases), "-" if s.quality is None else f"{100 * s.quality:.0f}%", s.basis,
+                      f"{100 * s.valid_rate:.0f}%", _money(s.cost_usd), f"{s.p50_ms:.0f}", f"{s.p95_ms:.0f}")
+    con.print(table)
+    if choice is not None:
+        for tool, tier in sorted(choice.items()):
+            con.print(f"{tool}: " + (f"cheapest tier meeting {args.min_quality:g} is {tier}" if tier
+                                     else f"no tier meets {args.min_quality:g}"))
+        if args.write_config:
+            con.print(f"wrote {args.write_config}")

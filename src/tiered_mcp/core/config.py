@@ -1,0 +1,253 @@
+"""The effective configuration: providers, tiers, per-tool settings and paths.
+
+Loaded once from built-in defaults, deep-merged with the user's TOML file, validated and frozen. Loading reads
+files only; it creates nothing and reads no API key (keys are read from the environment when a call is made).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tiered_mcp.core.errors import ConfigError
+
+TIERS: tuple[str, ...] = ("local", "nano", "mini", "flagship")
+FLAGSHIP = "flagship"
+"""Every tier name, cheapest first; the escalation ladder climbs in this order."""
+
+TierName = Literal["local", "nano", "mini", "flagship"]
+Trigger = Literal["invalid", "low_confidence", "refused", "truncated", "validator"]
+TRIGGERS: tuple[str, ...] = ("invalid", "low_confidence", "refused", "truncated", "validator")
+"""What makes a call climb to the next tier. Transport failures (429, 5xx, timeouts) always move on."""
+CONFIG_ENV = "TIERED_MCP_CONFIG"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Provider(_Frozen):
+    """An OpenAI-compatible endpoint and where its key lives, or (kind "embedded") the in-process local model."""
+
+    kind: Literal["openai", "embedded"] = "openai"
+    base_url: str = "https://api.openai.com/v1"
+    base_url_env: str | None = None
+    api_key_env: str | None = None
+    api_key_header: str | None = None
+    default_query: dict[str, str] = Field(default_factory=dict)
+    default_headers: dict[str, str] = Field(default_factory=dict)
+    structured_output: Literal["json_schema", "json_object"] = "json_schema"
+    max_tokens_param: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    max_concurrency: int = Field(default=32, ge=1, le=1024, description="Requests in flight to this provider at once.")
+
+    def effective_base_url(self, env: Mapping[str, str]) -> str:
+        """The base URL, taking `base_url_env` from `env` when that variable is set."""
+        if self.base_url_env and env.get(self.base_url_env):
+            return env[self.base_url_env]
+        return self.base_url
+
+    def has_key(self, env: Mapping[str, str]) -> bool:
+        """Whether a call could authenticate: the provider needs no key, or its variable is set."""
+        return not self.api_key_env or bool(env.get(self.api_key_env))
+
+    def api_key(self, env: Mapping[str, str]) -> str | None:
+        """The key from `env`, or None when the provider needs none or it is not set."""
+        return env.get(self.api_key_env) or None if self.api_key_env else None
+
+
+class Tier(_Frozen):
+    """A model on a provider, with its call parameters and prices (USD per million tokens)."""
+
+    provider: str
+    model: str
+    max_output_tokens: int = Field(default=4096, gt=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    input_price: float | None = Field(default=None, ge=0)
+    output_price: float | None = Field(default=None, ge=0)
+
+
+class ToolSettings(_Frozen):
+    """Per-tool overrides of the spec's defaults."""
+
+    tier: TierName | None = None
+    escalation_ceiling: TierName | None = None
+    confidence_threshold: float | None = Field(default=None, ge=0, le=1)
+    escalate_on: list[Trigger] | None = None
+    daily_usd: float | None = Field(default=None, ge=0)
+    shadow_rate: float = Field(default=0.0, ge=0, le=1)
+    shadow_tier: TierName = FLAGSHIP
+
+
+class Retry(_Frozen):
+    """Backoff for transient upstream failures: base * 2**n with full jitter, capped."""
+
+    base_s: float = Field(default=0.5, ge=0)
+    max_s: float = Field(default=8.0, ge=0)
+    max_retry_after_s: float = Field(default=30.0, ge=0)
+
+
+class Budgets(_Frozen):
+    """USD caps, enforced before each model request from its worst-case cost. None means no cap."""
+
+    daily_usd: float | None = Field(default=None, ge=0, description="All tools, per UTC day.")
+    session_usd: float | None = Field(default=None, ge=0, description="This server process.")
+
+
+class Shadow(_Frozen):
+    """Background comparisons of a tool's tier against a comparison tier."""
+
+    max_pending: int = Field(default=4, ge=1, le=256, description="Shadow runs in flight at once; more are skipped.")
+    drain_s: float = Field(default=10.0, ge=0, description="At shutdown, how long pending shadow runs may finish.")
+
+
+class Config(_Frozen):
+    """The whole configuration. Build it with `load_config`."""
+
+    store_inputs: bool = False
+    ledger: str | None = Field(default=None, description="A SQLite file, or a postgresql:// URL that replicas share.")
+    call_tier_ceiling: TierName = "mini"
+    escalation_ceiling: TierName = FLAGSHIP
+    retry: Retry = Field(default_factory=Retry)
+    budgets: Budgets = Field(default_factory=Budgets)
+    cache_ttl_s: float = Field(default=3600.0, ge=0, description="Identical calls are answered from the cache this long.")
+    shadow: Shadow = Field(default_factory=Shadow)
+    providers: dict[str, Provider]
+    tiers: dict[TierName, Tier]
+    tools: dict[str, ToolSettings] = Field(default_factory=dict)
+    source: str = "built-in defaults"
+
+    @model_validator(mode="after")
+    def _providers_exist(self) -> Config:
+        for name, tier in self.tiers.items():
+            if tier.provider not in self.providers:
+                known = ", ".join(sorted(self.providers)) or "none"
+                raise ValueError(
+                    f"tiers.{name}.provider is {tier.provider!r}, which is not a [providers.*] table (known: {known})"
+                )
+        return self
+
+    def ladder(self, start: str, ceiling: str) -> list[str]:
+        """Configured tiers from `start` up to `ceiling`, cheapest first."""
+        lo, hi = TIERS.index(start), TIERS.index(ceiling)
+        return [t for t in TIERS[lo : hi + 1] if t in self.tiers]
+
+    def ledger_path(self, env: Mapping[str, str] | None = None) -> Path:
+        """Where a SQLite ledger lives: the config's `ledger`, else the user's state directory."""
+        if self.ledger:
+            return Path(self.ledger).expanduser()
+        return default_state_dir(os.environ if env is None else env) / "ledger.sqlite3"
+
+    def ledger_target(self, env: Mapping[str, str] | None = None) -> str:
+        """Where the ledger lives, as `storage.open_ledger` takes it: a postgresql:// URL as given, else a path."""
+        from tiered_mcp.ledger.base import is_postgres_url
+
+        if is_postgres_url(self.ledger):
+            return str(self.ledger)
+        return str(self.ledger_path(env))
+
+
+LOCAL = "local"
+
+DEFAULTS: dict[str, Any] = {
+    "providers": {
+        "embedded": {"kind": "embedded"},
+        "openai": {
+            "base_url": "https://api.openai.com/v1",
+            "base_url_env": "OPENAI_BASE_URL",
+            "api_key_env": "OPENAI_API_KEY",
+        }
+    },
+    "tiers": {
+        "local": {"provider": "embedded", "model": "use-multilingual-v3", "input_price": 0.0, "output_price": 0.0},
+        "nano": {"provider": "openai", "model": "gpt-5.4-nano", "input_price": 0.20, "output_price": 1.25},
+        "mini": {"provider": "openai", "model": "gpt-5.4-mini", "input_price": 0.75, "output_price": 4.50},
+        "flagship": {"provider": "openai", "model": "gpt-5.4", "input_price": 2.50, "output_price": 15.00},
+    },
+}
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    """The per-user state directory for tiered-mcp, following each platform's convention."""
+    if sys.platform == "win32":
+        base = env.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "tiered-mcp"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "tiered-mcp"
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "tiered-mcp"
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _merge_config(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge, except that a tier naming its own provider or model replaces the default tier whole:
+    prices and parameters belong to a model and must not leak onto another one."""
+    merged = _merge(base, over)
+    for name, tier in (over.get("tiers") or {}).items():
+        if isinstance(tier, Mapping) and ("provider" in tier or "model" in tier):
+            default = base.get("tiers", {}).get(name, {})
+            merged["tiers"][name] = {"provider": default.get("provider"), **tier} if "provider" not in tier else dict(tier)
+    return merged
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling against the config reference in the README)"
+        lines.append(f"{where}: {msg}")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load the effective config.
+
+    Args:
+        path: a TOML file; when None, `TIERED_MCP_CONFIG` from `env` if set, else built-in defaults only.
+        env: the environment to read `TIERED_MCP_CONFIG` from (defaults to os.environ).
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or breaks the config schema; the message names the key.
+    """
+    env = os.environ if env is None else env
+    path = path or env.get(CONFIG_ENV) or None
+    data: dict[str, Any] = {}
+    source = "built-in defaults"
+    if path is not None:
+        p = Path(path).expanduser()
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist (set --config or {CONFIG_ENV} to an existing file)") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        source = str(p)
+    return config_from_dict(data, source=source)
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "built-in defaults") -> Config:
+    """Build a Config from a mapping laid out like the TOML file, over the built-in defaults."""
+    merged = _merge_config(DEFAULTS, data)
+    merged["source"] = source
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(f"config {source}: {_describe(e)}") from None

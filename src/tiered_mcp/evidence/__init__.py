@@ -1,0 +1,1 @@
+"""Evidence: shadow comparisons, judging, the report and bake-offs."""

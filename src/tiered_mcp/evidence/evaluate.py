@@ -1,0 +1,193 @@
+"""Bake-offs: run cases on several tiers and tell, per tool, which is the cheapest tier good enough.
+
+A case is a JSON line `{"tool": ..., "arguments": {...}, "expected": {...}}` (expected is optional). Each case runs
+on each tier with no escalation and no cache. Quality is the comparison score against `expected` when a case has
+one, else against the strongest tier's answer (see compare.py; judge comparisons are graded by the strongest tier).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable
+
+import anyio
+
+from tiered_mcp.core.config import TIERS
+from tiered_mcp.core.errors import ArgumentsError, CallError
+from tiered_mcp.call.options import CallOptions
+from tiered_mcp.call.runner import Runner
+from tiered_mcp.evidence.shadow import compare_answers
+
+
+@dataclass(frozen=True)
+class Case:
+    tool: str
+    arguments: dict[str, Any]
+    expected: dict[str, Any] | None = None
+
+
+@dataclass
+class Run:
+    """One case on one tier."""
+
+    case: int
+    tool: str
+    tier: str
+    output: dict[str, Any] | None
+    cost_usd: float | None
+    latency_ms: float
+    error: str | None = None
+    quality: float | None = None
+
+
+@dataclass
+class TierScore:
+    """One tool on one tier, over its cases."""
+
+    tool: str
+    tier: str
+    cases: int
+    quality: float | None
+    valid_rate: float
+    cost_usd: float | None
+    cost_per_case: float | None
+    p50_ms: float
+    p95_ms: float
+    basis: str = field(default="expected")
+
+
+def load_cases(path: str | Path) -> list[Case]:
+    """Read a JSONL case file.
+
+    Raises:
+        ArgumentsError: naming the line and what is wrong with it.
+    """
+    cases = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            raw = json.loads(line)
+            cases.append(Case(tool=raw["tool"], arguments=raw["arguments"], expected=raw.get("expected")))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ArgumentsError(f"{path}:{n}: each line must be a JSON object with tool and arguments "
+                                 f"(and optionally expected): {e}") from None
+    return cases
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def run_eval(runner: Runner, cases: list[Case], tiers: Iterable[str], concurrency: int = 8,
+                   progress: Callable[[int, int], Awaitable[None] | None] | None = None) -> tuple[list[TierScore], list[Run]]:
+    """Run every case on every tier, concurrently, and score each tool on each tier.
+
+    Raises:
+        ArgumentsError: an unknown tool or tier.
+    """
+    tiers = sorted(set(tiers), key=TIERS.index)
+    for t in tiers:
+        if t not in runner.config.tiers:
+            raise ArgumentsError(f"--tiers: {t!r} is not configured (configured: {', '.join(runner.config.tiers)})")
+    for c in cases:
+        if runner.specs.get(c.tool) is None:
+            raise ArgumentsError(f"unknown tool {c.tool!r} in the cases; tools: {', '.join(sorted(runner.specs.tools))}")
+    strongest = tiers[-1]
+    runs: list[Run] = []
+    limiter = anyio.CapacityLimiter(concurrency)
+    total, done = len(cases) * len(tiers), 0
+
+    async def one(i: int, case: Case, tier: str) -> None:
+        nonlocal done
+        spec = runner.specs.get(case.tool)
+        assert spec is not None
+        async with limiter:
+            try:
+                r = await runner.call_one(spec, case.arguments, None, CallOptions(cache=False), kind="eval",
+                                          forced_tier=tier)
+                run = Run(i, case.tool, tier, r.output, r.receipt["cost_usd"], r.receipt["latency_ms"])
+            except CallError as e:
+                receipt = e.receipt or {}
+                run = Run(i, case.tool, tier, None, receipt.get("cost_usd"), receipt.get("latency_ms") or 0.0,
+                          error=str(e))
+        runs.append(run)
+        done += 1
+        if progress is not None:
+            maybe = progress(done, total)
+            if maybe is not None:
+                await maybe
+
+    async with anyio.create_task_group() as tg:
+        for i, case in enumerate(cases):
+            for tier in tiers:
+                tg.start_soon(one, i, case, tier)
+
+    by_case = {(r.case, r.tier): r for r in runs}
+
+    async def grade(run: Run) -> None:
+        case = cases[run.case]
+        spec = runner.specs.get(case.tool)
+        assert spec is not None
+        reference = case.expected if case.expected is not None else (by_case.get((run.case, strongest)) or run).output
+        if run.output is None:
+            run.quality = 0.0
+        elif reference is None:
+            run.quality = None
+        elif case.expected is None and run.tier == strongest:
+            run.quality = 1.0
+        else:
+            async with limiter:
+                run.quality, _ = await compare_answers(runner, spec, strongest, case.arguments, run.output, reference)
+
+    async with anyio.create_task_group() as tg:
+        for run in runs:
+            tg.start_soon(grade, run)
+    return summarize(runs, cases), runs
+
+
+def summarize(runs: list[Run], cases: list[Case]) -> list[TierScore]:
+    """Per tool and tier: mean quality, schema-valid rate, cost and latency percentiles."""
+    out = []
+    for tool, tier in sorted({(r.tool, r.tier) for r in runs}, key=lambda k: (k[0], TIERS.index(k[1]))):
+        rs = [r for r in runs if r.tool == tool and r.tier == tier]
+        qualities = [r.quality for r in rs if r.quality is not None]
+        costs = [r.cost_usd for r in rs]
+        cost = None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+        latencies = [r.latency_ms for r in rs]
+        out.append(TierScore(
+            tool=tool, tier=tier, cases=len(rs),
+            quality=statistics.mean(qualities) if qualities else None,
+            valid_rate=sum(1 for r in rs if r.output is not None) / len(rs),
+            cost_usd=cost, cost_per_case=None if cost is None else cost / len(rs),
+            p50_ms=_percentile(latencies, 0.5), p95_ms=_percentile(latencies, 0.95),
+            basis="expected" if all(cases[r.case].expected is not None for r in rs) else "agreement",
+        ))
+    return out
+
+
+def cheapest_meeting(scores: list[TierScore], min_quality: float) -> dict[str, str | None]:
+    """Per tool, the cheapest tier (by the ladder's order) whose quality reaches `min_quality`, or None."""
+    best: dict[str, str | None] = {}
+    for s in sorted(scores, key=lambda s: (s.tool, TIERS.index(s.tier))):
+        best.setdefault(s.tool, None)
+        if best[s.tool] is None and s.quality is not None and s.quality >= min_quality:
+            best[s.tool] = s.tier
+    return best
+
+
+def config_snippet(choice: dict[str, str | None], min_quality: float) -> str:
+    """TOML that starts each tool on its chosen tier, to merge into a config file."""
+    lines = [f"# Written by `tiered-mcp eval --min-quality {min_quality:g}`: the cheapest tier that met it, per tool."]
+    for tool, tier in sorted(choice.items()):
+        if tier is None:
+            lines += ["", f"# {tool}: no tier met {min_quality:g}; left unchanged"]
+        else:
+            lines += ["", f"[tools.{tool}]", f'tier = "{tier}"']
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,79 @@
+"""The Model seam: what the runner asks of a model, and what it gets back.
+
+The runner talks only to `Model`. `OpenAIModels` (in `_openai`, imported lazily because `import openai` costs
+about half a second of start-up) is the real implementation; `tiered_mcp.testing` has doubles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Protocol
+
+from tiered_mcp.core.config import Provider, Tier
+
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "other"]
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """One chat completion to make.
+
+    Attributes:
+        tier: the tier's name ("nano", ...).
+        settings: the tier's model and parameters.
+        provider: the endpoint to call.
+        messages: chat messages (role, content).
+        schema: the JSON Schema the answer must satisfy.
+        schema_name: a name for the schema (the tool's name).
+        strict: whether the schema can be enforced by strict structured output.
+    """
+
+    tier: str
+    settings: Tier
+    provider: Provider
+    messages: list[dict[str, str]]
+    schema: dict[str, Any]
+    schema_name: str
+    strict: bool
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    """What came back: the text, or a refusal, and what it cost in tokens."""
+
+    content: str | None
+    finish_reason: FinishReason = "stop"
+    refusal: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model: str | None = None
+
+
+class Model(Protocol):
+    """Anything that can answer a ModelRequest.
+
+    Implementations raise `tiered_mcp.core.errors.ModelError` subclasses for failed calls, never vendor exceptions.
+    Cancellation must propagate: a cancelled caller must cancel the request in flight.
+    """
+
+    async def complete(self, request: ModelRequest) -> ModelReply: ...
+
+
+@dataclass
+class LazyOpenAI:
+    """Builds the OpenAI-compatible model on first use so that starting the server does not import openai."""
+
+    env: Mapping[str, str]
+    _model: Any = field(default=None, init=False)
+
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        if self._model is None:
+            from tiered_mcp.models._openai import OpenAIModels
+
+            self._model = OpenAIModels(self.env)
+        return await self._model.complete(request)
+
+    async def aclose(self) -> None:
+        if self._model is not None:
+            await self._model.aclose()
+

@@ -1,0 +1,1 @@
+"""Serving: the MCP server over stdio and Streamable HTTP, and logging."""

@@ -1,0 +1,246 @@
+"""Streamable HTTP for a team: the MCP endpoint at `/mcp` behind a bearer token, plus `/healthz` for orchestrators.
+
+Layers, outside in: the bearer-token check (every path but `/healthz`), then the SDK's own Streamable HTTP app, which
+caps request bodies (413) and checks Host and Origin against DNS rebinding (421 / 403) before it parses anything.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
+
+from tiered_mcp import __version__
+from tiered_mcp.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import uvicorn
+    from mcp.server.lowlevel import Server
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "TIERED_MCP_TOKEN"
+MCP_PATH = "/mcp"
+HEALTH_PATH = "/healthz"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_BODY_BYTES: int = DEFAULT_MAX_REQUEST_BODY_SIZE  # 4 MiB, the SDK's own default
+MIN_TOKEN_LENGTH = 16
+# Long enough for an in-flight model call to finish after SIGTERM, short enough for an orchestrator's grace period;
+# open SSE streams would otherwise hold shutdown forever.
+GRACEFUL_SHUTDOWN_S = 20
+
+# RFC 6750 b64token: what may follow "Bearer " in a header, so the token can be sent verbatim (and redacted exactly).
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach: 127.0.0.0/8, ::1 and `localhost`."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to a public address
+
+
+def resolve_token(env: Mapping[str, str], token_file: str | None = None) -> str | None:
+    """The bearer token from `--token-file` (stripped) if given, else from $TIERED_MCP_TOKEN, else None.
+
+    Raises:
+        ConfigError: the file cannot be read or is empty, or the token is too short or has characters a bearer
+            token may not carry. The message never contains the token.
+    """
+    if token_file:
+        path = Path(token_file)
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--token-file {token_file}: cannot read it ({type(e).__name__})") from None
+        if not token:
+            raise ConfigError(f"--token-file {token_file} is empty")
+        source = f"--token-file {token_file}"
+        if os.name == "posix" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("%s is readable by other users; chmod 600 it", token_file)
+    else:
+        token = env.get(TOKEN_ENV, "").strip()
+        if not token:
+            return None
+        source = f"${TOKEN_ENV}"
+    hint = 'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"the token from {source} is shorter than {MIN_TOKEN_LENGTH} characters; {hint}")
+    if not _TOKEN_CHARS.fullmatch(token):
+        raise ConfigError(f"the token from {source} has characters a bearer token may not carry "
+                          f"(allowed: letters, digits, - . _ ~ + / and trailing =); {hint}")
+    return token
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """How to serve over HTTP. Checked on creation: binding beyond loopback without a token is refused.
+
+    Attributes:
+        host: the address to bind.
+        port: the TCP port.
+        token: the bearer token every request except /healthz must carry; required off loopback.
+        allowed_hosts: Host header values accepted besides loopback; a name without a port matches any port.
+        allowed_origins: Origin header values accepted besides loopback (e.g. "https://app.example.com").
+        max_body_bytes: largest request body; bigger ones get 413.
+        stateless: no sessions: every request stands alone, so replicas behind a load balancer need no stickiness.
+        json_response: answer POSTs with plain JSON instead of an SSE stream (no progress notifications).
+
+    Raises:
+        ConfigError: no token on a non-loopback bind, or a value out of range.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    stateless: bool = False
+    json_response: bool = False
+
+    def __post_init__(self) -> None:
+        if not is_loopback(self.host) and not self.token:
+            raise ConfigError(
+                f"refusing to serve on {self.host or 'every interface'} without a bearer token: anyone who can reach "
+                f"the port could spend your model budget. Set ${TOKEN_ENV} or pass --token-file PATH "
+                "(or bind to 127.0.0.1)"
+            )
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port {self.port} is not a TCP port (0-65535)")
+        if self.max_body_bytes <= 0:
+            raise ConfigError(f"--max-body-bytes {self.max_body_bytes} must be a positive number of bytes")
+
+
+def _with_any_port(host: str) -> list[str]:
+    # "name" or "[v6]" has no port: accept it bare (behind a proxy on 80/443) and with any port.
+    has_port = host.rsplit("]", 1)[-1].count(":") == 1 if host.startswith("[") else host.count(":") == 1
+    return [host] if has_port else [host, f"{host}:*"]
+
+
+def transport_security(options: HttpOptions) -> TransportSecuritySettings:
+    """Host and Origin rules against DNS rebinding: loopback always, plus the bound address and what was allowed.
+
+    A browser page on another site cannot make a request carrying our Host or a loopback Origin, so a page that
+    rebinds its own name to this machine is refused (Host 421, Origin 403). Clients that send no Origin (every
+    non-browser MCP client) are not affected by the Origin rule.
+    """
+    hosts = [h for name in _LOOPBACK_NAMES for h in _with_any_port(name)]
+    bound = options.host.strip()
+    if bound and bound not in ("0.0.0.0", "::") and not is_loopback(bound):
+        # Clients that reach us by the address we bound send it as Host; a rebinding attack never can.
+        hosts += _with_any_port(f"[{bound}]" if ":" in bound else bound)
+    for h in options.allowed_hosts:
+        hosts += _with_any_port(h.strip())
+    origins = [f"{scheme}://{name}{port}" for scheme in ("http", "https") for name in _LOOPBACK_NAMES
+               for port in ("", ":*")]
+    origins += [o.strip().rstrip("/") for o in options.allowed_origins]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=list(dict.fromkeys(hosts)),
+                                     allowed_origins=list(dict.fromkeys(origins)))
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request except to the exempt paths must carry `Authorization: Bearer <token>`.
+
+    Anything else gets 401 with an empty body: nothing that tells a caller how close it came. Only the headers are
+    read, so an unauthenticated caller cannot make us buffer a body.
+    """
+
+    def __init__(self, app: ASGIApp, token: str, exempt: frozenset[str] = frozenset({HEALTH_PATH})) -> None:
+        self.app, self.exempt = app, exempt
+        self._expected = token.encode("ascii")
+
+    def _authorized(self, scope: Scope) -> bool:
+        values = [v for k, v in scope.get("headers", ()) if k == b"authorization"]
+        if len(values) != 1:
+            return False
+        scheme, _, given = values[0].strip().partition(b" ")
+        # compare_digest: the time taken does not depend on how many leading characters were right.
+        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._expected)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"www-authenticate", b"Bearer"), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def build_http_app(server: Server[Any], options: HttpOptions, tools: int) -> ASGIApp:
+    """The ASGI app serving `server` over Streamable HTTP at /mcp, with /healthz beside it.
+
+    Args:
+        server: the built low-level MCP server (its streamable HTTP app can be made once).
+        options: bind address, token, Host/Origin allowances, body cap, stateless and JSON modes.
+        tools: how many tools the server publishes, reported by /healthz.
+
+    Returns:
+        An ASGI app whose lifespan runs the SDK's session manager (uvicorn runs it with lifespan "on").
+    """
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    health = json.dumps({"status": "ok", "version": __version__, "tools": tools}).encode()
+
+    async def healthz(request: Request) -> Response:
+        # Open, and exempt from the Host check: orchestrators probe by pod IP. It tells nothing secret.
+        return Response(health, media_type="application/json", headers={"cache-control": "no-store"})
+
+    app: ASGIApp = server.streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        json_response=options.json_response,
+        stateless_http=options.stateless,
+        max_request_body_size=options.max_body_bytes,
+        transport_security=transport_security(options),
+        host=options.host,
+        custom_starlette_routes=[Route(HEALTH_PATH, healthz, methods=["GET"])],
+    )
+    return BearerAuth(app, options.token) if options.token else app
+
+
+def uvicorn_server(app: ASGIApp, options: HttpOptions) -> uvicorn.Server:
+    """A uvicorn server for `app` that logs through the root logger (stderr, our format), never to stdout."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=options.host,
+        port=options.port,
+        lifespan="on",
+        ws="none",
+        # None: no dictConfig of uvicorn's own, whose access log writes to stdout; its loggers propagate to ours.
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    return uvicorn.Server(config)
+
+
+async def serve_http(app: ASGIApp, options: HttpOptions) -> None:
+    """Serve `app` with uvicorn until SIGINT or SIGTERM.
+
+    A port that cannot be bound ends the process with exit code 3 (uvicorn's start-up failure), after logging why.
+    """
+    log.info("serving MCP at http://%s:%d%s (%s%s; token %s)",
+             f"[{options.host}]" if ":" in options.host else options.host, options.port, MCP_PATH,
+             "stateless" if options.stateless else "sessions", ", JSON responses" if options.json_response else "",
+             "required" if options.token else "not set, loopback only")
+    await uvicorn_server(app, options).serve()

@@ -1,0 +1,265 @@
+"""The MCP server: tools from specs, run by the Runner; resources for the tier table and usage totals.
+
+Failures while running a tool become `is_error` results a model can act on; only protocol misuse (an unknown tool)
+is a protocol error. Nothing here writes to stdout: on stdio that belongs to the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any, AsyncIterator, Mapping
+
+import mcp_types as types
+from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
+
+from tiered_mcp import __version__
+from tiered_mcp.core.config import LOCAL, TIERS, Config, load_config
+from tiered_mcp.core.errors import CallError, ConfigError
+from tiered_mcp.models.base import LazyOpenAI, Model
+from tiered_mcp.core.prices import price_of
+from tiered_mcp.core.receipts import RECEIPT_META_KEY
+from tiered_mcp.call.routing import Usable, ladder_for
+from tiered_mcp.call.options import parse_options
+from tiered_mcp.call.runner import Runner, UnknownTool
+from tiered_mcp.specs.spec import Specs, ToolSpec, load_specs
+from tiered_mcp.ledger.base import open_ledger
+
+log = logging.getLogger("tiered_mcp")
+
+TIERS_URI = "tiered://tiers"
+USAGE_URI = "tiered://usage"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _noise(key: str, value: Any) -> bool:
+    return (key == "additionalProperties" and value is False) or (key == "minLength" and value == 1 and value is not True)
+
+
+def compact(schema: Any) -> Any:
+    """A schema as published to hosts: without keywords that only restrict (closed objects, non-empty strings).
+
+    Hosts pay for every token of tools/list on every turn; the server still validates against the full schema,
+    and a call that breaks it gets an error that names the field.
+    """
+    if isinstance(schema, list):
+        return [compact(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {k: compact(v) for k, v in schema.items() if not _noise(k, v)}
+
+
+def published_input_schema(spec: ToolSpec, config: Config) -> dict[str, Any]:
+    """The spec's input schema plus the optional per-call `tier`, limited to what the config allows."""
+    allowed = [t for t in TIERS[: TIERS.index(config.call_tier_ceiling) + 1]
+               if t in config.tiers and (t != LOCAL or spec.local_task)]
+    schema = dict(spec.input_schema)
+    props = dict(spec.input_schema.get("properties", {}))
+    if spec.batch is not None:
+        name = spec.batch.argument
+        item = {k: v for k, v in props[name].items() if k != "description"}
+        props["items"] = {"type": "array", "items": item, "maxItems": spec.batch.max_items,
+                          "description": f"Batch of {name} values instead of {name}"}
+        schema["required"] = [r for r in spec.input_schema.get("required", []) if r != name]
+        schema["anyOf"] = [{"required": [name]}, {"required": ["items"]}]
+    props["tier"] = {"type": "string", "enum": allowed}
+    schema["properties"] = props
+    return compact(schema)
+
+
+def published_output_schema(spec: ToolSpec) -> dict[str, Any]:
+    """The spec's output schema; for a batch tool, either that or {results: [{index, output | error}], failed}."""
+    if spec.batch is None:
+        return compact(spec.output_schema)
+    one = {"$ref": "#/$defs/one"}
+    batch = {"type": "object", "required": ["results"], "properties": {
+        "results": {"type": "array", "items": {"type": "object", "required": ["index"], "properties": {
+            "index": {"type": "integer"}, "output": one, "error": {"type": "string"}}}},
+        "failed": {"type": "integer"}}}
+    return {"type": "object", "$defs": {"one": compact(spec.output_schema)}, "anyOf": [one, batch]}
+
+
+def tier_table(config: Config, specs: Specs, usable: Usable = lambda tier: True) -> list[dict[str, Any]]:
+    """Per tool: the tier it starts on, its escalation ladder, model and price (USD per million tokens).
+
+    With `usable`, the ladder is the one a call would use now (e.g. local when no key is set); a tool that cannot
+    run at all shows an empty ladder and the reason.
+    """
+    rows = []
+    for spec in specs:
+        try:
+            ladder, problem = ladder_for(config, spec, usable=usable), None
+        except CallError as e:
+            ladder, problem = [], str(e)
+        tier = config.tiers.get(ladder[0]) if ladder else None
+        price = price_of(tier) if tier else None
+        rows.append({
+            "tool": spec.name,
+            "tier": ladder[0] if ladder else None,
+            "ladder": ladder,
+            "model": tier.model if tier else None,
+            "input_price": price.input if price else None,
+            "output_price": price.output if price else None,
+            "price_source": price.source if price else "unknown",
+            "description": spec.description,
+            **({"problem": problem} if problem else {}),
+        })
+    return rows
+
+
+def build_server(runner: Runner) -> Server[Any]:
+    """An MCP server publishing the runner's tools and resources."""
+    tools = [
+        types.Tool(
+            name=spec.name,
+            title=spec.title,
+            description=spec.description,
+            input_schema=published_input_schema(spec, runner.config),
+            output_schema=published_output_schema(spec),
+            annotations=types.ToolAnnotations(
+                read_only_hint=spec.annotations.read_only,
+                # The spec says destructive_hint means something only for tools that are not read-only.
+                destructive_hint=None if spec.annotations.read_only else spec.annotations.destructive,
+                idempotent_hint=spec.annotations.idempotent,
+                open_world_hint=spec.annotations.open_world,
+            ),
+        )
+        for spec in runner.specs
+    ]
+
+    async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        async def progress(done: float, total: float | None, message: str) -> None:
+            await ctx.session.report_progress(done, total, message)
+
+        def log_call(receipt: dict[str, Any] | None, error: str | None = None) -> None:
+            # One line per finished call, fields from the receipt; the error is a class name, never its message,
+            # which may quote the caller's arguments.
+            r = receipt or {}
+            items = [i for i in r.get("per_item") or () if i]  # a batch's receipt holds one receipt per item
+            attempts = r.get("attempts") or [a for i in items for a in i.get("attempts") or ()]
+            tier = r.get("tier") or ("+".join(r["tiers"]) if r.get("tiers") else None)
+            fields = {"tool": params.name, "ok": error is None, "tier": tier, "model": r.get("model"),
+                      "attempts": len(attempts), "cost_usd": r.get("cost_usd"), "latency_ms": r.get("latency_ms"),
+                      "call_id": r.get("call_id"), "error": error,
+                      **({"items": r.get("items"), "failed": r.get("failed")} if r.get("batch") else {})}
+            log.info("call %(tool)s ok=%(ok)s tier=%(tier)s model=%(model)s attempts=%(attempts)s "
+                     "cost_usd=%(cost_usd)s latency_ms=%(latency_ms)s call_id=%(call_id)s", fields, extra=fields)
+
+        try:
+            result = await runner.call(params.name, params.arguments, progress, parse_options(params.meta))
+        except UnknownTool as e:
+            raise MCPError(types.INVALID_PARAMS, str(e)) from None
+        except CallError as e:
+            log_call(e.receipt, type(e).__name__)
+            meta = {RECEIPT_META_KEY: e.receipt} if e.receipt else None
+            return types.CallToolResult(content=[types.TextContent(text=str(e))], is_error=True, _meta=meta)
+        except Exception as e:  # a bug of ours must not take the server down with it
+            log.exception("internal error in tool %s", params.name)
+            log_call(None, type(e).__name__)
+            return types.CallToolResult(
+                content=[types.TextContent(text=f"internal error in tiered-mcp ({type(e).__name__}); see server log")],
+                is_error=True,
+            )
+        log_call(result.receipt)
+        return types.CallToolResult(
+            content=[types.TextContent(text=_dumps(result.output))],
+            structured_content=result.output,
+            _meta={RECEIPT_META_KEY: result.receipt},
+        )
+
+    async def list_resources(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=[
+            types.Resource(uri=TIERS_URI, name="tiers", title="Tier table", mime_type="application/json",
+                           description="Per tool: tier, escalation ladder, model, price per million tokens."),
+            types.Resource(uri=USAGE_URI, name="usage", title="Usage totals", mime_type="application/json",
+                           description="Calls, tokens, cost, flagship baseline and savings per tool, from the ledger."),
+        ])
+
+    async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        uri = str(params.uri)
+        if uri == TIERS_URI:
+            body: Any = tier_table(runner.config, runner.specs, runner.usable)
+        elif uri == USAGE_URI:
+            if runner.ledger is None:
+                body = {"error": "no ledger configured"}
+            else:
+                rows, total = runner.ledger.usage(by="tool")
+                body = {"by_tool": [{**asdict(r), "saved_usd": r.saved_usd} for r in rows],
+                        "total": {**asdict(total), "saved_usd": total.saved_usd}}
+        else:
+            raise MCPError(types.INVALID_PARAMS, f"unknown resource {uri!r}; known: {TIERS_URI}, {USAGE_URI}")
+        return types.ReadResourceResult(
+            contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=_dumps(body))]
+        )
+
+    @asynccontextmanager
+    async def lifespan(server: Any) -> AsyncIterator[Runner]:
+        async with runner.running():
+            yield runner
+
+    return Server(
+        "tiered-mcp",
+        version=__version__,
+        lifespan=lifespan,
+        instructions="Tools that run routine steps on cheaper models; each result's _meta carries a cost receipt.",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_read_resource=read_resource,
+    )
+
+
+def check_tool_settings(config: Config, specs: Specs) -> None:
+    """[tools.X] tables must name loaded tools, and may start on local only tools the local tier serves.
+
+    Raises:
+        ConfigError: naming the table and the fix.
+    """
+    for name, settings in config.tools.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise ConfigError(f"config {config.source}: [tools.{name}] names no loaded tool "
+                              f"(tools: {', '.join(sorted(specs.tools))})")
+        if settings.tier == "local" and spec.local_task is None:
+            raise ConfigError(f"config {config.source}: [tools.{name}] tier = \"local\", but the local tier does not "
+                              f"serve {name} (it serves tools with a local_task: classify, rank, summarize)")
+
+
+def build_runner(
+    config_path: str | None = None,
+    spec_dirs: tuple[str, ...] = (),
+    ledger_path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    model: Model | None = None,
+) -> Runner:
+    """Everything a server needs, from the command line's options (`ledger_path`: a file or a postgresql:// URL).
+
+    Raises:
+        SetupError: a bad config or spec file (the message names the file and field), or a ledger that cannot be
+            opened.
+    """
+    env = os.environ if env is None else env
+    config = load_config(config_path, env)
+    specs: Specs = load_specs(spec_dirs)
+    check_tool_settings(config, specs)
+    ledger = open_ledger(ledger_path or config.ledger_target(env), store_inputs=config.store_inputs)
+    # The runner tells which tiers can run from the same environment the model takes its keys from.
+    return Runner(config, specs, model if model is not None else LazyOpenAI(env), ledger, env=env)
+
+
+async def serve_stdio(server: Server[Any]) -> None:
+    """Serve over this process's stdin and stdout until the client goes away."""
+    from mcp.server.stdio import stdio_server
+
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
