@@ -175,9 +175,9 @@ async def check_same_body(upstream_port: int, tool: str = "classify") -> None:
     `request_body` builds exactly that body: the direct client and the floor server then send what we send."""
     import openai
 
+    from tiered_mcp.call.runner import Runner
     from tiered_mcp.core.config import load_config
     from tiered_mcp.models.base import LazyOpenAI
-    from tiered_mcp.call.runner import Runner
     from tiered_mcp.specs.spec import load_specs
 
     env = {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1"}

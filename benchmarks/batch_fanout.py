@@ -28,10 +28,10 @@ def free_port() -> int:
 
 
 async def run(items: int, latency: float, concurrency: int, port: int) -> tuple[float, dict]:
+    from tiered_mcp.call.runner import Runner
     from tiered_mcp.core.config import config_from_dict
     from tiered_mcp.ledger.sqlite import Ledger
     from tiered_mcp.models.base import LazyOpenAI
-    from tiered_mcp.call.runner import Runner
     from tiered_mcp.specs.spec import load_specs
 
     env = {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1"}

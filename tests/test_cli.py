@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tiered_mcp.cli.main import main
-from tiered_mcp.ledger.sqlite import Ledger
-from tiered_mcp.core.receipts import Attempt, Receipt
 from tiered_mcp.core.config import config_from_dict
+from tiered_mcp.core.receipts import Attempt, Receipt
+from tiered_mcp.ledger.sqlite import Ledger
 from tiered_mcp.testing import FakeResponse
 
 from .conftest import SECRET, server_env

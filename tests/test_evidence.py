@@ -3,11 +3,11 @@
 import pytest
 from mcp import Client
 
-from tiered_mcp.core.errors import ArgumentsError, ToolFailed
 from tiered_mcp.call.options import OPTIONS_META_KEY, CallOptions, parse_options
+from tiered_mcp.core.errors import ArgumentsError, ToolFailed
 from tiered_mcp.serve.server import build_server
-from tiered_mcp.testing import ScriptedModel, reply
 from tiered_mcp.specs.validators import valid_lines, values_at
+from tiered_mcp.testing import ScriptedModel, reply
 
 pytestmark = pytest.mark.anyio
 

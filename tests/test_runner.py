@@ -2,6 +2,7 @@
 
 import pytest
 
+from tiered_mcp.call.runner import UnknownTool
 from tiered_mcp.core.errors import (
     ArgumentsError,
     MissingKey,
@@ -12,7 +13,6 @@ from tiered_mcp.core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from tiered_mcp.call.runner import UnknownTool
 from tiered_mcp.testing import ScriptedModel, reply
 
 pytestmark = pytest.mark.anyio

@@ -8,8 +8,8 @@ import pytest
 from mcp import Client, MCPError, StdioServerParameters
 
 from tiered_mcp.core.receipts import RECEIPT_META_KEY
-from tiered_mcp.serve.server import TIERS_URI, USAGE_URI, build_server
 from tiered_mcp.core.tokens import count
+from tiered_mcp.serve.server import TIERS_URI, USAGE_URI, build_server
 from tiered_mcp.testing import FakeResponse, Hang, ScriptedModel, reply
 
 from .conftest import SECRET, server_env
@@ -174,8 +174,9 @@ async def test_no_key_in_the_result_or_the_ledger(upstream, tmp_path):
 
 
 async def test_every_tool_end_to_end_over_stdio_with_the_real_openai_client(upstream, tmp_path):
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     cases = {p.stem: yaml.safe_load(p.read_text(encoding="utf-8"))[0]
              for p in (Path(__file__).parent / "cases").glob("*.yaml")}

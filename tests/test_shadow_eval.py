@@ -5,9 +5,9 @@ import json
 import anyio
 import pytest
 
+from tiered_mcp.cli.html_report import render_html
 from tiered_mcp.cli.main import main
 from tiered_mcp.evidence.evaluate import Case, cheapest_meeting, config_snippet, load_cases, run_eval
-from tiered_mcp.cli.html_report import render_html
 from tiered_mcp.evidence.report import build_report, wilson
 from tiered_mcp.testing import ScriptedModel, reply
 
@@ -198,9 +198,9 @@ async def test_pending_shadow_runs_finish_at_shutdown_within_the_drain_time(make
 
 
 async def test_eval_replays_stored_calls_from_the_ledger(upstream, tmp_path, monkeypatch, capsys, specs):
+    from tiered_mcp.call.runner import Runner
     from tiered_mcp.core.config import config_from_dict
     from tiered_mcp.ledger.sqlite import Ledger
-    from tiered_mcp.call.runner import Runner
 
     path = tmp_path / "l.sqlite3"
     config = tmp_path / "c.toml"

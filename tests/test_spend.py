@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from tiered_mcp.core.errors import BudgetExceeded
 from tiered_mcp.call.options import CallOptions
+from tiered_mcp.core.errors import BudgetExceeded
 from tiered_mcp.testing import ScriptedModel, reply
 
 pytestmark = pytest.mark.anyio

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from tiered_mcp.core.errors import ArgumentsError, CallError, ToolFailed
 from tiered_mcp.call.options import CallOptions
+from tiered_mcp.core.errors import ArgumentsError, CallError, ToolFailed
 from tiered_mcp.specs.spec import ToolSpec
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ from typing import Any
 
 from tiered_mcp.core.config import Config, Tier
 from tiered_mcp.core.errors import BudgetExceeded
-from tiered_mcp.ledger.sqlite import Ledger
 from tiered_mcp.core.prices import price_of
 from tiered_mcp.core.tokens import count_messages
+from tiered_mcp.ledger.sqlite import Ledger
 
 
 def worst_case_usd(tier: Tier, messages: list[dict[str, str]]) -> float | None:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from tiered_mcp.core.config import LOCAL, TIERS, Config
+from tiered_mcp.core.config import INSTALL_LOCAL, LOCAL, TIERS, Config
 from tiered_mcp.core.errors import LocalTierError, TierNotAllowed
 from tiered_mcp.specs.spec import ToolSpec
-
-INSTALL_LOCAL = "pip install 'tiered-mcp[local]'"
 
 Usable = Callable[[str], bool]
 """usable(tier) -> whether that tier can run now (its key is set; for local, its packages are installed)."""

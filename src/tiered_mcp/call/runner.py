@@ -21,8 +21,10 @@ from anyio.abc import TaskGroup
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from tiered_mcp.core import tracing
 from tiered_mcp.call.budget import Budget
+from tiered_mcp.call.options import CallOptions
+from tiered_mcp.call.routing import ladder_for
+from tiered_mcp.core import tracing
 from tiered_mcp.core.config import TRIGGERS, Config
 from tiered_mcp.core.errors import (
     ArgumentsError,
@@ -35,20 +37,22 @@ from tiered_mcp.core.errors import (
     ToolFailed,
     Transient,
 )
-from tiered_mcp.ledger.sqlite import Ledger
-from tiered_mcp.models.local import LocalEngine
-from tiered_mcp.models.base import Model, ModelReply, ModelRequest
-from tiered_mcp.call.options import CallOptions
 from tiered_mcp.core.prices import cost_of
 from tiered_mcp.core.receipts import Attempt, Receipt
-from tiered_mcp.call.routing import ladder_for
 from tiered_mcp.core.tokens import count as count_tokens
 from tiered_mcp.core.tokens import count_messages
+from tiered_mcp.ledger.sqlite import Ledger
+from tiered_mcp.models.base import Model, ModelReply, ModelRequest
+from tiered_mcp.models.local import LocalEngine
 from tiered_mcp.specs.spec import Specs, ToolSpec, strict_compatible
 from tiered_mcp.specs.validators import run_validators
 
 Progress = Callable[[float, float | None, str], Awaitable[None]]
 """progress(done, total, message): called as the call moves through its steps."""
+
+Observer = Callable[["Runner", ToolSpec, dict[str, Any], Receipt, dict[str, Any]], Awaitable[None]]
+"""observer(runner, spec, arguments, receipt, output): started in the background after a sampled answer (shadow runs,
+wired in by the serving layer, which sits above the call path)."""
 
 QUALITY_TRIGGERS = frozenset(TRIGGERS)
 
@@ -159,6 +163,7 @@ class Runner:
         jitter: Callable[[], float] = random.random,
         sample: Callable[[], float] = random.random,
         session: str | None = None,
+        observers: tuple[Observer, ...] = (),
     ) -> None:
         self.config, self.specs, self.model, self.ledger = config, specs, model, ledger
         self.local = local if local is not None else LocalEngine()
@@ -170,6 +175,7 @@ class Runner:
         self._background: TaskGroup | None = None
         self.shadows_pending = 0
         self.shadows_skipped = 0
+        self._observers = observers
 
     def usable(self, tier: str) -> bool:
         """Whether `tier` can run now: its provider's key is set, or for the local tier, its packages are installed."""
@@ -554,7 +560,6 @@ class Runner:
         if self._background is None or self.shadows_pending >= self.config.shadow.max_pending:
             self.shadows_skipped += 1  # bounded: a burst of calls must not pile up shadow work
             return
-        from tiered_mcp.evidence.shadow import run_shadow
-
-        self.shadows_pending += 1
-        self._background.start_soon(run_shadow, self, spec, args, receipt, output)
+        for observer in self._observers:
+            self.shadows_pending += 1
+            self._background.start_soon(observer, self, spec, args, receipt, output)

@@ -6,10 +6,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from tiered_mcp.core.config import load_config
+from tiered_mcp.call.routing import ladder_for
+from tiered_mcp.core.config import INSTALL_LOCAL, load_config
 from tiered_mcp.core.errors import CallError, ModelError
 from tiered_mcp.models.local import LocalEngine
-from tiered_mcp.call.routing import INSTALL_LOCAL, ladder_for
 from tiered_mcp.specs.spec import load_specs
 
 

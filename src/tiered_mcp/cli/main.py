@@ -107,9 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import anyio
 
+    from tiered_mcp.core.tracing import configure_tracing
     from tiered_mcp.serve.logs import configure_logging
     from tiered_mcp.serve.server import build_runner, build_server, serve_stdio
-    from tiered_mcp.core.tracing import configure_tracing
 
     if args.transport == "stdio":
         configure_logging(args.log_level or "WARNING", args.log_format)
@@ -187,8 +187,8 @@ def _call(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"tiered-mcp: --args must be a JSON object of the tool's arguments ({e})", file=sys.stderr)
         return USAGE
-    from tiered_mcp.core.errors import ArgumentsError
     from tiered_mcp.call.options import OPTIONS_META_KEY, parse_options
+    from tiered_mcp.core.errors import ArgumentsError
 
     try:
         meta = {OPTIONS_META_KEY: json.loads(args.options)} if args.options else None
@@ -274,8 +274,8 @@ def _usage(args: argparse.Namespace) -> int:
 
     from rich.table import Table
 
-    from tiered_mcp.core.config import load_config
-    from tiered_mcp.ledger.base import is_postgres_url, open_ledger
+    from tiered_mcp.core.config import is_postgres_url, load_config
+    from tiered_mcp.ledger.base import open_ledger
 
     config = load_config(args.config)
     path = args.ledger or config.ledger_target()

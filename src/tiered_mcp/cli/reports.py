@@ -47,10 +47,10 @@ def report(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from tiered_mcp.core.config import load_config
     from tiered_mcp.cli.html_report import render_html
+    from tiered_mcp.core.config import is_postgres_url, load_config
     from tiered_mcp.evidence.report import build_report
-    from tiered_mcp.ledger.base import is_postgres_url, open_ledger
+    from tiered_mcp.ledger.base import open_ledger
 
     config = load_config(args.config)
     target = args.ledger or config.ledger_target()
@@ -139,11 +139,10 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 async def _with_progress(runner: Any, cases: Any, tiers: list[str], concurrency: int) -> Any:
+    from rich.console import Console
     from rich.progress import Progress
 
     from tiered_mcp.evidence.evaluate import run_eval
-
-    from rich.console import Console
 
     try:
         with Progress(console=Console(stderr=True), transient=True) as bar:

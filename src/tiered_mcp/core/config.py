@@ -25,6 +25,14 @@ Trigger = Literal["invalid", "low_confidence", "refused", "truncated", "validato
 TRIGGERS: tuple[str, ...] = ("invalid", "low_confidence", "refused", "truncated", "validator")
 """What makes a call climb to the next tier. Transport failures (429, 5xx, timeouts) always move on."""
 CONFIG_ENV = "TIERED_MCP_CONFIG"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+INSTALL_LOCAL = "pip install 'tiered-mcp[local]'"
+"""How to add the embedded local tier (named in messages that need it)."""
+
+
+def is_postgres_url(target: str | Path | None) -> bool:
+    """True when the ledger target names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(target, str) and target.lower().startswith(POSTGRES_SCHEMES)
 
 
 class _Frozen(BaseModel):
@@ -147,8 +155,6 @@ class Config(_Frozen):
 
     def ledger_target(self, env: Mapping[str, str] | None = None) -> str:
         """Where the ledger lives, as `storage.open_ledger` takes it: a postgresql:// URL as given, else a path."""
-        from tiered_mcp.ledger.base import is_postgres_url
-
         if is_postgres_url(self.ledger):
             return str(self.ledger)
         return str(self.ledger_path(env))

@@ -15,10 +15,10 @@ from typing import Any, Awaitable, Callable, Iterable
 
 import anyio
 
-from tiered_mcp.core.config import TIERS
-from tiered_mcp.core.errors import ArgumentsError, CallError
 from tiered_mcp.call.options import CallOptions
 from tiered_mcp.call.runner import Runner
+from tiered_mcp.core.config import TIERS
+from tiered_mcp.core.errors import ArgumentsError, CallError
 from tiered_mcp.evidence.shadow import compare_answers
 
 

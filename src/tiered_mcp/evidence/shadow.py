@@ -9,13 +9,13 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from tiered_mcp.specs.compare import Compare, score
-from tiered_mcp.core.errors import CallError, ModelError
-from tiered_mcp.ledger.sqlite import ShadowRow
-from tiered_mcp.models.base import ModelRequest
 from tiered_mcp.call.options import CallOptions
+from tiered_mcp.core.errors import CallError, ModelError
 from tiered_mcp.core.prices import cost_of
 from tiered_mcp.core.receipts import Attempt, Receipt
+from tiered_mcp.ledger.sqlite import ShadowRow
+from tiered_mcp.models.base import ModelRequest
+from tiered_mcp.specs.compare import Compare, score
 from tiered_mcp.specs.spec import ToolSpec
 
 if TYPE_CHECKING:

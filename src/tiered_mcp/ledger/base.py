@@ -23,23 +23,19 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import anyio
 
+from tiered_mcp.core.config import is_postgres_url
+
 if TYPE_CHECKING:
     from tiered_mcp.core.config import Config
     from tiered_mcp.core.receipts import Receipt
 
 GROUPS = ("tool", "tier", "model")
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 POSTGRES_EXTRA_HINT = "pip install 'tiered-mcp[postgres]'"
 
 
 def now_iso() -> str:
     """Now, UTC, as stored in the ledger (ISO 8601, milliseconds)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def is_postgres_url(target: str | Path | None) -> bool:
-    """True when the ledger target names a PostgreSQL database rather than a SQLite file."""
-    return isinstance(target, str) and target.lower().startswith(POSTGRES_SCHEMES)
 
 
 def mask_dsn(target: str | Path) -> str:

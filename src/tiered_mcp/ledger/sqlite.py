@@ -157,7 +157,7 @@ class Ledger(SqlLedger):
         with self._lock:
             cur = self._db.execute(sql, params)
             names = [d[0] for d in cur.description]
-            return [dict(zip(names, r)) for r in cur.fetchall()]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         with self._lock:

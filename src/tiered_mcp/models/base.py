@@ -47,6 +47,12 @@ class ModelReply:
     input_tokens: int = 0
     output_tokens: int = 0
     model: str | None = None
+    cached_input_tokens: int = 0
+    """Of `input_tokens`, those the provider served from its prompt cache (priced at the cached-input rate)."""
+    reasoning_tokens: int = 0
+    """Of `output_tokens`, those spent on reasoning (already inside `output_tokens`; priced as output)."""
+    usage_reported: bool = True
+    """False when the provider sent no usage: the token counts are then o200k estimates made by the caller."""
 
 
 class Model(Protocol):

@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import anyio
 
+from tiered_mcp.core.config import INSTALL_LOCAL
 from tiered_mcp.core.errors import ArgumentsError, LocalTierError
-from tiered_mcp.call.routing import INSTALL_LOCAL
 
 # Arguments each task takes, by their names in the shipped specs (a user spec with a local_task uses the same names).
 _TASK_ARGS = {

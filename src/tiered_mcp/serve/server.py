@@ -18,16 +18,17 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 
 from tiered_mcp import __version__
+from tiered_mcp.call.options import parse_options
+from tiered_mcp.call.routing import Usable, ladder_for
+from tiered_mcp.call.runner import Runner, UnknownTool
 from tiered_mcp.core.config import LOCAL, TIERS, Config, load_config
 from tiered_mcp.core.errors import CallError, ConfigError
-from tiered_mcp.models.base import LazyOpenAI, Model
 from tiered_mcp.core.prices import price_of
 from tiered_mcp.core.receipts import RECEIPT_META_KEY
-from tiered_mcp.call.routing import Usable, ladder_for
-from tiered_mcp.call.options import parse_options
-from tiered_mcp.call.runner import Runner, UnknownTool
-from tiered_mcp.specs.spec import Specs, ToolSpec, load_specs
+from tiered_mcp.evidence.shadow import run_shadow
 from tiered_mcp.ledger.base import open_ledger
+from tiered_mcp.models.base import LazyOpenAI, Model
+from tiered_mcp.specs.spec import Specs, ToolSpec, load_specs
 
 log = logging.getLogger("tiered_mcp")
 
@@ -254,7 +255,8 @@ def build_runner(
     check_tool_settings(config, specs)
     ledger = open_ledger(ledger_path or config.ledger_target(env), store_inputs=config.store_inputs)
     # The runner tells which tiers can run from the same environment the model takes its keys from.
-    return Runner(config, specs, model if model is not None else LazyOpenAI(env), ledger, env=env)
+    return Runner(config, specs, model if model is not None else LazyOpenAI(env), ledger, env=env,
+                  observers=(run_shadow,))
 
 
 async def serve_stdio(server: Server[Any]) -> None:

@@ -19,8 +19,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from tiered_mcp.specs.compare import Compare
 from tiered_mcp.core.errors import SpecError
+from tiered_mcp.specs.compare import Compare
 from tiered_mcp.specs.validators import Validator, needs_argument
 
 RESERVED_ARGUMENTS = frozenset({"tier"})
