@@ -11,7 +11,7 @@ import pytest
 
 from tiered_mcp.call.runner import Runner
 from tiered_mcp.core.config import Config, config_from_dict
-from tiered_mcp.evidence.shadow import run_shadow
+from tiered_mcp.evidence.shadow import Shadows
 from tiered_mcp.ledger.base import LedgerStore, open_ledger
 from tiered_mcp.specs.spec import Specs, load_specs
 from tiered_mcp.testing import FakeUpstream, ScriptedModel, network_guard
@@ -116,7 +116,7 @@ def make_runner(specs: Specs, ledger: LedgerStore, sleeps: Sleeps) -> Callable[.
         # Unit tests repeat arguments with different scripts; the cache would answer them. Its own tests turn it on.
         cfg: Config = config_from_dict({"cache_ttl_s": 0, **config})
         return Runner(cfg, specs, model if model is not None else ScriptedModel(), ledger,
-                      env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps, jitter=lambda: 1.0, observers=(run_shadow,),
+                      env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps, jitter=lambda: 1.0, observers=(Shadows(),),
                       **runner_options)
 
     return make

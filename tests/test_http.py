@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -343,7 +344,7 @@ async def test_the_cli_serves_http_end_to_end(upstream, tmp_path):
     args = ("--stateless", "--token-file", str(token_file))
     async with cli_server(tmp_path, server_env(upstream, tmp_path), *args) as base, mcp_client(base) as client:
         result = await client.call_tool("classify", ARGS)
-    assert not result.is_error and result.meta[RECEIPT_META_KEY]["call_id"] == 1
+    assert not result.is_error and re.fullmatch("[0-9a-f]{16}", result.meta[RECEIPT_META_KEY]["call_id"])
     log = (tmp_path / "stderr.log").read_text(encoding="utf-8")
     assert "serving MCP at http://127.0.0.1" in log and "call classify ok=True tier=nano" in log
     assert TOKEN not in log and (tmp_path / "stdout.log").read_bytes() == b""

@@ -3,6 +3,7 @@ writers in threads and processes, usage, budgets' spend, the cache, shadow rows;
 
 import json
 import re
+import stat
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,15 @@ from tiered_mcp.cli.main import main, masked_config
 from tiered_mcp.core.config import config_from_dict
 from tiered_mcp.core.errors import ConfigError
 from tiered_mcp.core.receipts import Attempt, Receipt
-from tiered_mcp.ledger.base import POSTGRES_EXTRA_HINT, ShadowRow, is_postgres_url, mask_dsn, open_ledger
+from tiered_mcp.ledger.base import (
+    POSTGRES_EXTRA_HINT,
+    CacheEntry,
+    CallWrite,
+    ShadowRow,
+    is_postgres_url,
+    mask_dsn,
+    open_ledger,
+)
 from tiered_mcp.ledger.sqlite import Ledger
 
 CFG = config_from_dict({})
@@ -64,14 +73,15 @@ def test_usage_groups_and_since(ledger):
     ledger.record(receipt(10), CFG)
     ledger.record(receipt(5, tool="rank"), CFG)
     ledger.record(Receipt(tool="rank", tier="mini", model="gpt-5.4-mini", ok=False, kind="shadow"), CFG)
-    rows, total = ledger.usage(by="model")
-    assert [r.key for r in rows] == ["gpt-5.4-mini (shadow)", "gpt-5.4-nano"]  # by cost (all 0 here), then key
-    assert (total.calls, total.failed, total.input_tokens) == (3, 1, 17)
-    assert isinstance(total.cost_usd, float) and isinstance(total.calls, int)
+    usage = ledger.usage(by="model")
+    assert [r.key for r in usage.rows] == ["gpt-5.4-nano"]  # evidence is not an answer: it has its own lines
+    assert [e.key for e in usage.evidence] == ["shadow"] and usage.evidence[0].failed == 1
+    assert (usage.total.calls, usage.total.failed, usage.total.input_tokens) == (2, 0, 17)
+    assert isinstance(usage.total.cost_usd, float) and isinstance(usage.total.calls, int)
     today = datetime.now(timezone.utc).date()
-    assert ledger.usage(since=today.isoformat())[1].calls == 3
-    assert ledger.usage(since=(today + timedelta(days=1)).isoformat())[1].calls == 0
-    assert ledger.usage(since="2999-01-01")[1].calls == 0
+    assert ledger.usage(since=today.isoformat()).total.calls == 2
+    assert ledger.usage(since=(today + timedelta(days=1)).isoformat()).total.calls == 0
+    assert ledger.usage(since="2999-01-01").total.calls == 0
     assert ledger.call_counts() == {"classify": 1, "rank": 1}
     with pytest.raises(ValueError):
         ledger.usage(by="nope")
@@ -81,7 +91,7 @@ def test_spent_per_utc_day_tool_and_session(ledger):
     ledger.record(receipt(1, cost=0.25, session="a"), CFG)
     ledger.record(receipt(1, tool="rank", cost=0.5, session="b"), CFG)
     ledger.record(receipt(1, cost=None, session="a"), CFG)  # unknown cost: not counted
-    midnight = datetime.now(timezone.utc).strftime("%Y-%m-%dT00:00:00")  # what budgets pass
+    midnight = datetime.now(timezone.utc).strftime("%Y-%m-%dT00:00:00")
     assert ledger.spent(midnight) == pytest.approx(0.75)
     assert ledger.spent(midnight, tool="rank") == pytest.approx(0.5)
     assert ledger.spent("", session="a") == pytest.approx(0.25)
@@ -98,29 +108,66 @@ def test_store_inputs_and_stored_calls(ledger):
     assert json.loads(ledger.calls()[1]["output"]) == {"label": "y"}
 
 
-def test_cache_put_get_replace_and_expiry(ledger):
-    assert ledger.cache_get("k") is None
-    ledger.cache_put("k", {"label": "a"}, "nano", "m1", ttl_s=60)
-    ledger.cache_put("k", {"label": "b"}, "mini", "m2", ttl_s=60)
-    assert ledger.cache_get("k") == ({"label": "b"}, "mini", "m2")
-    ledger.cache_put("old", {"label": "c"}, "nano", "m1", ttl_s=-1)
-    assert ledger.cache_get("old") is None
+def test_cache_entries_ride_with_their_call_and_expire(ledger):
+    assert ledger.cache_get("k", 1000.0) is None
+    ledger.write([CallWrite(receipt(1, cost=0.1), cache=CacheEntry("k", {"label": "a"}, "nano", "m1", 1060.0))],
+                 [], CFG)
+    ledger.write([CallWrite(receipt(2, cost=0.1), cache=CacheEntry("k", {"label": "b"}, "mini", "m2", 1060.0))],
+                 [], CFG)
+    assert ledger.cache_get("k", 1000.0) == ({"label": "b"}, "mini", "m2")
+    assert ledger.cache_get("k", 1060.0) is None  # expired at its time, whatever the sweep has done
+    assert len(ledger.calls()) == 2
+    assert ledger.cache_sweep(1061.0) == 1 and ledger.cache_sweep(1061.0) == 0
 
 
 def test_shadow_rows_round_trip(ledger):
-    row = ShadowRow(tool="classify", call_id=1, shadow_call_id=2, tier="nano", comparison_tier="mini", score=0.75,
-                    agree=False, detail="fields", cost_usd=0.001, comparison_cost_usd=None)
-    ledger.shadow_record(row)
-    ledger.shadow_record(ShadowRow("rank", None, None, "nano", "mini", None, None, "judge failed", None, None))
-    assert ledger.shadows() == [row, ShadowRow("rank", None, None, "nano", "mini", None, None, "judge failed",
-                                               None, None)]
+    row = ShadowRow(tool="classify", call_id="a1", shadow_call_id="b2", tier="nano", comparison_tier="mini",
+                    score=0.75, agree=False, detail="fields", cost_usd=0.001, comparison_cost_usd=None,
+                    model="gpt-5.4-nano", comparison_model="gpt-5.4-mini", spec_version="1", confidence=0.6,
+                    args_key="k1")
+    skipped = ShadowRow("rank", None, None, "nano", "mini", None, None, "skipped: busy", None, None, status="skipped")
+    ledger.write([], [row, skipped], CFG)
+    assert ledger.shadows() == [row, skipped]
+    assert ledger.shadows(tool="rank") == [skipped]
     assert ledger.shadows(since="2999-01-01") == []
+    assert ledger.compared("classify", "k1", "gpt-5.4-nano", "gpt-5.4-mini", "1")
+    assert not ledger.compared("classify", "k1", "gpt-5.5-nano", "gpt-5.4-mini", "1")  # a new model: compare anew
 
 
-def test_a_batch_is_one_transaction_with_ids_in_order(ledger):
-    ids = ledger.record_many([(receipt(i), None, None) for i in range(5)], CFG)
-    assert ids == sorted(ids) and len(set(ids)) == 5
-    assert [c["id"] for c in ledger.calls()] == ids
+def test_a_batch_is_one_transaction(ledger):
+    writes = [CallWrite(receipt(i)) for i in range(5)]
+    for i, w in enumerate(writes):
+        w.receipt.call_id = f"id{i}"
+    ledger.write(writes, [], CFG)
+    assert [c["uid"] for c in ledger.calls()] == [f"id{i}" for i in range(5)]
+    assert [a["n"] for a in ledger.attempts("id3")] == [1, 2]
+
+
+def test_budget_holds_are_atomic_and_settle_to_the_actual_cost(ledger):
+    caps = [("day:2026-12-01", 1.0), ("tool:rank:2026-12-01", 0.5)]
+    assert ledger.budget_reserve(caps, 0.3, "h1", 100.0, 60.0) == (True, {k: 0.0 for k, _ in caps})
+    held, committed = ledger.budget_reserve(caps, 0.3, "h2", 100.0, 60.0)
+    assert not held and committed == {"day:2026-12-01": 0.3, "tool:rank:2026-12-01": 0.3}  # 0.6 > the tool's 0.5
+    ledger.budget_settle("h1", 0.1, 100.0, 60.0)
+    assert ledger.budget_reserve(caps, 0.3, "h3", 100.0, 60.0) == (True, {k: 0.1 for k, _ in caps})
+    # A hold nobody settles (a process that died) stops counting when it expires.
+    assert ledger.budget_reserve(caps, 0.3, "h4", 161.0, 60.0)[0]
+
+
+def test_a_ledger_is_private_to_its_user(tmp_path):
+    path = tmp_path / "private" / "ledger.sqlite3"
+    led = Ledger(path)
+    led.record(receipt(1), CFG)
+    led.close()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    for p in path.parent.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+
+
+def test_an_unwritable_ledger_is_a_setup_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        Ledger("/proc/nope/x.db")
+    assert "/proc/nope/x.db" in str(e.value) and "cannot open it" in str(e.value)
 
 
 # ---- PostgreSQL specifics ----------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ async def test_20_clients_x_10_concurrent_calls_over_http_lose_no_rows(ledger_ta
     assert len(answers) == total and not [a for a in answers if a.is_error]
     assert all(a.structured_content["label"] in LABELS for a in answers)
     ids = {a.meta[RECEIPT_META_KEY]["call_id"] for a in answers}
-    assert len(rows) == total and {r["id"] for r in rows} == ids and None not in ids
+    assert len(rows) == total and {r["uid"] for r in rows} == ids and None not in ids
     assert all(r["ok"] == 1 and r["kind"] == "call" for r in rows)
     assert requests >= total
     # 200 calls at 100 ms each, 32 in flight per provider: about 0.7 s of upstream time; the bound is generous.
@@ -90,12 +90,13 @@ async def test_two_replicas_share_one_postgres_ledger_and_its_budgets(pg_url, tm
 
         rows = a.ledger.calls()
         assert len(rows) == 2 * per_replica and rows == b.ledger.calls()
-        assert {r["id"] for r in rows} == {r["call_id"] for rs in receipts.values() for r in rs}
+        assert {r["uid"] for r in rows} == {r["call_id"] for rs in receipts.values() for r in rs}
         assert {r["session"] for r in rows} == {a.session, b.session}
         spent = sum(r["cost_usd"] for rs in receipts.values() for r in rs)
         assert spent > 0
         for runner in (a, b):  # each replica's daily budget counts the other's calls too
-            assert runner.budget.status("classify")["budgets.daily_usd"]["spent_usd"] == pytest.approx(spent, abs=2e-6)
+            status = await runner.budget.status("classify")
+            assert status["budgets.daily_usd"]["spent_usd"] == pytest.approx(spent, abs=1e-12)
 
         # A third replica whose cap sits just above what the other two spent refuses before calling upstream.
         tight = tmp_path / "tight.toml"

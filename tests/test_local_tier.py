@@ -43,7 +43,9 @@ async def test_with_no_key_classify_runs_locally_for_free(runner, ledger):
     assert result.output["label"] == "billing problem"
     r = result.receipt
     assert (r["tier"], r["cost_usd"]) == ("local", 0.0)
-    assert r["nano_cost_usd"] > 0 and r["flagship_cost_usd"] > r["nano_cost_usd"]
+    would = r["would_have_cost_usd"]
+    assert would["nano"] > 0 and would["flagship"] > would["nano"] and r["estimated"] is True
+    assert r["baseline_usd"] == would["flagship"] and r["saved_usd"] == would["flagship"]
     assert "universal-sentence-encoder" in r["model"]
     assert ledger.calls()[0]["tier"] == "local"
 

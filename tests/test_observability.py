@@ -141,8 +141,8 @@ async def test_http_server_json_logs_carry_each_call_and_no_secret(upstream, tmp
     lines = json_lines(text)  # every line is one JSON object, DEBUG lines from the SDK and uvicorn included
     assert (tmp_path / "stdout.log").read_bytes() == b""
     [call] = [x for x in lines if x.get("tool") == "classify"]
-    assert (call["level"], call["logger"], call["ok"], call["tier"], call["model"], call["call_id"]) == (
-        "INFO", "tiered_mcp", True, "nano", "gpt-5.4-nano", 1)
+    assert (call["level"], call["logger"], call["ok"], call["tier"], call["model"], len(call["call_id"])) == (
+        "INFO", "tiered_mcp", True, "nano", "gpt-5.4-nano", 16)
     assert call["cost_usd"] > 0 and call["attempts"] == 1 and call["latency_ms"] > 0
     assert any(x["logger"] == "uvicorn.access" and '"POST /mcp HTTP/1.1" 401' in x["message"] for x in lines)
     assert TOKEN not in text and SECRET not in text

@@ -30,8 +30,8 @@ async def test_a_valid_answer_comes_back_with_its_receipt(make_runner, ledger):
     assert [a["reason"] for a in r["attempts"]] == ["first"]
     assert (r["input_tokens"], r["output_tokens"]) == (1000, 100)
     assert r["cost_usd"] == pytest.approx((1000 * 0.20 + 100 * 1.25) / 1e6)
-    assert r["flagship_cost_usd"] == pytest.approx((1000 * 2.50 + 100 * 15.00) / 1e6)
-    assert r["saved_usd"] == pytest.approx(r["flagship_cost_usd"] - r["cost_usd"])
+    assert r["baseline_usd"] == pytest.approx((1000 * 2.50 + 100 * 15.00) / 1e6, abs=1e-12)
+    assert r["saved_usd"] == pytest.approx(r["baseline_usd"] - r["cost_usd"], abs=1e-12)
     [row] = ledger.calls()
     assert (row["tool"], row["tier"], row["ok"], row["input_tokens"]) == ("classify", "nano", 1, 1000)
     assert row["arguments"] is None and row["output"] is None  # store_inputs is off by default
@@ -186,7 +186,9 @@ async def test_receipt_sums_every_attempt_including_failures(make_runner, ledger
     assert (r["input_tokens"], r["output_tokens"]) == (450, 40)
     expected = (250 * 0.20 + 20 * 1.25 + 200 * 0.75 + 20 * 4.50) / 1e6
     assert r["cost_usd"] == pytest.approx(expected)
-    assert r["flagship_cost_usd"] == pytest.approx((450 * 2.5 + 40 * 15) / 1e6)
+    # The baseline is the answering attempt's tokens at flagship prices, never the sum of the failed attempts.
+    assert r["baseline_usd"] == pytest.approx((200 * 2.5 + 20 * 15) / 1e6, abs=1e-12)
+    assert r["saved_usd"] == pytest.approx((200 * 2.5 + 20 * 15) / 1e6 - expected, abs=1e-12)
     rows = ledger.attempts(r["call_id"])
     assert [(a["tier"], a["reason"], a["outcome"]) for a in rows] == [
         ("nano", "first", "invalid"), ("nano", "repair", "invalid"), ("mini", "escalation", "ok")]
@@ -197,7 +199,7 @@ async def test_unknown_prices_stay_unknown(make_runner):
     cfg = {"tiers": {"nano": {"model": "acme-unpriced-9000"}}}
     r = (await make_runner(ScriptedModel(), **cfg).call("classify", ARGS)).receipt
     assert r["model"] == "acme-unpriced-9000" and r["cost_usd"] is None and r["saved_usd"] is None
-    assert r["flagship_cost_usd"] is not None
+    assert r["baseline_usd"] is not None
 
 
 async def test_the_price_table_prices_models_the_config_does_not(make_runner):

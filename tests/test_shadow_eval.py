@@ -9,6 +9,7 @@ from tiered_mcp.cli.html_report import render_html
 from tiered_mcp.cli.main import main
 from tiered_mcp.evidence.evaluate import Case, cheapest_meeting, config_snippet, load_cases, run_eval
 from tiered_mcp.evidence.report import build_report, wilson
+from tiered_mcp.evidence.shadow import args_key, sampled
 from tiered_mcp.testing import ScriptedModel, reply
 
 from .conftest import server_env
@@ -43,14 +44,15 @@ def tiers_that_differ(wrong_on_nano: set[int]):
 
 async def drain(runner):
     with anyio.fail_after(10):
-        while runner.shadows_pending:
+        while runner.background_pending:
             await anyio.sleep(0.01)
+        await runner.writer.flush()
 
 
 async def test_shadow_agreement_matches_the_known_truth(make_runner, ledger):
     model = tiers_that_differ(wrong_on_nano=set(range(0, 40, 2)))  # extract on nano: wrong on half
     runner = make_runner(model, tools={"classify": {"shadow_rate": 1.0}, "extract": {"shadow_rate": 1.0}},
-                         shadow={"max_pending": 64})
+                         shadow={"max_pending": 256})
     schema = {"type": "object", "properties": {"city": {"type": "string"}}}
     async with runner.running():
         for i in range(40):
@@ -86,17 +88,54 @@ async def test_shadow_runs_are_sampled_bounded_and_never_delay_the_answer(make_r
             await gate.wait()
         return reply({"label": "bug", "labels": ["bug"], "confidence": 0.95, "reason": "r"})
 
-    rolls = iter([0.05, 0.5, 0.05, 0.05, 0.05])
+    texts = [f"item-{i}" for i in range(200)]
+    key = lambda t: args_key(make_runner().specs.get("classify"), {"text": t, "labels": LABELS, "multi_label": False})  # noqa: E731
+    chosen = [t for t in texts if sampled(key(t), 0.1)][:4] + [t for t in texts if not sampled(key(t), 0.1)][:1]
     runner = make_runner(ScriptedModel(fallback=slow_flagship), tools={"classify": {"shadow_rate": 0.1}},
-                         shadow={"max_pending": 2}, runner_options={"sample": lambda: next(rolls)})
+                         shadow={"max_pending": 2})
     async with runner.running():
-        for i in range(5):
+        for text in chosen:
             with anyio.fail_after(2):  # answered while the shadow run is still waiting on the flagship
-                await runner.call("classify", {"text": f"item-{i}", "labels": LABELS})
-        assert runner.shadows_pending == 2 and runner.shadows_skipped == 2  # 4 sampled, 2 over the bound
+                await runner.call("classify", {"text": text, "labels": LABELS})
+        # 4 sampled by their arguments' hash, 2 over the bound: skipped, and written down as skipped.
+        assert runner.background_pending >= 2
         gate.set()
         await drain(runner)
-    assert len(ledger.shadows()) == 2
+    rows = ledger.shadows()
+    assert sorted(r.status for r in rows) == ["scored", "scored", "skipped", "skipped"]
+    [r] = build_report(ledger)
+    assert (r.scored, r.skipped) == (2, 2)
+
+
+def test_shadow_sampling_is_deterministic_by_arguments():
+    keys = [f"{i:032x}" for i in range(0, 16**6, 16**6 // 10_000)]
+    share = sum(sampled(k[::-1], 0.25) for k in keys) / len(keys)
+    assert 0.23 < share < 0.27
+    assert all(sampled(k, 0.25) == sampled(k, 0.25) for k in keys[:100])
+    assert sampled("0" * 32, 0.01) and not sampled("f" * 32, 0.99)
+
+
+async def test_identical_arguments_are_compared_once_and_a_model_swap_starts_afresh(make_runner, ledger, specs):
+    model = tiers_that_differ(wrong_on_nano=set(range(10)))  # the old nano is wrong on items 0-9
+    runner = make_runner(model, tools={"classify": {"shadow_rate": 1.0}}, shadow={"max_pending": 64})
+    async with runner.running():
+        for i in list(range(20)) + list(range(20)):  # every argument twice
+            await runner.call("classify", {"text": f"item-{i} text", "labels": LABELS})
+        await drain(runner)
+    [old] = build_report(ledger, config=runner.config, specs=specs)
+    assert (old.scored, old.agreement, old.model) == (20, 0.5, "gpt-5.4-nano")
+    # nano is pointed at a new model that is always right: the report judges it alone, and says what it left out.
+    swapped = make_runner(tiers_that_differ(set()), tiers={"nano": {"model": "gpt-5.5-nano"}},
+                          tools={"classify": {"shadow_rate": 1.0}}, shadow={"max_pending": 64})
+    [fresh] = build_report(ledger, config=swapped.config, specs=specs)
+    assert (fresh.scored, fresh.older, fresh.agreement) == (0, 20, None)
+    async with swapped.running():
+        for i in range(20):
+            await swapped.call("classify", {"text": f"item-{i} text", "labels": LABELS})
+        await drain(swapped)
+    [new] = build_report(ledger, config=swapped.config, specs=specs)
+    assert (new.model, new.scored, new.agreement, new.older) == ("gpt-5.5-nano", 20, 1.0, 20)
+    assert "20 comparisons of earlier models or spec versions are not counted" in new.recommendation
 
 
 async def test_judge_comparisons_for_free_text_tools(make_runner, ledger):
@@ -164,7 +203,7 @@ def test_eval_and_report_commands(upstream, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "bake-off" in out and "cheapest tier meeting 0.9 is nano" in out
     assert 'tier = "nano"' in out_cfg.read_text() and "<svg" in page.read_text()
-    assert len(upstream.completions()) == 6
+    assert len(upstream.completions()) == 3 * 2 + 2  # every case on both tiers, after one warm-up per tier
     assert main(["report", "--ledger", str(ledger), "--html", str(tmp_path / "r.html")]) == 0
     assert "No shadow comparisons yet" in capsys.readouterr().out
     assert main(["eval", "--ledger", str(ledger)]) == 2
@@ -173,7 +212,10 @@ def test_eval_and_report_commands(upstream, tmp_path, monkeypatch, capsys):
 def test_html_report_is_self_contained(make_runner):
     from tiered_mcp.evidence.report import ToolReport
 
-    r = ToolReport("classify", "nano", "flagship", 10, 10, 10, 0.9, (0.6, 0.98), 0.9, 0.0001, 0.001, "keep <nano>")
+    r = ToolReport(tool="classify", tier="nano", comparison_tier="flagship", model="gpt-5.4-nano",
+                   comparison_model="gpt-5.4", spec_version="1", calls=10, shadowed=10, scored=10, skipped=0,
+                   failed=0, older=0, agreement=0.9, interval=(0.6, 0.98), mean_score=0.9, cost_per_call=0.0001,
+                   comparison_cost_per_call=0.001, recommendation="keep <nano>")
     page = render_html([r])
     assert page.startswith("<!doctype html>") and "<svg" in page and "http" not in page.split("<svg")[0]
     assert "keep &lt;nano&gt;" in page
@@ -218,4 +260,4 @@ async def test_eval_replays_stored_calls_from_the_ledger(upstream, tmp_path, mon
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and {(s["tool"], s["tier"], s["cases"]) for s in out["scores"]} == {("rank", "nano", 3),
                                                                                            ("rank", "mini", 3)}
-    assert len(upstream.completions()) == 6
+    assert len(upstream.completions()) == 3 * 2 + 2  # after one warm-up run per tier

@@ -1,8 +1,9 @@
 """Item-level fan-out: a tool that declares `batch` takes `items` and runs one call per item, concurrently.
 
-Each item has its own retries, escalation, cache lookup and ledger row (with a shared batch id); the per-provider
+Each item has its own retries, escalation, cache lookup and ledger row (with a shared batch id); the provider's
 concurrency limit bounds the requests in flight. One bad item never sinks the batch: its error is reported in its
-place. The batch result is an error only when every item failed.
+place. The batch result is an error only when every item failed. All the items' rows (and cache entries) are
+written in one transaction when the batch ends.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import anyio
 
 from tiered_mcp.call.options import CallOptions
 from tiered_mcp.core.errors import ArgumentsError, CallError, ToolFailed
+from tiered_mcp.ledger.base import CallWrite
 from tiered_mcp.specs.spec import ToolSpec
 
 if TYPE_CHECKING:
@@ -22,37 +24,25 @@ if TYPE_CHECKING:
 
 
 def batch_receipt(spec: ToolSpec, receipts: list[dict[str, Any] | None], started: float) -> dict[str, Any]:
-    """One receipt for the whole batch (totals over every item's attempts) with each item's receipt inside."""
+    """One receipt for the whole batch: totals over every item's receipt (sums, unrounded) and each item's receipt
+    inside."""
     items = [r for r in receipts if r]
 
     def total(key: str) -> float | None:
         values = [r.get(key) for r in items]
-        return None if any(v is None for v in values) else round(sum(values), 8)  # type: ignore[arg-type]
+        return None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
 
     ok = sum(1 for r in items if r.get("ok"))
-    cost, flagship = total("cost_usd"), total("flagship_cost_usd")
     return {
         "tool": spec.name, "batch": True, "items": len(receipts), "ok": ok, "failed": len(receipts) - ok,
         "cached": sum(1 for r in items if r.get("cached")),
         "tiers": {t: sum(1 for r in items if r.get("tier") == t) for t in sorted({r.get("tier") or "-" for r in items})},
         "input_tokens": int(total("input_tokens") or 0), "output_tokens": int(total("output_tokens") or 0),
-        "cost_usd": cost, "flagship_cost_usd": flagship,
-        "saved_usd": round(flagship - cost, 8) if cost is not None and flagship is not None else None,
+        "cost_usd": total("cost_usd"), "baseline_usd": total("baseline_usd"), "saved_usd": total("saved_usd"),
+        **({"estimated": True} if any(r.get("estimated") for r in items) else {}),
         "latency_ms": round((time.perf_counter() - started) * 1000, 1),
         "per_item": receipts,
     }
-
-
-async def _write(runner: Runner, rows: list[tuple[int, list[Any]]], receipts: list[dict[str, Any] | None]) -> None:
-    entries = [(i, entry) for i, mine in rows for entry in mine]
-    if runner.ledger is not None and entries:
-        ids = await runner.ledger.arecord_many([entry for _, entry in entries], runner.config)
-        for (i, (receipt, _, _)), call_id in zip(entries, ids, strict=True):
-            receipt.call_id = call_id
-            if receipts[i] is not None:
-                receipts[i]["call_id"] = call_id  # type: ignore[index]
-    for _, (receipt, _, _) in entries:
-        runner.budget.written(receipt.tool, receipt.cost_usd)
 
 
 async def run_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], progress: Progress | None,
@@ -68,6 +58,7 @@ async def run_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], progre
 
     assert spec.batch is not None
     name, items = spec.batch.argument, args.pop("items")
+    requested = args.pop("tier", None)
     item_schema = {"type": "array", "minItems": 1, "maxItems": spec.batch.max_items,
                    "items": spec.input_schema["properties"][name]}
     problems = schema_problems(item_schema, items, "arguments.items")
@@ -76,40 +67,38 @@ async def run_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], progre
     if problems:
         raise ArgumentsError("; ".join(problems))
     # The shared arguments are checked once, with the first item standing in; items were checked above.
-    shared = runner._check_arguments(spec, {**args, name: items[0]})
+    shared = runner.check_arguments(spec, {**args, name: items[0]})
     shared.pop(name)
+    ladder = runner.ladder(spec, requested, options.escalation_ceiling)
     batch_id = uuid.uuid4().hex[:12]
     started = time.perf_counter()
     results: list[dict[str, Any]] = [{} for _ in items]
     receipts: list[dict[str, Any] | None] = [None] * len(items)
-    rows: list[tuple[int, list[Any]]] = []  # (item, its ledger rows), written together when the batch ends
+    writes: list[CallWrite] = []
     done = 0
 
     async def one(i: int, item: Any) -> None:
         nonlocal done
-        mine: list[Any] = []
-        rows.append((i, mine))
-        try:
-            r = await runner.call_one(spec, {**shared, name: item}, None, options, batch=batch_id, checked=True,
-                                      sink=mine)
-            results[i], receipts[i] = {"index": i, "output": r.output}, r.receipt
-            outcome = f"ok on {r.receipt['tier']}"
-        except CallError as e:
-            results[i], receipts[i] = {"index": i, "error": str(e)}, e.receipt
-            outcome = "failed"
+        outcome, write = await runner.run_item(spec, {**shared, name: item}, ladder, options, batch_id)
+        writes.append(write)
+        if isinstance(outcome, CallError):
+            results[i], receipts[i] = {"index": i, "error": str(outcome)}, outcome.receipt
+            said = "failed"
+        else:
+            results[i], receipts[i] = {"index": i, "output": outcome.output}, outcome.receipt
+            said = f"ok on {outcome.receipt['tier']}"
         done += 1
         if progress is not None:
-            await progress(done, len(items), f"item {i}: {outcome}")
+            await progress(done, len(items), f"item {i}: {said}")
 
     try:
         async with anyio.create_task_group() as tg:
             for i, item in enumerate(items):
                 tg.start_soon(one, i, item)
     finally:
-        # One transaction for the whole batch (a thread hop and a commit per item cost more than the work itself);
-        # shielded, so a cancelled batch still records what its finished items spent.
+        # Shielded, so a cancelled batch still records what its finished items spent.
         with anyio.CancelScope(shield=True):
-            await _write(runner, rows, receipts)
+            await runner.writer.put(writes)
     receipt = batch_receipt(spec, receipts, started)
     if receipt["ok"] == 0:
         first = next(r["error"] for r in results if "error" in r)

@@ -1,22 +1,35 @@
-"""Budgets: USD caps per UTC day, per server session and per tool, enforced before spending.
+"""Budgets: USD caps per UTC day, per tool and day, per caller and day, and per server session, enforced before
+spending.
 
-Before each model request the worst case is estimated (the prompt's o200k tokens at the input price plus the
-tier's whole output cap at the output price) and the request is refused if it could pass a cap. What was spent
-comes from the ledger, so caps hold across restarts; what this process has in flight or not yet written is added
-from memory, so concurrent calls cannot jointly overrun a cap.
+Before each model request the worst case is reserved (the prompt's o200k tokens at the input price plus the tier's
+whole output cap at the output price) and the request is refused if it could pass a cap; afterwards the
+reservation is swapped for what the request cost. The day caps live in the ledger as running totals per cap and
+day plus in-flight holds, checked and taken in one transaction (row locks on PostgreSQL), so replicas sharing one
+database cannot jointly overrun a cap, and no call ever sums the ledger. A hold that is never settled (a process
+that died) expires after `HOLD_TTL_S`. The session cap is this process's own spending, kept in memory.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from tiered_mcp.core.config import Config, Tier
 from tiered_mcp.core.errors import BudgetExceeded
+from tiered_mcp.core.identity import current_caller
 from tiered_mcp.core.prices import price_of
 from tiered_mcp.core.tokens import count_messages
-from tiered_mcp.ledger.sqlite import Ledger
+from tiered_mcp.ledger.base import LedgerStore, off_loop, spend_key
+
+HOLD_TTL_S = 900.0
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def worst_case_usd(tier: Tier, messages: list[dict[str, str]]) -> float | None:
@@ -27,83 +40,139 @@ def worst_case_usd(tier: Tier, messages: list[dict[str, str]]) -> float | None:
     return price.cost(count_messages(messages), tier.max_output_tokens)
 
 
-def _today() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT00:00:00")
+@dataclass(frozen=True)
+class Cap:
+    name: str  # the config key, as messages name it
+    key: str | None  # the ledger's running-total key; None for the in-memory session cap
+    usd: float
+
+
+@dataclass
+class Hold:
+    """A reservation: give it back to `Budget.settle`. `status` is the receipt's budget figure."""
+
+    id: str
+    tool: str
+    caps: list[Cap]
+    amount: float
+    status: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Budget:
     """Checks and accounts spending against the config's caps.
 
     Args:
-        config: holds `budgets.daily_usd`, `budgets.session_usd` and `[tools.X] daily_usd`.
-        ledger: where spending is read from (None: only this process's memory counts).
-        session: this server process's id (its rows in the ledger carry it).
+        config: holds `budgets.daily_usd`, `budgets.session_usd` and `[tools.X] daily_usd`; a named caller's
+            `daily_usd` comes from `core.identity.current_caller`.
+        ledger: where the day totals live (None: this process's memory only).
+        session: this server process's id.
+        clock: now, as an aware UTC datetime (tests move it across midnight).
     """
 
-    def __init__(self, config: Config, ledger: Ledger | None, session: str) -> None:
-        self.config, self.ledger, self.session = config, ledger, session
-        self._unwritten: dict[str, float] = defaultdict(float)  # per tool: reserved or spent, not yet in the ledger
+    def __init__(self, config: Config, ledger: LedgerStore | None, session: str, clock: Clock = utc_now) -> None:
+        self.config, self.ledger, self.session, self.clock = config, ledger, session, clock
+        self._memory: dict[str, float] = defaultdict(float)  # committed per key when there is no ledger
+        self._session = 0.0  # committed (spent + held) by this process
 
-    def _caps(self, tool: str) -> list[tuple[str, float, str | None, str | None]]:
-        """(config key, cap, tool filter, session filter) for each cap that applies to `tool`."""
-        b, settings = self.config.budgets, self.config.tools.get(tool)
+    def caps(self, tool: str) -> list[Cap]:
+        """The caps that apply to a request of `tool` now."""
+        b, settings, day = self.config.budgets, self.config.tools.get(tool), self.clock().strftime("%Y-%m-%d")
         caps = []
         if b.daily_usd is not None:
-            caps.append(("budgets.daily_usd", b.daily_usd, None, None))
-        if b.session_usd is not None:
-            caps.append(("budgets.session_usd", b.session_usd, None, self.session))
+            caps.append(Cap("budgets.daily_usd", spend_key(day), b.daily_usd))
         if settings and settings.daily_usd is not None:
-            caps.append((f"tools.{tool}.daily_usd", settings.daily_usd, tool, None))
+            caps.append(Cap(f"tools.{tool}.daily_usd", spend_key(day, tool=tool), settings.daily_usd))
+        caller = current_caller.get()
+        if caller is not None and caller.daily_usd is not None:
+            caps.append(Cap(f"the daily_usd of caller {caller.name!r}", spend_key(day, caller=caller.name),
+                            caller.daily_usd))
+        if b.session_usd is not None:
+            caps.append(Cap("budgets.session_usd", None, b.session_usd))
         return caps
 
-    def _spent(self, tool_filter: str | None, session_filter: str | None) -> float:
-        since = "" if session_filter else _today()
-        written = self.ledger.spent(since, tool_filter, session_filter) if self.ledger else 0.0
-        unwritten = self._unwritten[tool_filter] if tool_filter else sum(self._unwritten.values())
-        return written + unwritten
-
-    def status(self, tool: str) -> dict[str, dict[str, float]]:
-        """Each applicable cap with what is spent and what remains, for the receipt."""
-        out = {}
-        for key, cap, t, s in self._caps(tool):
-            spent = self._spent(t, s)
-            out[key] = {"cap_usd": cap, "spent_usd": round(spent, 6), "remaining_usd": round(max(0.0, cap - spent), 6)}
-        return out
-
-    def reserve(self, tool: str, tier_name: str, tier: Tier, messages: list[dict[str, str]]) -> float:
-        """Reserve the worst case of one request, or refuse it.
-
-        Returns:
-            The amount reserved (give it back to `settle`).
+    async def reserve(self, tool: str, tier_name: str, tier: Tier, messages: list[dict[str, str]]) -> Hold | None:
+        """Reserve the worst case of one request, or refuse it. None: no cap applies (or the tier is free).
 
         Raises:
-            BudgetExceeded: naming the cap, what is spent, what the request could cost and what remains.
+            BudgetExceeded: naming the cap, what is committed, what the request could cost and what remains.
         """
-        caps = self._caps(tool)
+        caps = self.caps(tool)
         if not caps:
-            return 0.0
+            return None
         worst = worst_case_usd(tier, messages)
-        if worst is None:
-            return 0.0  # an unpriced model cannot be held to a USD cap; its calls are flagged "unknown" cost
-        for key, cap, t, s in caps:
-            spent = self._spent(t, s)
-            if spent + worst > cap:
-                raise BudgetExceeded(
-                    f"budget {key} = ${cap:.2f} would be passed: ${spent:.4f} spent, and this {tier_name} request "
-                    f"({tier.model}) could cost up to ${worst:.4f}; ${max(0.0, cap - spent):.4f} remains. Raise {key} "
-                    "in the config" + (", or wait for the next UTC day" if "daily" in key else "")
-                )
-        self._unwritten[tool] += worst
-        return worst
+        if not worst:
+            return None  # free (the local tier), or unpriced: a USD cap cannot hold it; such calls say "unknown"
+        hold = Hold(uuid.uuid4().hex, tool, caps, worst)
+        shared = [(c.key, c.usd) for c in caps if c.key is not None]
+        committed: dict[str, float] = {}
+        if shared:
+            if self.ledger is not None:
+                ok, committed = await off_loop(self.ledger.budget_reserve, shared, worst, hold.id,
+                                               self.clock().timestamp(), HOLD_TTL_S)
+            else:
+                committed = {k: self._memory[k] for k, _ in shared}
+                ok = all(committed[k] + worst <= cap for k, cap in shared)
+                if ok:
+                    for k, _ in shared:
+                        self._memory[k] += worst
+            if not ok:
+                self._refuse(next(c for c in caps if c.key is not None and committed[c.key] + worst > c.usd),
+                             committed, worst, tier_name, tier)
+        session = next((c for c in caps if c.key is None), None)
+        if session is not None:
+            if self._session + worst > session.usd:
+                if shared:
+                    await self._release(hold, shared, 0.0)
+                self._refuse(session, {"": self._session}, worst, tier_name, tier)
+            committed[""] = self._session
+            self._session += worst
+        hold.status = {c.name: self._figure(c.usd, committed[c.key or ""] + worst) for c in caps}
+        return hold
 
-    def settle(self, tool: str, reserved: float, actual: float | None) -> None:
-        """Swap a reservation for what the request actually cost."""
-        self._unwritten[tool] += (actual or 0.0) - reserved
+    async def settle(self, hold: Hold | None, actual: float | None) -> None:
+        """Swap a reservation for what the request actually cost (0 for a request that failed before an answer)."""
+        if hold is None:
+            return
+        spent = actual or 0.0
+        shared = [(c.key, c.usd) for c in hold.caps if c.key is not None]
+        if shared:
+            await self._release(hold, shared, spent)
+        if any(c.key is None for c in hold.caps):
+            self._session += spent - hold.amount
+        for c in hold.caps:
+            figure = hold.status[c.name]
+            hold.status[c.name] = self._figure(c.usd, figure["spent_usd"] - hold.amount + spent)
 
-    def written(self, tool: str, receipt_cost: float | None) -> None:
-        """The call's row is in the ledger now: stop counting its cost from memory."""
-        if self._unwritten[tool]:
-            self._unwritten[tool] = max(0.0, self._unwritten[tool] - (receipt_cost or 0.0))
+    async def _release(self, hold: Hold, shared: list[tuple[str, float]], spent: float) -> None:
+        if self.ledger is not None:
+            await off_loop(self.ledger.budget_settle, hold.id, spent, self.clock().timestamp(), HOLD_TTL_S)
+        else:
+            for k, _ in shared:
+                self._memory[k] += spent - hold.amount
+
+    async def status(self, tool: str) -> dict[str, dict[str, float]]:
+        """Each cap that applies to `tool` with what is spent (or held) and what remains."""
+        caps = self.caps(tool)
+        keys = [c.key for c in caps if c.key is not None]
+        if self.ledger is not None and keys:
+            committed = await off_loop(self.ledger.budget_committed, keys, self.clock().timestamp())
+        else:
+            committed = {k: self._memory[k] for k in keys}
+        committed[""] = self._session
+        return {c.name: self._figure(c.usd, committed[c.key or ""]) for c in caps}
+
+    @staticmethod
+    def _figure(cap: float, committed: float) -> dict[str, float]:
+        return {"cap_usd": cap, "spent_usd": committed, "remaining_usd": max(0.0, cap - committed)}
+
+    @staticmethod
+    def _refuse(cap: Cap, committed: dict[str, float], worst: float, tier_name: str, tier: Tier) -> None:
+        spent = committed[cap.key or ""]
+        raise BudgetExceeded(
+            f"budget {cap.name} = ${cap.usd:.2f} would be passed: ${spent:.4f} spent or reserved, and this "
+            f"{tier_name} request ({tier.model}) could cost up to ${worst:.4f}; ${max(0.0, cap.usd - spent):.4f} "
+            f"remains. Raise {cap.name} in the config" + (", or wait for the next UTC day" if cap.key else "")
+        )
 
     def describe(self) -> dict[str, Any]:
         return self.config.budgets.model_dump()

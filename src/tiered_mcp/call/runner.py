@@ -1,60 +1,57 @@
-"""Run one tool call: validate the arguments, answer from the cache or climb the tier ladder (render, check the
-budget, call the model, validate, repair, retry, escalate on the configured triggers), write the receipt to the
-ledger, and maybe start a shadow comparison in the background.
+"""Run one tool call: validate the arguments, render the prompt, call the model, check the answer, repair once,
+climb the tier ladder on the configured triggers.
+
+Every model request goes through `ModelPath` (budget, concurrency with answers first, retries, tracing, scrubbing,
+accounting). The four kinds of call each have their own entry point: `call` (a host's call, which may be a batch),
+`run_item` (one item of a batch), `run_shadow` and `run_eval` (one run on a fixed tier, evidence work). Receipts go
+to the ledger through `LedgerWriter`; answers are cached through `Cache`; observers (shadow runs, wired in by the
+serving layer) are offered each answered host call.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import random
 import time
 import uuid
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from tiered_mcp.call.budget import Budget
+from tiered_mcp.call.budget import Budget, Clock, utc_now
+from tiered_mcp.call.cache import Cache, cache_key
 from tiered_mcp.call.options import CallOptions
+from tiered_mcp.call.path import ModelPath, Progress
 from tiered_mcp.call.routing import ladder_for
+from tiered_mcp.call.writer import LedgerWriter
 from tiered_mcp.core import tracing
-from tiered_mcp.core.config import TRIGGERS, Config
-from tiered_mcp.core.errors import (
-    ArgumentsError,
-    BudgetExceeded,
-    CallError,
-    ModelError,
-    Permanent,
-    RateLimited,
-    TierNotAllowed,
-    ToolFailed,
-    Transient,
-)
-from tiered_mcp.core.prices import cost_of
-from tiered_mcp.core.receipts import Attempt, Receipt
-from tiered_mcp.core.tokens import count as count_tokens
-from tiered_mcp.core.tokens import count_messages
-from tiered_mcp.ledger.sqlite import Ledger
-from tiered_mcp.models.base import Model, ModelReply, ModelRequest
+from tiered_mcp.core.config import FLAGSHIP, TRIGGERS, Config
+from tiered_mcp.core.errors import ArgumentsError, BudgetExceeded, CallError, TierNotAllowed, ToolFailed
+from tiered_mcp.core.identity import current_caller
+from tiered_mcp.core.receipts import Receipt
+from tiered_mcp.ledger.base import CacheEntry, CallWrite, LedgerStore, ShadowRow, off_loop
+from tiered_mcp.models.base import Model, ModelReply, ModelRequest, Models
+from tiered_mcp.models.embedded import EmbeddedModel
 from tiered_mcp.models.local import LocalEngine
 from tiered_mcp.specs.spec import Specs, ToolSpec, strict_compatible
 from tiered_mcp.specs.validators import run_validators
 
-Progress = Callable[[float, float | None, str], Awaitable[None]]
-"""progress(done, total, message): called as the call moves through its steps."""
+__all__ = ["Observer", "Progress", "Result", "Runner", "UnknownTool", "schema_problems"]
 
-Observer = Callable[["Runner", ToolSpec, dict[str, Any], Receipt, dict[str, Any]], Awaitable[None]]
-"""observer(runner, spec, arguments, receipt, output): started in the background after a sampled answer (shadow runs,
-wired in by the serving layer, which sits above the call path)."""
+Observer = Callable[["Runner", ToolSpec, dict[str, Any], Receipt, dict[str, Any]], None]
+"""observer(runner, spec, arguments, receipt, output): offered every answered host call that was not cached (shadow
+sampling, wired in by the serving layer, which sits above the call path); it may start work with `Runner.spawn`."""
 
 QUALITY_TRIGGERS = frozenset(TRIGGERS)
+SWEEP_EVERY_S = 300.0
 
 
 class UnknownTool(LookupError):
@@ -128,10 +125,26 @@ def _with_defaults(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[st
     return out
 
 
-def cache_key(spec: ToolSpec, model: str, arguments: dict[str, Any]) -> str:
-    """Same tool, spec version, model and arguments → same key."""
-    blob = json.dumps([spec.name, spec.version, model, arguments], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
+@dataclass(frozen=True)
+class _Plan:
+    """What one call will do, decided before any model is asked."""
+
+    spec: ToolSpec
+    args: dict[str, Any]  # validated, defaults filled in, `tier` removed
+    ladder: list[str]
+    kind: str  # the receipt's kind: "call" (a host's call or a batch item), "shadow" or "eval"
+    options: CallOptions
+    batch: str | None = None
+
+    @property
+    def cacheable(self) -> bool:
+        return self.kind == "call"
+
+
+@dataclass
+class _Climb:
+    output: dict[str, Any]
+    clean: bool  # passed every check with the tiers above able to run: fit to cache
 
 
 class Runner:
@@ -140,14 +153,16 @@ class Runner:
     Args:
         config: the effective config.
         specs: the loaded tools.
-        model: the seam every model request goes through.
+        model: the remote model seam (OpenAI-compatible endpoints, or a test double).
         ledger: where receipts are written (None: nowhere; budgets then count this process only).
         local: the embedded local tier (None: a default engine, used only if its packages are installed).
         env: where provider keys are looked for, to tell which tiers can run.
         sleep: how to wait between retries (tests pass a recorder).
         jitter: returns a factor in [0, 1) for backoff jitter.
-        sample: returns a number in [0, 1) to decide whether a call is shadowed.
+        clock: now, as an aware UTC datetime (budget days, cache expiry).
         session: this server session's id (default: a fresh one); budgets per session use it.
+        observers: offered each answered host call (see `Observer`).
+        scrub: removes secrets from error text.
     """
 
     def __init__(
@@ -155,27 +170,30 @@ class Runner:
         config: Config,
         specs: Specs,
         model: Model,
-        ledger: Ledger | None = None,
+        ledger: LedgerStore | None = None,
         *,
         local: LocalEngine | None = None,
         env: Mapping[str, str] | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         jitter: Callable[[], float] = random.random,
-        sample: Callable[[], float] = random.random,
+        clock: Clock = utc_now,
         session: str | None = None,
         observers: tuple[Observer, ...] = (),
+        scrub: Callable[[str], str] = lambda text: text,
     ) -> None:
-        self.config, self.specs, self.model, self.ledger = config, specs, model, ledger
+        self.config, self.specs, self.ledger = config, specs, ledger
         self.local = local if local is not None else LocalEngine()
+        self.model = Models(remote=model, local=EmbeddedModel(self.local))
         self.session = session or uuid.uuid4().hex[:12]
-        self.budget = Budget(config, ledger, self.session)
+        self.clock = clock
+        self.budget = Budget(config, ledger, self.session, clock)
+        self.path = ModelPath(config, self.model, self.budget, sleep=sleep, jitter=jitter, scrub=scrub)
+        self.cache = Cache(ledger)
+        self.writer = LedgerWriter(ledger, config)
         self._env = os.environ if env is None else env
-        self._sleep, self._jitter, self._sample = sleep, jitter, sample
-        self._limiters: dict[str, anyio.CapacityLimiter] = {}
-        self._background: TaskGroup | None = None
-        self.shadows_pending = 0
-        self.shadows_skipped = 0
         self._observers = observers
+        self._background: TaskGroup | None = None
+        self.background_pending = 0
 
     def usable(self, tier: str) -> bool:
         """Whether `tier` can run now: its provider's key is set, or for the local tier, its packages are installed."""
@@ -187,46 +205,75 @@ class Runner:
             return self.local.is_installed
         return provider.has_key(self._env)
 
+    def embedded(self, tier: str) -> bool:
+        return self.config.providers[self.config.tiers[tier].provider].kind == "embedded"
+
     def ladder(self, spec: ToolSpec, requested: str | None = None, ceiling: str | None = None) -> list[str]:
         """The tiers a call of `spec` may use now; see `routing.ladder_for`."""
         return ladder_for(self.config, spec, requested, self.usable, ceiling)
 
-    def _limiter(self, provider: str) -> anyio.CapacityLimiter:
-        if provider not in self._limiters:
-            self._limiters[provider] = anyio.CapacityLimiter(self.config.providers[provider].max_concurrency)
-        return self._limiters[provider]
+    # ---- lifetime --------------------------------------------------------------------------------------------------
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Runner]:
-        """Own a task group for background shadow runs while the server serves. On exit, pending shadow runs get
-        `shadow.drain_s` to finish (they delay shutdown, never an answer), then are cancelled; the model's
-        connections are closed."""
+        """Own the background work while the server serves: the ledger writer, the cache sweep and observers' tasks
+        (shadow runs). On exit, background tasks get `shadow.drain_s` to finish (they delay shutdown, never an
+        answer), queued ledger writes are flushed, and the model's connections are closed."""
         try:
             async with anyio.create_task_group() as tg:
+                await tg.start(self.writer.run)
+                tg.start_soon(self._sweep)
                 self._background = tg
                 try:
                     yield self
                 finally:
                     self._background = None
-                    with anyio.move_on_after(self.config.shadow.drain_s, shield=True):
-                        while self.shadows_pending:
-                            await anyio.sleep(0.02)
+                    with anyio.CancelScope(shield=True):
+                        with anyio.move_on_after(self.config.shadow.drain_s):
+                            while self.background_pending:
+                                await anyio.sleep(0.02)
+                        await self.writer.close()
+                        await self.writer.flush()
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await self.aclose()
 
-    async def aclose(self) -> None:
-        """Close the model's connections (the seam may have none)."""
-        close = getattr(self.model, "aclose", None)
-        if close is not None:
-            await close()
+    async def _sweep(self) -> None:
+        while True:
+            await anyio.sleep(SWEEP_EVERY_S)
+            await self.cache.sweep(self.clock().timestamp())
+            if self.ledger is not None:
+                await off_loop(self.ledger.budget_sweep, self.clock().timestamp())
 
-    # ---- entry point -----------------------------------------------------------------------------------------------
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> bool:
+        """Start background work (while `running`); False when there is nowhere to run it."""
+        if self._background is None:
+            return False
+        self.background_pending += 1
+
+        async def run() -> None:
+            try:
+                await fn(*args)
+            finally:
+                self.background_pending -= 1
+
+        self._background.start_soon(run)
+        return True
+
+    def spawn_write(self, row: ShadowRow) -> None:
+        """Queue a shadow row from sync code (an observer) without waiting for it."""
+        self.spawn(self.writer.put, [], [row])
+
+    async def aclose(self) -> None:
+        """Close the models' connections."""
+        await self.model.aclose()
+
+    # ---- the four kinds of call ------------------------------------------------------------------------------------
 
     async def call(self, tool: str, arguments: dict[str, Any] | None, progress: Progress | None = None,
                    options: CallOptions | None = None) -> Result:
-        """Run `tool` with `arguments` (a batch when the tool takes `items` and they are given).
+        """A host's call of `tool` (a batch when the tool takes `items` and they are given).
 
         Raises:
             UnknownTool: no such tool.
@@ -241,76 +288,70 @@ class Runner:
             from tiered_mcp.call.batch import run_batch
 
             return await run_batch(self, spec, args, progress, options)
-        return await self.call_one(spec, args, progress, options)
-
-    async def call_one(
-        self,
-        spec: ToolSpec,
-        arguments: dict[str, Any],
-        progress: Progress | None = None,
-        options: CallOptions | None = None,
-        *,
-        kind: str = "call",
-        batch: str | None = None,
-        forced_tier: str | None = None,
-        checked: bool = False,
-        sink: list[tuple[Receipt, Any, Any]] | None = None,
-    ) -> Result:
-        """One call of `spec`. `forced_tier` runs exactly that tier, no escalation, past the per-call ceiling
-        (shadow runs and bake-offs); `kind` labels the ledger row ("call", "shadow", "eval"); `checked` says the
-        arguments were validated (and defaulted) already, as a batch does once for all its items; with `sink`, the
-        ledger row is appended there for the caller to write (a batch writes all its rows in one transaction)."""
-        options = options or CallOptions()
-        args = dict(arguments)
-        requested = args.pop("tier", None)
-        receipt = Receipt(tool=spec.name, kind=kind, session=self.session, batch=batch)
-        started = time.perf_counter()
-        output: dict[str, Any] | None = None
-        failure: CallError | None = None
-        with tracing.span("tiered.call", tool=spec.name, kind=kind) as span:
-            try:
-                if not checked:
-                    args = self._check_arguments(spec, args)
-                if forced_tier is not None:
-                    if not self.usable(forced_tier):
-                        raise TierNotAllowed(f"tier {forced_tier!r} cannot run here (not configured, or no key)")
-                    if self.config.providers[self.config.tiers[forced_tier].provider].kind == "embedded" and (
-                            spec.local_task is None):
-                        raise TierNotAllowed(f"the local tier does not serve {spec.name}")
-                    ladder = [forced_tier]
-                else:
-                    ladder = self.ladder(spec, requested, options.escalation_ceiling)
-                output = self._from_cache(spec, args, ladder, receipt, options)
-                if output is None:
-                    output = await self._climb(spec, args, ladder, receipt, progress, options)
-                    self._to_cache(spec, args, ladder, receipt, output, options)
-            except anyio.get_cancelled_exc_class():
-                receipt.error = "cancelled by the client" if kind == "call" else "cancelled (the server stopped)"
-                raise
-            except CallError as e:
-                receipt.error, failure = str(e), e
-                raise
-            finally:
-                receipt.latency_ms = (time.perf_counter() - started) * 1000
-                if sink is not None:
-                    sink.append((receipt, args, output))
-                elif self.ledger is not None:
-                    # Shielded: a cancelled call is still written down, with what it spent before the cancel.
-                    with anyio.CancelScope(shield=True):
-                        receipt.call_id = await self.ledger.arecord(receipt, self.config, args, output)
-                    self.budget.written(spec.name, receipt.cost_usd)
-                receipt.budget = self.budget.status(spec.name) or None
-                span.set(tier=receipt.tier, ok=receipt.ok, cost_usd=receipt.cost_usd, attempts=len(receipt.attempts),
-                         cached=receipt.cached)
-                if failure is not None:
-                    failure.receipt = receipt.to_dict(self.config)
-        assert output is not None
-        result = Result(output=output, receipt=receipt.to_dict(self.config))
-        if kind == "call" and not receipt.cached:
-            self._maybe_shadow(spec, args, receipt, output)
+        receipt = self._receipt(spec, "call")
+        with self._failing(receipt):
+            requested = args.pop("tier", None)
+            args = self.check_arguments(spec, args)
+            ladder = self.ladder(spec, requested, options.escalation_ceiling)
+        plan = _Plan(spec, args, ladder, "call", options)
+        result, write = await self._run(plan, receipt, progress)
+        await self.writer.put([write])
+        if isinstance(result, CallError):
+            raise result
         return result
 
-    def _check_arguments(self, spec: ToolSpec, args: dict[str, Any]) -> dict[str, Any]:
+    async def run_item(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], options: CallOptions,
+                       batch: str) -> tuple[Result | CallError, CallWrite]:
+        """One item of a batch, with arguments already checked; the caller writes the row (one transaction for
+        the whole batch)."""
+        return await self._run(_Plan(spec, args, ladder, "call", options, batch), self._receipt(spec, "call"), None)
+
+    async def run_shadow(self, spec: ToolSpec, args: dict[str, Any], tier: str) -> Result:
+        """The same (checked) arguments on `tier` alone: no escalation, no cache, evidence priority."""
+        return await self._forced(spec, args, tier, "shadow")
+
+    async def run_eval(self, spec: ToolSpec, args: dict[str, Any], tier: str) -> Result:
+        """A bake-off case on `tier` alone (arguments checked here): no escalation, no cache, evidence priority."""
+        return await self._forced(spec, args, tier, "eval", check=True)
+
+    async def _forced(self, spec: ToolSpec, args: dict[str, Any], tier: str, kind: str, check: bool = False) -> Result:
+        receipt = self._receipt(spec, kind)
+        with self._failing(receipt):
+            if check:
+                args = self.check_arguments(spec, {k: v for k, v in args.items() if k != "tier"})
+            if not self.usable(tier):
+                raise TierNotAllowed(f"tier {tier!r} cannot run here (not configured, or no key)")
+            if self.embedded(tier) and spec.local_task is None:
+                raise TierNotAllowed(f"the local tier does not serve {spec.name}")
+        result, write = await self._run(_Plan(spec, args, [tier], kind, CallOptions(cache=False)), receipt, None)
+        await self.writer.put([write])
+        if isinstance(result, CallError):
+            raise result
+        return result
+
+    def _receipt(self, spec: ToolSpec, kind: str) -> Receipt:
+        caller = current_caller.get()
+        return Receipt(tool=spec.name, kind=kind, session=self.session, spec_version=str(spec.version),
+                       caller=caller.name if caller else None, call_id=uuid.uuid4().hex[:16],
+                       day=self.clock().strftime("%Y-%m-%d"))
+
+    @contextmanager
+    def _failing(self, receipt: Receipt) -> Iterator[None]:
+        """Errors raised before any model is asked (bad arguments, a tier not allowed) carry the receipt too."""
+        try:
+            yield
+        except CallError as e:
+            receipt.error = str(e)
+            e.receipt = receipt.to_dict(self.config)
+            raise
+
+    def check_arguments(self, spec: ToolSpec, args: dict[str, Any]) -> dict[str, Any]:
+        """The arguments checked against the spec's input schema (and a caller's schema against the meta-schema),
+        with defaults filled in.
+
+        Raises:
+            ArgumentsError: naming the field and the rule it breaks.
+        """
         problems = schema_problems(spec.input_schema, args, "arguments")
         if problems:
             raise ArgumentsError("; ".join(problems) + f" (see the input schema of {spec.name})")
@@ -322,31 +363,66 @@ class Runner:
                     raise ArgumentsError(f"arguments.{b.argument}: not a valid JSON Schema: {problem}")
         return args
 
+    # ---- one call --------------------------------------------------------------------------------------------------
+
+    async def _run(self, plan: _Plan, receipt: Receipt, progress: Progress | None) -> tuple[Result | CallError,
+                                                                                             CallWrite]:
+        """Answer from the cache or climb; returns the result (or the error to raise) and the ledger row to write.
+        Cancellation propagates after the row is written (shielded), with what the call spent before it."""
+        spec, args = plan.spec, plan.args
+        receipt.batch = plan.batch
+        started = time.perf_counter()
+        outcome: Result | CallError | None = None
+        output: dict[str, Any] | None = None
+        entry: CacheEntry | None = None
+        with tracing.span("tiered.call", tool=spec.name, kind=plan.kind) as span:
+            try:
+                key = self._cache_key(plan) if self._cache_on(plan) else None
+                hit = await self.cache.get(key, self.clock().timestamp()) if key else None
+                if hit is not None:
+                    output, receipt.tier, receipt.model = hit
+                    receipt.ok = receipt.cached = True
+                else:
+                    climb = await self._climb(plan, receipt, progress)
+                    output = climb.output
+                    if key and climb.clean and receipt.tier and receipt.model:
+                        entry = self.cache.entry(key, output, receipt.tier, receipt.model,
+                                                 self.clock().timestamp() + self.config.cache_ttl_s)
+            except anyio.get_cancelled_exc_class():
+                receipt.error = "cancelled by the client" if plan.kind == "call" else "cancelled (the server stopped)"
+                receipt.latency_ms = (time.perf_counter() - started) * 1000
+                with anyio.CancelScope(shield=True):
+                    await self.writer.put([CallWrite(receipt, args, None)])
+                raise
+            except CallError as e:
+                receipt.error, outcome = str(e), e
+            receipt.latency_ms = (time.perf_counter() - started) * 1000
+            span.set(tier=receipt.tier, ok=receipt.ok, cost_usd=receipt.cost_usd, attempts=len(receipt.attempts),
+                     cached=receipt.cached)
+        as_dict = receipt.to_dict(self.config)
+        if isinstance(outcome, CallError):
+            outcome.receipt = as_dict
+        else:
+            assert output is not None
+            outcome = Result(output=output, receipt=as_dict)
+            if plan.kind == "call" and not receipt.cached:
+                for observer in self._observers:
+                    observer(self, spec, args, receipt, output)
+        return outcome, CallWrite(receipt, args, output, entry)
+
     # ---- cache -----------------------------------------------------------------------------------------------------
 
-    def _cache_on(self, spec: ToolSpec, options: CallOptions) -> bool:
+    def _cache_on(self, plan: _Plan) -> bool:
         # Tools marked not idempotent (draft) are expected to answer anew each time.
-        return (self.ledger is not None and options.cache and self.config.cache_ttl_s > 0
-                and spec.annotations.idempotent)
+        return (plan.cacheable and self.ledger is not None and plan.options.cache and self.config.cache_ttl_s > 0
+                and plan.spec.annotations.idempotent and bool(plan.ladder))
 
-    def _from_cache(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], receipt: Receipt,
-                    options: CallOptions) -> dict[str, Any] | None:
-        if not ladder or not self._cache_on(spec, options):
-            return None
-        assert self.ledger is not None
-        hit = self.ledger.cache_get(cache_key(spec, self.config.tiers[ladder[0]].model, args))
-        if hit is None:
-            return None
-        output, tier, model = hit
-        receipt.ok, receipt.tier, receipt.model, receipt.cached = True, tier, model, True
-        return output
-
-    def _to_cache(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], receipt: Receipt,
-                  output: dict[str, Any], options: CallOptions) -> None:
-        if self._cache_on(spec, options) and receipt.tier and receipt.model:
-            assert self.ledger is not None
-            self.ledger.cache_put(cache_key(spec, self.config.tiers[ladder[0]].model, args), output,
-                                  receipt.tier, receipt.model, self.config.cache_ttl_s)
+    def _cache_key(self, plan: _Plan) -> str:
+        spec, caller = plan.spec, current_caller.get()
+        checks = [sorted(self._triggers(spec, plan.options)), self._threshold(spec, plan.options),
+                  [v.model_dump() for v in spec.validators]]
+        models = [self.config.tiers[t].model for t in plan.ladder]
+        return cache_key([spec.name, spec.version, models, checks, caller.name if caller else None], plan.args)
 
     # ---- the ladder ------------------------------------------------------------------------------------------------
 
@@ -364,44 +440,44 @@ class Runner:
             return settings.confidence_threshold
         return spec.confidence_threshold
 
-    async def _climb(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], receipt: Receipt,
-                     progress: Progress | None, options: CallOptions) -> dict[str, Any]:
+    async def _climb(self, plan: _Plan, receipt: Receipt, progress: Progress | None) -> _Climb:
+        spec, args, ladder = plan.spec, plan.args, plan.ladder
         if not ladder:
             raise TierNotAllowed(f"no configured tier can run {spec.name}; add a [tiers.{spec.tier}] table to the config")
         messages = spec.render(args)
         schema = spec.model_output_schema(args)
-        base = dict(messages=messages, schema=schema, schema_name=spec.name, strict=_strict(schema))
-        triggers = self._triggers(spec, options)
+        base = dict(messages=messages, schema=schema, schema_name=spec.name, strict=_strict(schema),
+                    local_task=spec.local_task, arguments=args)
+        triggers = self._triggers(spec, plan.options)
+        threshold = self._threshold(spec, plan.options)
         failures: list[str] = []
         trigger: str | None = None
-        unsure: tuple[dict[str, Any], Attempt] | None = None  # the best answer that was valid but not confident
+        unsure: tuple[dict[str, Any], int] | None = None  # the best answer that was valid but not confident
         stopped = ""
         for i, tier in enumerate(ladder):
             more = i + 1 < len(ladder)
             try:
-                if self.config.providers[self.config.tiers[tier].provider].kind == "embedded":
-                    output = await self._on_local(tier, spec, args, base, receipt, trigger, progress)
-                else:
-                    output = await self._on_tier(tier, spec, args, base, receipt, trigger, progress, triggers)
+                output, clean = await self._on_tier(tier, spec, args, base, receipt, trigger, progress, triggers)
             except BudgetExceeded:
                 if unsure is None:
                     raise
-                output = None
+                output, clean = None, False
                 stopped = "the budget stops the climb"
             last = receipt.attempts[-1]
             if output is not None:
                 confidence = output.get(spec.confidence_field) if spec.confidence_field else None
-                threshold = self._threshold(spec, options)
                 if isinstance(confidence, (int, float)) and confidence < threshold:
                     note = f"confidence {confidence:g} is under the tool's threshold {threshold:g}"
                     if more and "low_confidence" in triggers:
                         last.outcome, last.detail = "low_confidence", f"{note}; escalating"
-                        unsure, trigger = (output, last), "low_confidence"
+                        unsure, trigger = (output, len(receipt.attempts) - 1), "low_confidence"
                         continue
                     last.detail = note + ("; answered (low_confidence is not an escalation trigger here)"
                                           if more else ", but no tier above can run; answered anyway")
+                    clean = False  # an unsure answer is never cached
                 receipt.ok, receipt.tier, receipt.model = True, tier, last.model
-                return output
+                receipt.answered_by = len(receipt.attempts) - 1
+                return _Climb(output, clean)
             if stopped:
                 break
             trigger = last.outcome
@@ -411,106 +487,48 @@ class Runner:
                 break
         if unsure is not None:
             # The tiers above failed or were out of budget; a valid answer of low confidence is better than none.
-            output, attempt = unsure
+            output, index = unsure
+            attempt = receipt.attempts[index]
             attempt.detail += f"; {stopped or 'the tiers above failed'}, so this answer stands"
-            receipt.ok, receipt.tier, receipt.model = True, attempt.tier, attempt.model
-            return output
+            receipt.ok, receipt.tier, receipt.model, receipt.answered_by = True, attempt.tier, attempt.model, index
+            return _Climb(output, clean=False)
         hint = f" Escalation stopped: {stopped}." if stopped else ""
-        if not stopped and ladder[-1] != "flagship":
+        if not stopped and ladder[-1] != FLAGSHIP and plan.kind == "call":
             hint = (f" Escalation stops at {ladder[-1]!r} (escalation_ceiling); raise [tools.{spec.name}] "
                     "escalation_ceiling in the config to let it climb further.")
         raise ToolFailed(f"{spec.name} failed on every tier it may use: " + " | ".join(failures) + hint)
 
-    def _start_attempt(self, tier: str, receipt: Receipt, reason: str, trigger: str | None) -> Attempt:
-        attempt = Attempt(tier=tier, model=self.config.tiers[tier].model, reason=reason,
-                          trigger=trigger if reason == "escalation" else None)
-        receipt.attempts.append(attempt)
-        return attempt
-
-    async def _on_local(self, tier: str, spec: ToolSpec, args: dict[str, Any], base: dict[str, Any],
-                        receipt: Receipt, trigger: str | None, progress: Progress | None) -> dict[str, Any] | None:
-        """Run the tool's local task in process. No model call: the tokens recorded are what the prompt would use."""
-        attempt = self._start_attempt(tier, receipt, "first" if not receipt.attempts else "escalation", trigger)
-        if progress is not None:
-            await progress(len(receipt.attempts), None, f"{tier} ({attempt.model}): {attempt.reason}")
-        t0 = time.perf_counter()
-        try:
-            output = await self.local.run(spec.local_task or "", args)
-        finally:
-            attempt.latency_ms = (time.perf_counter() - t0) * 1000
-        attempt.model = self.local.model_name
-        # What the prompt and this answer come to in o200k tokens: the basis of the nano and flagship baselines.
-        attempt.input_tokens = count_messages(base["messages"])
-        attempt.output_tokens = count_tokens(json.dumps(output, ensure_ascii=False))
-        attempt.cost_usd = cost_of(self.config.tiers[tier], attempt.input_tokens, attempt.output_tokens)
-        problems = schema_problems(base["schema"], output, "output")
-        if problems:
-            attempt.outcome, attempt.detail = "invalid", "; ".join(problems)
-            return None
-        attempt.outcome = "ok"
-        attempt.detail = "answered in process; tokens are what the prompt and answer come to (o200k), for the baselines"
-        return output
-
     async def _on_tier(self, tier: str, spec: ToolSpec, args: dict[str, Any], base: dict[str, Any],
                        receipt: Receipt, trigger: str | None, progress: Progress | None,
-                       triggers: frozenset[str]) -> dict[str, Any] | None:
-        """Try one tier: retries for transient failures, one repair for an invalid answer. None means escalate."""
+                       triggers: frozenset[str]) -> tuple[dict[str, Any] | None, bool]:
+        """Try one tier: one repair for an invalid answer (retries happen in the path). (None, _) means climb; the
+        flag says whether the answer passed every check."""
         settings = self.config.tiers[tier]
-        provider = self.config.providers[settings.provider]
         messages: list[dict[str, str]] = base["messages"]
         reason = "first" if not receipt.attempts else "escalation"
-        retries = repaired = 0
+        repaired = False
         while True:
-            attempt = self._start_attempt(tier, receipt, reason, trigger)
-            if progress is not None:
-                await progress(len(receipt.attempts), None, f"{tier} ({settings.model}): {reason}")
-            try:
-                reserved = self.budget.reserve(spec.name, tier, settings, messages)
-            except BudgetExceeded as e:
-                attempt.outcome, attempt.detail = "budget", str(e)
-                raise
-            request = ModelRequest(tier=tier, settings=settings, provider=provider, **{**base, "messages": messages})
-            t0 = time.perf_counter()
-            try:
-                with tracing.span("tiered.attempt", tool=spec.name, tier=tier, model=settings.model, reason=reason):
-                    async with self._limiter(settings.provider):
-                        reply = await self.model.complete(request)
-            except anyio.get_cancelled_exc_class():
-                attempt.outcome, attempt.detail = "cancelled", "cancelled by the client"
-                attempt.latency_ms = (time.perf_counter() - t0) * 1000
-                self.budget.settle(spec.name, reserved, 0.0)
-                raise
-            except ModelError as e:
-                attempt.outcome, attempt.detail = e.kind, str(e)
-                attempt.latency_ms = (time.perf_counter() - t0) * 1000
-                self.budget.settle(spec.name, reserved, 0.0)
-                if isinstance(e, Permanent) or not isinstance(e, Transient) or retries >= provider.max_retries:
-                    return None
-                delay = self._backoff(retries, e)
-                if delay is None:
-                    attempt.detail += f" (Retry-After beyond retry.max_retry_after_s={self.config.retry.max_retry_after_s}s)"
-                    return None
-                retries += 1
-                reason = "retry"
-                await self._sleep(delay)
-                continue
-            attempt.latency_ms = (time.perf_counter() - t0) * 1000
-            attempt.input_tokens, attempt.output_tokens = reply.input_tokens, reply.output_tokens
-            attempt.cost_usd = cost_of(settings, reply.input_tokens, reply.output_tokens)
-            self.budget.settle(spec.name, reserved, attempt.cost_usd)
-            if reply.model:
-                attempt.model = reply.model
-            output, (outcome, detail) = self._judge(reply, base["schema"], spec, args)
+            request = ModelRequest(tier=tier, settings=settings, provider=self.config.providers[settings.provider],
+                                   **{**base, "messages": messages})
+            reply, attempt = await self.path.request(receipt, tier, request, reason=reason, trigger=trigger,
+                                                     progress=progress)
+            if reply is None:
+                return None, False
+            output, (outcome, detail) = self._check(reply, base["schema"], spec, args)
+            if self.embedded(tier) and outcome == "ok":
+                attempt.outcome = "ok"
+                attempt.detail = "answered in process; tokens are o200k counts of the prompt and answer (estimates)"
+                return output, True
             if output is not None and outcome == "validator" and "validator" not in triggers:
                 attempt.outcome, attempt.detail = "ok", f"{detail} (accepted: validator is not an escalation trigger)"
-                return output
+                return output, False
             if outcome == "ok":
                 attempt.outcome = "ok"
-                return output
-            attempt.outcome, attempt.detail = outcome, detail
-            if outcome not in ("invalid", "validator") or repaired:
-                return None
-            repaired = 1
+                return output, True
+            attempt.outcome, attempt.detail = outcome, self.path.scrub(detail)
+            if outcome not in ("invalid", "validator") or repaired or self.embedded(tier):
+                return None, False
+            repaired = True
             reason = "repair"
             what = "not valid against the required JSON Schema" if outcome == "invalid" else "wrong"
             messages = [
@@ -520,7 +538,7 @@ class Runner:
                                             "corrected JSON object and nothing else."},
             ]
 
-    def _judge(self, reply: ModelReply, schema: dict[str, Any], spec: ToolSpec,
+    def _check(self, reply: ModelReply, schema: dict[str, Any], spec: ToolSpec,
                args: dict[str, Any]) -> tuple[dict[str, Any] | None, tuple[str, str]]:
         if reply.refusal:
             return None, ("refused", f"the model refused: {reply.refusal}")
@@ -542,24 +560,3 @@ class Runner:
         if found:
             return output, ("validator", "; ".join(found))
         return output, ("ok", "")
-
-    def _backoff(self, retries: int, error: ModelError) -> float | None:
-        r = self.config.retry
-        if isinstance(error, RateLimited) and error.retry_after is not None:
-            return None if error.retry_after > r.max_retry_after_s else error.retry_after
-        return min(r.max_s, r.base_s * 2**retries) * self._jitter()
-
-    # ---- shadow comparisons ----------------------------------------------------------------------------------------
-
-    def _maybe_shadow(self, spec: ToolSpec, args: dict[str, Any], receipt: Receipt, output: dict[str, Any]) -> None:
-        settings = self.config.tools.get(spec.name)
-        if not settings or settings.shadow_rate <= 0 or receipt.tier == settings.shadow_tier:
-            return
-        if self._sample() >= settings.shadow_rate:
-            return
-        if self._background is None or self.shadows_pending >= self.config.shadow.max_pending:
-            self.shadows_skipped += 1  # bounded: a burst of calls must not pile up shadow work
-            return
-        for observer in self._observers:
-            self.shadows_pending += 1
-            self._background.start_soon(observer, self, spec, args, receipt, output)

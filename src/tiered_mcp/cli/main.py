@@ -142,7 +142,10 @@ def _console() -> Any:
 
 
 def _money(x: float | None) -> str:
-    return "unknown" if x is None else f"${x:,.6f}" if x < 0.01 else f"${x:,.4f}"
+    if x is None:
+        return "unknown"
+    sign, x = ("-" if x < 0 else ""), abs(x)
+    return f"{sign}${x:,.6f}" if x < 0.01 else f"{sign}${x:,.4f}"
 
 
 def _tools(args: argparse.Namespace) -> int:
@@ -256,7 +259,8 @@ def _print_receipt(con: Any, r: dict[str, Any]) -> None:
     con.print(
         f"[bold]receipt[/]: {r['tool']} on {r.get('tier') or '-'} ({r.get('model') or '-'}); "
         f"{r['input_tokens']} in / {r['output_tokens']} out tokens; cost {_money(r['cost_usd'])}; "
-        f"flagship would cost {_money(r['flagship_cost_usd'])}; saved {_money(saved)}; {r['latency_ms']:.0f} ms"
+        f"baseline (flagship alone) {_money(r.get('baseline_usd'))}; saved {_money(saved)}"
+        f"{' (estimated)' if r.get('estimated') else ''}; {r['latency_ms']:.0f} ms"
     )
     table = Table(show_header=True, header_style="dim")
     for col in ("#", "tier", "model", "reason", "outcome", "tokens in/out", "cost", "ms", "detail"):
@@ -270,8 +274,6 @@ def _print_receipt(con: Any, r: dict[str, Any]) -> None:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from rich.table import Table
 
     from tiered_mcp.core.config import is_postgres_url, load_config
@@ -293,24 +295,31 @@ def _usage(args: argparse.Namespace) -> int:
             return USAGE
     ledger = open_ledger(path)
     try:
-        rows, total = ledger.usage(since=since, by=args.by)
+        usage = ledger.usage(since=since, by=args.by)
     finally:
         ledger.close()
     path = ledger.location  # a URL's password masked
     if args.json:
-        out = [{**asdict(r), "saved_usd": r.saved_usd} for r in [*rows, total]]
-        print(json.dumps(out, indent=2))
+        print(json.dumps(usage.as_dict(args.by), indent=2))
         return OK
+    rows, total = usage.rows, usage.total
     table = Table(title=f"usage by {args.by}" + (f" since {since}" if since else "") + f" ({path})")
-    for col in (args.by, "calls", "failed", "tokens in", "tokens out", "cost", "flagship cost", "saved", "saved %"):
+    for col in (args.by, "calls", "failed", "tokens in", "tokens out", "spent", "baseline", "saved", "saved %"):
         table.add_column(col, justify="left" if col == args.by else "right")
     for r in [*rows, total]:
-        pct = f"{100 * r.saved_usd / r.flagship_cost_usd:.0f}%" if r.flagship_cost_usd else "-"
+        pct = f"{100 * r.saved_usd / r.baseline_usd:.0f}%" if r.baseline_usd else "-"
         table.add_row(r.key, str(r.calls), str(r.failed), f"{r.input_tokens:,}", f"{r.output_tokens:,}",
-                      _money(r.cost_usd), _money(r.flagship_cost_usd), _money(r.saved_usd), pct,
+                      _money(r.cost_usd), _money(r.baseline_usd), _money(r.saved_usd), pct,
                       style="bold" if r is total else None)
+    for e in usage.evidence:
+        table.add_row(f"evidence: {e.key}", str(e.calls), str(e.failed), f"{e.input_tokens:,}",
+                      f"{e.output_tokens:,}", _money(e.cost_usd), "-", _money(-e.cost_usd), "-", style="dim")
     con = _console()
     con.print(table)
+    con.print(f"net saving after evidence spend: {_money(usage.net_saved_usd)}"
+              + (f"; estimated (local tier, or no usage reported), not in the saving: "
+                 f"{_money(total.estimated_saved_usd)} over {total.estimated_calls} call(s)"
+                 if total.estimated_calls else ""))
     if total.unpriced_calls:
         con.print(f"{total.unpriced_calls} call(s) used a model with no known price; their cost is not in the totals.")
     return OK

@@ -51,6 +51,7 @@ def report(args: argparse.Namespace) -> int:
     from tiered_mcp.core.config import is_postgres_url, load_config
     from tiered_mcp.evidence.report import build_report
     from tiered_mcp.ledger.base import open_ledger
+    from tiered_mcp.specs.spec import load_specs
 
     config = load_config(args.config)
     target = args.ledger or config.ledger_target()
@@ -59,7 +60,7 @@ def report(args: argparse.Namespace) -> int:
         return FAILED
     ledger = open_ledger(target)
     try:
-        reports = build_report(ledger, args.since, args.keep_at)
+        reports = build_report(ledger, args.since, args.keep_at, config, load_specs(getattr(args, 'specs', ()) or ()))
     finally:
         ledger.close()
     path = ledger.location  # a URL's password masked

@@ -53,7 +53,13 @@ class Provider(_Frozen):
     max_tokens_param: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
-    max_concurrency: int = Field(default=32, ge=1, le=1024, description="Requests in flight to this provider at once.")
+    max_concurrency: int = Field(default=32, ge=1, le=1024, description="Answers in flight to this provider at once.")
+    evidence_concurrency: int | None = Field(
+        default=None, ge=1, le=1024, description="Evidence requests (shadow, judge, eval) in flight to this provider "
+        "at once, in a share of their own that never takes an answer's slot (default: max_concurrency / 4).")
+
+    def evidence_slots(self) -> int:
+        return self.evidence_concurrency or max(1, self.max_concurrency // 4)
 
     def effective_base_url(self, env: Mapping[str, str]) -> str:
         """The base URL, taking `base_url_env` from `env` when that variable is set."""
@@ -80,6 +86,9 @@ class Tier(_Frozen):
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     input_price: float | None = Field(default=None, ge=0)
     output_price: float | None = Field(default=None, ge=0)
+    cached_input_price: float | None = Field(
+        default=None, ge=0, description="USD per million input tokens served from the provider's prompt cache "
+                                        "(default: the input price).")
 
 
 class ToolSettings(_Frozen):
@@ -173,9 +182,12 @@ DEFAULTS: dict[str, Any] = {
     },
     "tiers": {
         "local": {"provider": "embedded", "model": "use-multilingual-v3", "input_price": 0.0, "output_price": 0.0},
-        "nano": {"provider": "openai", "model": "gpt-5.4-nano", "input_price": 0.20, "output_price": 1.25},
-        "mini": {"provider": "openai", "model": "gpt-5.4-mini", "input_price": 0.75, "output_price": 4.50},
-        "flagship": {"provider": "openai", "model": "gpt-5.4", "input_price": 2.50, "output_price": 15.00},
+        "nano": {"provider": "openai", "model": "gpt-5.4-nano", "input_price": 0.20, "output_price": 1.25,
+                 "cached_input_price": 0.02},
+        "mini": {"provider": "openai", "model": "gpt-5.4-mini", "input_price": 0.75, "output_price": 4.50,
+                 "cached_input_price": 0.075},
+        "flagship": {"provider": "openai", "model": "gpt-5.4", "input_price": 2.50, "output_price": 15.00,
+                     "cached_input_price": 0.25},
     },
 }
 

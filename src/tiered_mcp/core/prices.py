@@ -1,4 +1,11 @@
-"""Prices per million tokens: from the config first, else the genai-prices table, else unknown (never made up)."""
+"""Prices per million tokens: from the config first, else the genai-prices table, else unknown (never made up).
+
+A call is priced at its real token counts: input tokens the provider served from its prompt cache at the
+cached-input rate (the plain input rate where none is known), the rest at the input rate, and every output token
+(reasoning included: providers count it inside the output) at the output rate. The genai-prices fallback is asked
+about the call's own usage, so a model whose table has long-context tiers is priced at the tier the call is in;
+the per-million rates shown in tables are read at a small call (1,000 tokens), never at a million.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +14,72 @@ from functools import lru_cache
 
 from tiered_mcp.core.config import Tier
 
+_PROBE = 1000  # tokens: small enough to stay in any table's first (short-context) tier
+
 
 @dataclass(frozen=True)
 class Price:
-    """USD per million input and output tokens, and where the figures came from."""
+    """USD per million input, output and cached-input tokens, and where the figures came from."""
 
     input: float
     output: float
     source: str
+    cached_input: float | None = None
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
+    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float:
+        """USD for one request; `cached_input_tokens` are part of `input_tokens`."""
+        cached = min(max(cached_input_tokens, 0), input_tokens)
+        cached_rate = self.input if self.cached_input is None else self.cached_input
+        return ((input_tokens - cached) * self.input + cached * cached_rate + output_tokens * self.output) / 1_000_000
 
 
 @lru_cache(maxsize=256)
-def _table_price(model: str) -> Price | None:
+def _table_rates(model: str) -> Price | None:
     try:
         from genai_prices import Usage, calc_price
 
-        # Pricing a million of each gives the per-million rates, whatever tiering the table applies further up.
-        calc = calc_price(Usage(input_tokens=1_000_000, output_tokens=1_000_000), model_ref=model)
+        plain = calc_price(Usage(input_tokens=_PROBE, output_tokens=_PROBE), model_ref=model)
+        cached = calc_price(Usage(input_tokens=_PROBE, cache_read_tokens=_PROBE, output_tokens=0), model_ref=model)
     except Exception:  # LookupError for unknown models; anything else from the table is not worth failing a call
         return None
-    return Price(float(calc.input_price), float(calc.output_price), "genai-prices")
+    scale = 1_000_000 / _PROBE
+    return Price(float(plain.input_price) * scale, float(plain.output_price) * scale, "genai-prices",
+                 float(cached.input_price) * scale)
+
+
+def _table_cost(model: str, input_tokens: int, output_tokens: int, cached_input_tokens: int) -> float | None:
+    try:
+        from genai_prices import Usage, calc_price
+
+        calc = calc_price(Usage(input_tokens=input_tokens, output_tokens=output_tokens,
+                                cache_read_tokens=cached_input_tokens or None), model_ref=model)
+    except Exception:
+        return None
+    return float(calc.input_price) + float(calc.output_price)
+
+
+def _table_model(tier: Tier) -> str | None:
+    # Provider prefixes such as "openai/gpt-5.4-mini" (OpenRouter) name the same model.
+    for name in (tier.model, tier.model.rsplit("/", 1)[-1]):
+        if _table_rates(name) is not None:
+            return name
+    return None
 
 
 def price_of(tier: Tier) -> Price | None:
-    """The tier's price, or None when neither the config nor the price table knows it."""
+    """The tier's rates per million tokens, or None when neither the config nor the price table knows them."""
     if tier.input_price is not None and tier.output_price is not None:
-        return Price(tier.input_price, tier.output_price, "config")
-    # Provider prefixes such as "openai/gpt-5.4-mini" (OpenRouter) name the same model.
-    return _table_price(tier.model) or _table_price(tier.model.rsplit("/", 1)[-1])
+        return Price(tier.input_price, tier.output_price, "config", tier.cached_input_price)
+    name = _table_model(tier)
+    return None if name is None else _table_rates(name)
 
 
-def cost_of(tier: Tier, input_tokens: int, output_tokens: int) -> float | None:
-    """USD for these tokens on this tier, or None when its price is unknown."""
+def cost_of(tier: Tier, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float | None:
+    """USD for these tokens on this tier, or None when its price is unknown. Unrounded."""
     if input_tokens == 0 and output_tokens == 0:
         return 0.0
-    price = price_of(tier)
-    return None if price is None else price.cost(input_tokens, output_tokens)
+    if tier.input_price is not None and tier.output_price is not None:
+        return Price(tier.input_price, tier.output_price, "config", tier.cached_input_price).cost(
+            input_tokens, output_tokens, cached_input_tokens)
+    name = _table_model(tier)
+    return None if name is None else _table_cost(name, input_tokens, output_tokens, cached_input_tokens)

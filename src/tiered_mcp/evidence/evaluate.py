@@ -15,7 +15,6 @@ from typing import Any, Awaitable, Callable, Iterable
 
 import anyio
 
-from tiered_mcp.call.options import CallOptions
 from tiered_mcp.call.runner import Runner
 from tiered_mcp.core.config import TIERS
 from tiered_mcp.core.errors import ArgumentsError, CallError
@@ -86,8 +85,10 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def run_eval(runner: Runner, cases: list[Case], tiers: Iterable[str], concurrency: int = 8,
-                   progress: Callable[[int, int], Awaitable[None] | None] | None = None) -> tuple[list[TierScore], list[Run]]:
-    """Run every case on every tier, concurrently, and score each tool on each tier.
+                   progress: Callable[[int, int], Awaitable[None] | None] | None = None,
+                   warm_up: bool = True) -> tuple[list[TierScore], list[Run]]:
+    """Run every case on every tier, concurrently, and score each tool on each tier (after one untimed warm-up run
+    per tier).
 
     Raises:
         ArgumentsError: an unknown tool or tier.
@@ -110,8 +111,7 @@ async def run_eval(runner: Runner, cases: list[Case], tiers: Iterable[str], conc
         assert spec is not None
         async with limiter:
             try:
-                r = await runner.call_one(spec, case.arguments, None, CallOptions(cache=False), kind="eval",
-                                          forced_tier=tier)
+                r = await runner.run_eval(spec, case.arguments, tier)
                 run = Run(i, case.tool, tier, r.output, r.receipt["cost_usd"], r.receipt["latency_ms"])
             except CallError as e:
                 receipt = e.receipt or {}
@@ -123,6 +123,21 @@ async def run_eval(runner: Runner, cases: list[Case], tiers: Iterable[str], conc
             maybe = progress(done, total)
             if maybe is not None:
                 await maybe
+
+    # One untimed run per tier first, so that the server's own cold start (a connection pool, the local model's
+    # load) is not timed as the first case's latency. Its cost is evidence spend like the rest; it is not scored.
+    async def warm(tier: str) -> None:
+        spec = runner.specs.get(cases[0].tool)
+        assert spec is not None
+        try:
+            await runner.run_eval(spec, cases[0].arguments, tier)
+        except CallError:
+            pass
+
+    if cases and warm_up:
+        async with anyio.create_task_group() as tg:
+            for tier in tiers:
+                tg.start_soon(warm, tier)
 
     async with anyio.create_task_group() as tg:
         for i, case in enumerate(cases):
@@ -173,12 +188,19 @@ def summarize(runs: list[Run], cases: list[Case]) -> list[TierScore]:
 
 
 def cheapest_meeting(scores: list[TierScore], min_quality: float) -> dict[str, str | None]:
-    """Per tool, the cheapest tier (by the ladder's order) whose quality reaches `min_quality`, or None."""
+    """Per tool, the tier with the lowest measured cost per case whose quality reaches `min_quality`, or None.
+
+    Measured, not assumed from the ladder's order: a "mini" that answers in fewer tokens can cost less than "nano".
+    A tier whose cost is unknown (unpriced) ranks after every priced one; ties go to the lower tier.
+    """
     best: dict[str, str | None] = {}
-    for s in sorted(scores, key=lambda s: (s.tool, TIERS.index(s.tier))):
-        best.setdefault(s.tool, None)
-        if best[s.tool] is None and s.quality is not None and s.quality >= min_quality:
-            best[s.tool] = s.tier
+    rank = {s.tool: [] for s in scores}  # type: dict[str, list[TierScore]]
+    for s in scores:
+        rank[s.tool].append(s)
+    for tool, rows in rank.items():
+        good = [s for s in rows if s.quality is not None and s.quality >= min_quality]
+        good.sort(key=lambda s: (s.cost_per_case is None, s.cost_per_case or 0.0, TIERS.index(s.tier)))
+        best[tool] = good[0].tier if good else None
     return best
 
 

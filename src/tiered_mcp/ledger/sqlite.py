@@ -1,12 +1,10 @@
-"""The SQLite ledger (the default backend): one row per call and per attempt, and usage totals over them.
-
-WAL mode with a busy timeout, so several server processes can write one file at once. Writes run in a worker
-thread so the event loop never waits on the disk. Arguments and outputs are stored only when asked to. The queries
-are shared with the PostgreSQL backend (storage.py); this module holds the SQLite schema and connection.
+"""The SQLite ledger (the default backend): a file, in WAL mode with a busy timeout, so several server processes
+can write it at once. Private to its user: the folder is created 0700 and the files 0600.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -15,96 +13,52 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# ShadowRow, UsageRow, GROUPS and now_iso are imported from here by older code; they live in storage.py.
-from tiered_mcp.ledger.base import GROUPS, LedgerStore, ShadowRow, SqlLedger, UsageRow, now_iso
+from tiered_mcp.core.errors import ConfigError
+from tiered_mcp.ledger.migrations import SQLITE, migrate
+from tiered_mcp.ledger.sql import SqlLedger
 
-__all__ = ["GROUPS", "Ledger", "LedgerStore", "ShadowRow", "UsageRow", "now_iso"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS calls (
-    id INTEGER PRIMARY KEY,
-    ts TEXT NOT NULL,
-    tool TEXT NOT NULL,
-    tier TEXT,
-    model TEXT,
-    ok INTEGER NOT NULL,
-    error TEXT,
-    attempts INTEGER NOT NULL,
-    input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    cost_usd REAL,
-    flagship_cost_usd REAL,
-    latency_ms REAL NOT NULL,
-    arguments TEXT,
-    output TEXT,
-    kind TEXT NOT NULL DEFAULT 'call',
-    session TEXT,
-    batch TEXT,
-    cached INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
-CREATE TABLE IF NOT EXISTS attempts (
-    call_id INTEGER NOT NULL REFERENCES calls (id),
-    n INTEGER NOT NULL,
-    tier TEXT NOT NULL,
-    model TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    trigger TEXT,
-    outcome TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    cost_usd REAL,
-    latency_ms REAL NOT NULL,
-    PRIMARY KEY (call_id, n)
-);
-CREATE TABLE IF NOT EXISTS cache (
-    key TEXT PRIMARY KEY,
-    expires REAL NOT NULL,
-    tier TEXT NOT NULL,
-    model TEXT NOT NULL,
-    output TEXT NOT NULL
-);
--- Each cache write deletes expired entries: without this index that scans the whole cache on every call.
-CREATE INDEX IF NOT EXISTS cache_expires ON cache (expires);
-CREATE TABLE IF NOT EXISTS shadows (
-    id INTEGER PRIMARY KEY,
-    ts TEXT NOT NULL,
-    tool TEXT NOT NULL,
-    call_id INTEGER,
-    shadow_call_id INTEGER,
-    tier TEXT NOT NULL,
-    comparison_tier TEXT NOT NULL,
-    score REAL,
-    agree INTEGER,
-    detail TEXT NOT NULL,
-    cost_usd REAL,
-    comparison_cost_usd REAL
-);
-"""
+def _private_file(path: Path) -> None:
+    """Create `path` (and its folder) readable by this user only, before SQLite opens it."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    _tighten(path)
 
-# Columns added after the first release of the calls table: (name, definition) for ALTER TABLE ADD COLUMN.
-_ADDED_COLUMNS = [("kind", "TEXT NOT NULL DEFAULT 'call'"), ("session", "TEXT"), ("batch", "TEXT"),
-                  ("cached", "INTEGER NOT NULL DEFAULT 0")]
+
+def _tighten(path: Path) -> None:
+    # chmod only: opening and closing a descriptor of a database this process has open would drop its POSIX locks.
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if p.exists() and p.stat().st_mode & 0o077:
+            p.chmod(0o600)
 
 
 class Ledger(SqlLedger):
     """A ledger file. Safe to share between tasks, threads and processes.
 
     Args:
-        path: the SQLite file; its folder is created if missing.
+        path: the SQLite file; its folder is created (0700) if missing.
         store_inputs: keep each call's arguments and output.
+
+    Raises:
+        ConfigError: the file cannot be created or opened (the message names it and why).
     """
 
     def __init__(self, path: str | Path, store_inputs: bool = False) -> None:
         self.path = Path(path)
         self.store_inputs = store_inputs
         self.location = str(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._setup()
+        try:
+            _private_file(self.path)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._setup()
+            _tighten(self.path)  # the -wal and -shm files SQLite just made
+        except (OSError, sqlite3.Error) as e:
+            raise ConfigError(f"ledger {self.path}: cannot open it ({e}); set `ledger` in the config or --ledger "
+                              "to a file in a folder you can write") from None
 
     def _setup(self) -> None:
         # Switching a new file to WAL takes an exclusive lock that SQLite's busy handler does not wait for, so
@@ -114,11 +68,8 @@ class Ledger(SqlLedger):
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.executescript(_SCHEMA)
-                have = {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}
-                for name, ddl in _ADDED_COLUMNS:
-                    if name not in have:
-                        self._db.execute(f"ALTER TABLE calls ADD COLUMN {name} {ddl}")
+                with self._transaction() as cur:
+                    migrate(cur, SQLITE)
                 return
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) and "busy" not in str(e):
@@ -158,7 +109,3 @@ class Ledger(SqlLedger):
             cur = self._db.execute(sql, params)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        with self._lock:
-            self._db.execute(sql, params)

@@ -26,6 +26,8 @@ class ModelRequest:
         schema: the JSON Schema the answer must satisfy.
         schema_name: a name for the schema (the tool's name).
         strict: whether the schema can be enforced by strict structured output.
+        local_task: the spec's in-process task, for the embedded local tier (None: the tool has none).
+        arguments: the call's validated arguments, which the local tier answers from (it reads no prompt).
     """
 
     tier: str
@@ -35,6 +37,8 @@ class ModelRequest:
     schema: dict[str, Any]
     schema_name: str
     strict: bool
+    local_task: str | None = None
+    arguments: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,26 @@ class Model(Protocol):
     """
 
     async def complete(self, request: ModelRequest) -> ModelReply: ...
+
+
+class Models:
+    """The one seam the call path talks to: requests for an embedded provider go to the in-process local model,
+    every other request to the remote model. Nothing configured as local ever reaches the remote model, so it never
+    opens a socket.
+    """
+
+    def __init__(self, remote: Model, local: Model) -> None:
+        self.remote, self.local = remote, local
+
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        model = self.local if request.provider.kind == "embedded" else self.remote
+        return await model.complete(request)
+
+    async def aclose(self) -> None:
+        for model in (self.remote, self.local):
+            close = getattr(model, "aclose", None)
+            if close is not None:
+                await close()
 
 
 @dataclass

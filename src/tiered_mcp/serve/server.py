@@ -10,7 +10,6 @@ import json
 import logging
 import os
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from typing import Any, AsyncIterator, Mapping
 
 import mcp_types as types
@@ -23,10 +22,11 @@ from tiered_mcp.call.routing import Usable, ladder_for
 from tiered_mcp.call.runner import Runner, UnknownTool
 from tiered_mcp.core.config import LOCAL, TIERS, Config, load_config
 from tiered_mcp.core.errors import CallError, ConfigError
+from tiered_mcp.core.identity import current_caller
 from tiered_mcp.core.prices import price_of
 from tiered_mcp.core.receipts import RECEIPT_META_KEY
-from tiered_mcp.evidence.shadow import run_shadow
-from tiered_mcp.ledger.base import open_ledger
+from tiered_mcp.evidence.shadow import Shadows
+from tiered_mcp.ledger.base import off_loop, open_ledger
 from tiered_mcp.models.base import LazyOpenAI, Model
 from tiered_mcp.specs.spec import Specs, ToolSpec, load_specs
 
@@ -194,9 +194,9 @@ def build_server(runner: Runner) -> Server[Any]:
             if runner.ledger is None:
                 body = {"error": "no ledger configured"}
             else:
-                rows, total = runner.ledger.usage(by="tool")
-                body = {"by_tool": [{**asdict(r), "saved_usd": r.saved_usd} for r in rows],
-                        "total": {**asdict(total), "saved_usd": total.saved_usd}}
+                caller = current_caller.get()
+                usage = await off_loop(runner.ledger.usage, None, "tool", caller.name if caller else None)
+                body = usage.as_dict()
         else:
             raise MCPError(types.INVALID_PARAMS, f"unknown resource {uri!r}; known: {TIERS_URI}, {USAGE_URI}")
         return types.ReadResourceResult(
@@ -256,7 +256,7 @@ def build_runner(
     ledger = open_ledger(ledger_path or config.ledger_target(env), store_inputs=config.store_inputs)
     # The runner tells which tiers can run from the same environment the model takes its keys from.
     return Runner(config, specs, model if model is not None else LazyOpenAI(env), ledger, env=env,
-                  observers=(run_shadow,))
+                  observers=(Shadows(),))
 
 
 async def serve_stdio(server: Server[Any]) -> None:

@@ -1,0 +1,142 @@
+"""The one path every model request takes: first attempt, retry, repair, escalation, batch item, shadow run, judge
+call and bake-off case alike.
+
+`ModelPath.request` applies, in this one place each: the budget (reserve the worst case before, settle the actual
+cost after), the provider's concurrency limit with answers first (evidence work — shadow, judge, eval — has a share
+of its own and never takes an answer's slot), retries with backoff and jitter (Retry-After honoured up to a cap),
+a trace span, secret scrubbing of error text, and the attempt's accounting (tokens, cached and reasoning tokens,
+estimates where no usage was reported, cost). The local tier is a model behind the same seam (`models.base.Models`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from tiered_mcp.call.budget import Budget
+from tiered_mcp.core import tracing
+from tiered_mcp.core.config import Config
+from tiered_mcp.core.errors import BudgetExceeded, ModelError, Permanent, RateLimited, Transient
+from tiered_mcp.core.prices import cost_of
+from tiered_mcp.core.receipts import Attempt, Receipt
+from tiered_mcp.core.tokens import count, count_messages
+from tiered_mcp.models.base import Model, ModelReply, ModelRequest
+
+Progress = Callable[[float, float | None, str], Awaitable[None]]
+"""progress(done, total, message): called as the call moves through its steps."""
+
+
+class ModelPath:
+    """Makes model requests for the runner, batches, shadow runs, judges and bake-offs.
+
+    Args:
+        config: tiers, providers, retry policy.
+        model: the seam (remote and local models behind one `complete`).
+        budget: caps to reserve against.
+        sleep: how to wait between retries (tests pass a recorder).
+        jitter: a factor in [0, 1) for backoff jitter.
+        scrub: removes secrets from text that leaves the process (error details).
+    """
+
+    def __init__(self, config: Config, model: Model, budget: Budget, *,
+                 sleep: Callable[[float], Awaitable[None]] = anyio.sleep, jitter: Callable[[], float],
+                 scrub: Callable[[str], str] = lambda text: text) -> None:
+        self.config, self.model, self.budget = config, model, budget
+        self._sleep, self._jitter, self.scrub = sleep, jitter, scrub
+        self._limiters: dict[tuple[str, bool], anyio.CapacityLimiter] = {}
+
+    def limiter(self, provider: str, evidence: bool) -> anyio.CapacityLimiter:
+        """The provider's share for answers, or its separate share for evidence work."""
+        key = (provider, evidence)
+        if key not in self._limiters:
+            p = self.config.providers[provider]
+            self._limiters[key] = anyio.CapacityLimiter(p.evidence_slots() if evidence else p.max_concurrency)
+        return self._limiters[key]
+
+    async def request(self, receipt: Receipt, tier: str, request: ModelRequest, *, reason: str,
+                      trigger: str | None = None, progress: Progress | None = None) -> tuple[ModelReply | None, Attempt]:
+        """Make `request` on `tier`, retrying transient failures; each try is an Attempt on `receipt`.
+
+        Returns:
+            (reply, attempt): the reply, or None when the tier failed (the attempt's outcome and detail say how),
+            and the last attempt made.
+
+        Raises:
+            BudgetExceeded: a cap would be passed (the attempt is on the receipt with outcome "budget").
+        """
+        settings = self.config.tiers[tier]
+        provider = self.config.providers[settings.provider]
+        retries = 0
+        while True:
+            attempt = Attempt(tier=tier, model=settings.model, reason=reason,
+                              trigger=trigger if reason == "escalation" else None)
+            receipt.attempts.append(attempt)
+            if progress is not None:
+                await progress(len(receipt.attempts), None, f"{tier} ({settings.model}): {reason}")
+            try:
+                hold = await self.budget.reserve(receipt.tool, tier, settings, request.messages)
+            except BudgetExceeded as e:
+                attempt.outcome, attempt.detail = "budget", str(e)
+                raise
+            if hold is not None:
+                receipt.holds.append(hold.id)
+            reply: ModelReply | None = None
+            error: ModelError | None = None
+            t0 = time.perf_counter()
+            try:
+                with tracing.span("tiered.attempt", tool=receipt.tool, kind=receipt.kind, tier=tier,
+                                  model=settings.model, reason=reason) as span:
+                    try:
+                        async with self.limiter(settings.provider, receipt.evidence):
+                            reply = await self.model.complete(request)
+                    except ModelError as e:
+                        error = e
+                        attempt.outcome, attempt.detail = e.kind, self.scrub(str(e))
+                    else:
+                        self._account(attempt, reply, request)
+                    span.set(outcome=attempt.outcome if error else "answered", input_tokens=attempt.input_tokens,
+                             output_tokens=attempt.output_tokens, cost_usd=attempt.cost_usd)
+            except anyio.get_cancelled_exc_class():
+                attempt.outcome, attempt.detail = "cancelled", "cancelled by the client"
+                raise
+            finally:
+                attempt.latency_ms = (time.perf_counter() - t0) * 1000
+                with anyio.CancelScope(shield=True):
+                    await self.budget.settle(hold, attempt.cost_usd if reply is not None else 0.0)
+                if hold is not None:
+                    receipt.budget = hold.status
+            if reply is not None:
+                return reply, attempt
+            assert error is not None
+            if isinstance(error, Permanent) or not isinstance(error, Transient) or retries >= provider.max_retries:
+                return None, attempt
+            delay = self._backoff(retries, error)
+            if delay is None:
+                attempt.detail += f" (Retry-After beyond retry.max_retry_after_s={self.config.retry.max_retry_after_s}s)"
+                return None, attempt
+            retries += 1
+            reason = "retry"
+            await self._sleep(delay)
+
+    def _account(self, attempt: Attempt, reply: ModelReply, request: ModelRequest) -> None:
+        settings = self.config.tiers[attempt.tier]
+        if reply.model:
+            attempt.model = reply.model
+        if reply.usage_reported:
+            attempt.input_tokens, attempt.output_tokens = reply.input_tokens, reply.output_tokens
+            attempt.cached_input_tokens, attempt.reasoning_tokens = reply.cached_input_tokens, reply.reasoning_tokens
+        else:
+            # No usage reported (the local tier sends nothing; some providers omit it): o200k counts, flagged. Never
+            # booked at $0 for a paid tier.
+            attempt.input_tokens = reply.input_tokens or count_messages(request.messages)
+            attempt.output_tokens = reply.output_tokens or count(reply.content or reply.refusal or "")
+            attempt.estimated = True
+        attempt.cost_usd = cost_of(settings, attempt.input_tokens, attempt.output_tokens, attempt.cached_input_tokens)
+
+    def _backoff(self, retries: int, error: ModelError) -> float | None:
+        r = self.config.retry
+        if isinstance(error, RateLimited) and error.retry_after is not None:
+            return None if error.retry_after > r.max_retry_after_s else error.retry_after
+        return min(r.max_s, r.base_s * 2**retries) * self._jitter()

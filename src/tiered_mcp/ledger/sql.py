@@ -1,0 +1,273 @@
+"""The ledger's queries, written once in SQL both SQLite and PostgreSQL speak.
+
+A backend supplies the connection: `_transaction` (a cursor inside one transaction), `_rows` / `_dicts` (a read
+query's rows) and `_lock_for_update` (the clause that locks the rows a budget check reads: FOR UPDATE on
+PostgreSQL; SQLite's write transaction already excludes other writers). Timestamps are ISO 8601 UTC text
+(`now_iso`), so `--since DATE` compares strings the same way on both.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from tiered_mcp.ledger.base import GROUPS, CallWrite, ShadowRow, Usage, UsageRow, now_iso, spend_key
+from tiered_mcp.ledger.migrations import Cursor
+
+if TYPE_CHECKING:
+    from tiered_mcp.core.config import Config
+    from tiered_mcp.core.receipts import Receipt
+
+_CALL_COLUMNS = ("uid, ts, tool, tier, model, ok, error, attempts, input_tokens, output_tokens, cached_input_tokens,"
+                 " reasoning_tokens, cost_usd, baseline_usd, estimated, latency_ms, arguments, output, kind, session,"
+                 " batch, cached, spec_version, caller, unverified")
+_ATTEMPT_COLUMNS = ("call_id, n, tier, model, reason, trigger, outcome, detail, input_tokens, output_tokens,"
+                    " cached_input_tokens, reasoning_tokens, cost_usd, estimated, latency_ms")
+_SHADOW_COLUMNS = ("ts, tool, call_uid, shadow_call_uid, tier, comparison_tier, score, agree, detail, cost_usd,"
+                   " comparison_cost_usd, model, comparison_model, spec_version, confidence, args_key, status")
+
+
+def _marks(columns: str) -> str:
+    return ", ".join("?" for _ in columns.split(","))
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+class SqlLedger:
+    """The queries of `LedgerStore`, over a backend's connection."""
+
+    store_inputs: bool
+    location: str
+    _lock_for_update = ""
+
+    # ---- what a backend supplies -----------------------------------------------------------------------------------
+
+    def _transaction(self) -> AbstractContextManager[Cursor]:
+        raise NotImplementedError
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _insert_call(self, cur: Cursor, sql: str, params: Sequence[Any]) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # ---- writing: one transaction for a call (or a batch, or a burst of queued writes) ----------------------------
+
+    def write(self, calls: list[CallWrite], shadows: list[ShadowRow], config: Config) -> None:
+        """Write calls (with their attempts and cache entries) and shadow rows in one transaction."""
+        keep = self.store_inputs
+        with self._transaction() as cur:
+            for c in calls:
+                r = c.receipt
+                if r.call_id is None:
+                    r.call_id = uuid.uuid4().hex[:16]
+                call_id = self._insert_call(
+                    cur, f"INSERT INTO calls ({_CALL_COLUMNS}) VALUES ({_marks(_CALL_COLUMNS)})",
+                    (r.call_id, now_iso(), r.tool, r.tier, r.model, int(r.ok), r.error, len(r.attempts),
+                     r.input_tokens, r.output_tokens, sum(a.cached_input_tokens for a in r.attempts),
+                     sum(a.reasoning_tokens for a in r.attempts), r.cost_usd, r.baseline_usd(config),
+                     int(r.estimated), r.latency_ms, _json(c.arguments) if keep else None,
+                     _json(c.output) if keep else None, r.kind, r.session, r.batch, int(r.cached), r.spec_version,
+                     r.caller, _json(r.unverified)),
+                )
+                if r.attempts:
+                    cur.executemany(
+                        f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES ({_marks(_ATTEMPT_COLUMNS)})",
+                        [(call_id, n, a.tier, a.model, a.reason, a.trigger, a.outcome, a.detail, a.input_tokens,
+                          a.output_tokens, a.cached_input_tokens, a.reasoning_tokens, a.cost_usd, int(a.estimated),
+                          a.latency_ms) for n, a in enumerate(r.attempts, 1)],
+                    )
+                if c.cache is not None:
+                    e = c.cache
+                    cur.execute("INSERT INTO cache (key, expires, tier, model, output) VALUES (?, ?, ?, ?, ?)"
+                                " ON CONFLICT (key) DO UPDATE SET expires = excluded.expires, tier = excluded.tier,"
+                                " model = excluded.model, output = excluded.output",
+                                (e.key, e.expires, e.tier, e.model, json.dumps(e.output, ensure_ascii=False)))
+            totals: dict[str, float] = {}
+            holds = [h for c in calls for h in c.receipt.holds]
+            for c in calls:
+                r = c.receipt
+                if r.cost_usd:
+                    day = r.day or now_iso()[:10]
+                    for key in (spend_key(day), spend_key(day, tool=r.tool),
+                                *([spend_key(day, caller=r.caller)] if r.caller else [])):
+                        totals[key] = totals.get(key, 0.0) + r.cost_usd
+            if totals:
+                cur.executemany("INSERT INTO budget_spend (key, spent) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
+                                " SET spent = budget_spend.spent + excluded.spent", list(totals.items()))
+            if holds:
+                cur.executemany("DELETE FROM budget_holds WHERE id = ?", [(h,) for h in holds])
+            if shadows:
+                cur.executemany(
+                    f"INSERT INTO shadows ({_SHADOW_COLUMNS}) VALUES ({_marks(_SHADOW_COLUMNS)})",
+                    [(now_iso(), s.tool, s.call_id, s.shadow_call_id, s.tier, s.comparison_tier, s.score,
+                      None if s.agree is None else int(s.agree), s.detail, s.cost_usd, s.comparison_cost_usd, s.model,
+                      s.comparison_model, s.spec_version, s.confidence, s.args_key, s.status) for s in shadows],
+                )
+
+    def record(self, receipt: Receipt, config: Config, arguments: Any = None, output: Any = None) -> str:
+        """Write one call; returns its id (one is made for a receipt that has none)."""
+        self.write([CallWrite(receipt, arguments, output)], [], config)
+        assert receipt.call_id is not None
+        return receipt.call_id
+
+    # ---- budgets ---------------------------------------------------------------------------------------------------
+
+    def budget_reserve(self, caps: list[tuple[str, float]], amount: float, hold: str, now: float,
+                       ttl_s: float) -> tuple[bool, dict[str, float]]:
+        """Atomically: if every cap's spent + live holds + `amount` stays within it, hold `amount` on each.
+
+        Returns:
+            (held, committed): whether the hold was taken, and per key what was spent or held before it.
+        """
+        keys = [k for k, _ in caps]
+        with self._transaction() as cur:
+            cur.executemany("INSERT INTO budget_spend (key, spent) VALUES (?, 0) ON CONFLICT (key) DO NOTHING",
+                            [(k,) for k in keys])
+            marks = ", ".join("?" for _ in keys)
+            spent = dict(cur.execute(f"SELECT key, spent FROM budget_spend WHERE key IN ({marks})"
+                                     f"{self._lock_for_update}", keys).fetchall())
+            held = dict(cur.execute(f"SELECT key, sum(amount) FROM budget_holds WHERE key IN ({marks})"
+                                    " AND expires > ? GROUP BY key", [*keys, now]).fetchall())
+            committed = {k: float(spent.get(k) or 0) + float(held.get(k) or 0) for k in keys}
+            if any(committed[k] + amount > cap for k, cap in caps):
+                return False, committed
+            cur.executemany("INSERT INTO budget_holds (id, key, amount, expires) VALUES (?, ?, ?, ?)",
+                            [(hold, k, amount, now + ttl_s) for k in keys])
+            return True, committed
+
+    def budget_settle(self, hold: str, spent: float, now: float, ttl_s: float) -> None:
+        """Shrink a hold to what the request actually spent. The hold goes when the call's row is written: `write`
+        adds the spend to the day's totals and drops the call's holds in one transaction, so what a cap reads never
+        counts a cost twice or loses it in between."""
+        with self._transaction() as cur:
+            cur.execute("UPDATE budget_holds SET amount = ?, expires = ? WHERE id = ?", (spent, now + ttl_s, hold))
+
+    def budget_committed(self, keys: list[str], now: float) -> dict[str, float]:
+        """Per key: what is spent plus what live holds keep back."""
+        marks = ", ".join("?" for _ in keys)
+        spent = dict(self._rows(f"SELECT key, spent FROM budget_spend WHERE key IN ({marks})", keys))
+        held = dict(self._rows(f"SELECT key, sum(amount) FROM budget_holds WHERE key IN ({marks}) AND expires > ?"
+                               " GROUP BY key", [*keys, now]))
+        return {k: float(spent.get(k) or 0) + float(held.get(k) or 0) for k in keys}
+
+    def budget_sweep(self, now: float) -> None:
+        with self._transaction() as cur:
+            cur.execute("DELETE FROM budget_holds WHERE expires <= ?", (now,))
+
+    # ---- reading ---------------------------------------------------------------------------------------------------
+
+    def usage(self, since: str | None = None, by: str = "tool", caller: str | None = None) -> Usage:
+        """Totals of answered calls per group and overall, and evidence spend per kind.
+
+        Args:
+            since: an ISO date or timestamp (UTC); only calls at or after it count.
+            by: "tool", "tier", "model" or "caller".
+            caller: only this caller's calls (a team server scopes `tiered://usage` so).
+        """
+        if by not in GROUPS:
+            raise ValueError(f"by must be one of {', '.join(GROUPS)}")
+        where, params = ["1 = 1"], []
+        if since:
+            where, params = [*where, "ts >= ?"], [*params, since]
+        if caller is not None:
+            where, params = [*where, "caller = ?"], [*params, caller]
+        cond = " AND ".join(where)
+        measured = "estimated = 0 AND cost_usd IS NOT NULL AND baseline_usd IS NOT NULL"
+        cols = ("count(*), coalesce(sum(1 - ok), 0), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),"
+                " coalesce(sum(cost_usd), 0), coalesce(sum(baseline_usd), 0),"
+                f" coalesce(sum(CASE WHEN {measured} THEN baseline_usd - cost_usd ELSE 0 END), 0),"
+                f" coalesce(sum(CASE WHEN estimated = 1 AND cost_usd IS NOT NULL AND baseline_usd IS NOT NULL"
+                " THEN baseline_usd - cost_usd ELSE 0 END), 0), coalesce(sum(estimated), 0),"
+                " coalesce(sum(CASE WHEN cost_usd IS NULL OR baseline_usd IS NULL THEN 1 ELSE 0 END), 0)")
+        groups = self._rows(f"SELECT coalesce({by}, '-'), {cols} FROM calls WHERE kind = 'call' AND {cond}"
+                            " GROUP BY 1 ORDER BY 7 DESC, 1", params)
+        [total] = self._rows(f"SELECT 'all', {cols} FROM calls WHERE kind = 'call' AND {cond}", params)
+        evidence = self._rows(f"SELECT kind, {cols} FROM calls WHERE kind <> 'call' AND {cond} GROUP BY 1 ORDER BY 1",
+                              params)
+        return Usage([_usage_row(g) for g in groups], _usage_row(total), [_usage_row(e) for e in evidence])
+
+    def spent(self, since: str, tool: str | None = None, session: str | None = None) -> float:
+        """USD spent (known costs, evidence included) since an ISO timestamp, for one tool or session if given."""
+        sql, params = "SELECT coalesce(sum(cost_usd), 0) FROM calls WHERE ts >= ?", [since]
+        if tool is not None:
+            sql, params = sql + " AND tool = ?", [*params, tool]
+        if session is not None:
+            sql, params = sql + " AND session = ?", [*params, session]
+        return float(self._rows(sql, params)[0][0])
+
+    def cache_get(self, key: str, now: float) -> tuple[dict[str, Any], str, str] | None:
+        """A stored output that has not expired at `now` (Unix time): (output, tier, model)."""
+        rows = self._rows("SELECT output, tier, model FROM cache WHERE key = ? AND expires > ?", (key, now))
+        return (json.loads(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
+
+    def cache_sweep(self, now: float) -> int:
+        """Delete expired cache entries (run now and then, not on every write); how many went."""
+        with self._transaction() as cur:
+            result = cur.execute("DELETE FROM cache WHERE expires <= ?", (now,))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def shadows(self, since: str | None = None, tool: str | None = None) -> list[ShadowRow]:
+        where, params = ["1 = 1"], []
+        if since:
+            where, params = [*where, "ts >= ?"], [*params, since]
+        if tool:
+            where, params = [*where, "tool = ?"], [*params, tool]
+        rows = self._rows("SELECT tool, call_uid, shadow_call_uid, tier, comparison_tier, score, agree, detail,"
+                          " cost_usd, comparison_cost_usd, model, comparison_model, spec_version, confidence,"
+                          f" args_key, status FROM shadows WHERE {' AND '.join(where)} ORDER BY id", params)
+        return [ShadowRow(*r[:6], None if r[6] is None else bool(r[6]), *r[7:]) for r in rows]
+
+    def compared(self, tool: str, args_key: str, model: str, comparison_model: str, spec_version: str) -> bool:
+        """Whether these arguments were already compared for this model pair and spec version."""
+        return bool(self._rows(
+            "SELECT 1 FROM shadows WHERE tool = ? AND args_key = ? AND model = ? AND comparison_model = ?"
+            " AND spec_version = ? AND status <> 'skipped' LIMIT 1", (tool, args_key, model, comparison_model,
+                                                                      spec_version)))
+
+    def call_counts(self, since: str | None = None) -> dict[str, int]:
+        """Calls hosts made (not evidence work), per tool."""
+        where, params = ("AND ts >= ?", (since,)) if since else ("", ())
+        rows = self._rows(f"SELECT tool, count(*) FROM calls WHERE kind = 'call' {where} GROUP BY tool", params)
+        return {tool: int(n) for tool, n in rows}
+
+    def stored_calls(self, tool: str | None = None, limit: int = 1000) -> list[tuple[str, dict[str, Any]]]:
+        """(tool, arguments) of successful calls whose arguments were stored (store_inputs), newest first."""
+        sql = "SELECT tool, arguments FROM calls WHERE kind = 'call' AND ok = 1 AND arguments IS NOT NULL"
+        params: list[Any] = []
+        if tool:
+            sql, params = sql + " AND tool = ?", [tool]
+        rows = self._rows(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
+        return [(t, json.loads(a)) for t, a in rows]
+
+    def calls(self) -> list[dict[str, Any]]:
+        """Every call row, oldest first (for tests and exports)."""
+        return self._dicts("SELECT * FROM calls ORDER BY id")
+
+    def attempts(self, call: int | str) -> list[dict[str, Any]]:
+        """The attempt rows of one call (by its row id or its call id), in order."""
+        if isinstance(call, str):
+            return self._dicts("SELECT a.* FROM attempts a JOIN calls c ON c.id = a.call_id WHERE c.uid = ?"
+                               " ORDER BY a.n", (call,))
+        return self._dicts("SELECT * FROM attempts WHERE call_id = ? ORDER BY n", (call,))
+
+    def applied_migrations(self) -> list[str]:
+        return [r[0] for r in self._rows("SELECT name FROM _migrations ORDER BY applied, name")]
+
+
+def _usage_row(row: Sequence[Any]) -> UsageRow:
+    # Sums come back as Decimal or int depending on the database; the row's types do not.
+    key, calls, failed, tin, tout, cost, baseline, saved, est_saved, est, unpriced = row
+    return UsageRow(key, int(calls), int(failed), int(tin), int(tout), float(cost), float(baseline), float(saved),
+                    float(est_saved), int(est), int(unpriced))

@@ -1,0 +1,30 @@
+"""The embedded local tier as a Model: it answers a request's local task in process and never opens a socket.
+
+It reads the call's validated arguments, not the prompt; the token counts it reports are what the prompt and the
+answer come to in o200k tokens (flagged as estimates: no request was sent), the basis of the "would have cost"
+figures.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tiered_mcp.core.errors import UpstreamRejected
+from tiered_mcp.core.tokens import count, count_messages
+from tiered_mcp.models.base import ModelReply, ModelRequest
+from tiered_mcp.models.local import LocalEngine
+
+
+class EmbeddedModel:
+    """A Model over the local engine."""
+
+    def __init__(self, engine: LocalEngine) -> None:
+        self.engine = engine
+
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        if request.local_task is None or request.arguments is None:
+            raise UpstreamRejected(f"the local tier does not serve {request.schema_name}")
+        output = await self.engine.run(request.local_task, dict(request.arguments))
+        content = json.dumps(output, ensure_ascii=False)
+        return ModelReply(content=content, input_tokens=count_messages(request.messages),
+                          output_tokens=count(content), model=self.engine.model_name, usage_reported=False)
