@@ -280,9 +280,9 @@ def _date(y: int, m: int, d: int) -> str | None:
         return None
 
 
-def dates_in(text: str) -> set[str]:
-    """ISO dates (YYYY-MM-DD) written in `text` (already folded) in any form `occurs_in` reads."""
-    found: set[str] = set()
+def date_mentions(text: str) -> list[tuple[int, str]]:
+    """(position, ISO date) for every date written in `text` (already folded) in a form `occurs_in` reads."""
+    found: list[tuple[int, str]] = []
     for pattern, order in _DATE_PATTERNS:
         for m in pattern.finditer(text):
             a, b, c = m.groups()
@@ -294,8 +294,13 @@ def dates_in(text: str) -> set[str]:
                 candidates = [(_year(c), _month(b), int(a))]
             else:
                 candidates = [(_year(c), int(b), int(a)), (_year(c), int(a), int(b))]
-            found.update(d for d in (_date(*x) for x in candidates) if d)
-    return found
+            found += [(m.start(), d) for d in (_date(*x) for x in candidates) if d]
+    return sorted(found)
+
+
+def dates_in(text: str) -> set[str]:
+    """ISO dates (YYYY-MM-DD) written in `text` (already folded) in any form `occurs_in` reads."""
+    return {d for _, d in date_mentions(text)}
 
 
 def iso_date_value(value: str) -> str | None:
