@@ -158,3 +158,13 @@ def test_best_answer_has_fewest_unverified_and_ties_go_up():
     assert best_answer([_c("nano", ["/a"]), _c("mini", strict=True)]).tier == "nano"
     assert best_answer([_c("nano", strict=True)]) is None
     assert best_answer([]) is None
+
+
+def test_a_repeated_text_is_folded_once():
+    from tiered_mcp.specs import validators
+
+    text = "Repair and escalation check the same text: 1,250.00 " * 10
+    check([OCCURS], {"data": {"v": 1250}}, {"text": text})
+    hits = validators._source.cache_info().hits
+    check([OCCURS], {"data": {"v": 1250}}, {"text": text})
+    assert validators._source.cache_info().hits == hits + 1

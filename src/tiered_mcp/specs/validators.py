@@ -17,10 +17,10 @@ under the pointer is checked against the source text; a value occurs when any of
 
 1. Its schema allows it by name: the value is in the schema's `enum` or is its `const` (a country code, a label).
 2. Text match: after folding both sides, the value is a substring of the text that starts and ends on word
-   boundaries ("Smith" occurs in "Smith's" but not in "Smithson"). Folding is Unicode NFKC, case folding, accents
-   removed ("Müller" = "muller"), dashes and quotes mapped to ASCII, and every run of whitespace made one space.
-   Word boundaries apply to letters and digits of scripts that space their words (not to CJK or Thai, which
-   match as plain substrings).
+   boundaries ("Smith" occurs in "Smith's" but not in "Smithson"). Folding is Unicode NFKC, case folding,
+   accents (combining diacritical marks) removed ("Müller" = "muller"), dashes and quotes mapped to ASCII, and
+   every run of whitespace made one space. Word boundaries apply to letters and digits of scripts that space
+   their words (not to CJK or Thai, which match as plain substrings).
 3. Numbers: a number, or a string that is wholly a number, equals a number written in the text. Text numbers are
    read with thousands separators (`,` `.` space or `'`, in groups of three) and a decimal point or comma; when
    both marks appear the last one is the decimal mark, and a single `,` or `.` before exactly three digits is
@@ -32,8 +32,9 @@ under the pointer is checked against the source text; a value occurs when any of
    2024", "3 March 2024", "3rd of Mar. 2024", "03-Mar-2024" (English month names, full or short); a year-month
    value matches any such date in that month or "March 2024". The time of a date-time is not checked.
 
-The source text is folded and scanned once per argument per `check` call; the patterns are fixed (no pattern is
-built from caller values), and each value is a linear search.
+The source text is folded once and its numbers and dates are read at most once (the last few texts are kept, so a
+repair or an escalation on the same arguments reuses them); the patterns are fixed (no pattern is built from caller
+values), and each value is a linear search.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -182,10 +183,14 @@ _PUNCT = str.maketrans({c: "-" for c in "\u2010\u2011\u2012\u2013\u2014\u2015\u2
                        | {c: '"' for c in "\u201c\u201d\u201e\u201f\u2033"})
 
 
+_ACCENTS = re.compile("[\u0300-\u036f]")  # combining diacritical marks: the accents of Latin, Greek, Cyrillic
+
+
 def fold(text: str) -> str:
     """The form `occurs_in` compares: NFKC, case-folded, accents removed, ASCII dashes and quotes, one space."""
     text = unicodedata.normalize("NFKC", text).translate(_PUNCT).casefold()
-    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", _ACCENTS.sub("", unicodedata.normalize("NFKD", text)))
     return " ".join(text.split())
 
 
@@ -250,7 +255,8 @@ _MONTHS = {m: i for i, names in enumerate(
     [("january", "jan"), ("february", "feb"), ("march", "mar"), ("april", "apr"), ("may",), ("june", "jun"),
      ("july", "jul"), ("august", "aug"), ("september", "sep", "sept"), ("october", "oct"), ("november", "nov"),
      ("december", "dec")], start=1) for m in names}
-_MON = r"(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_MON = (r"(?=[adfjmnos])(jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+        r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?")
 _ORD = r"(\d{1,2})(?:st|nd|rd|th)?"
 _Y = r"(\d{4})"
 _DATE_PATTERNS: list[tuple[re.Pattern[str], str]] = [
@@ -363,6 +369,9 @@ class Source:
         return False
 
 
+_source = lru_cache(maxsize=16)(Source)
+
+
 # ---- the checks --------------------------------------------------------------------------------------------------
 
 Found = list[tuple[tuple[str | int, ...], str]]  # (path of the failing value, what is wrong)
@@ -378,7 +387,8 @@ class _Call:
 
     def source(self, name: str) -> Source:
         if name not in self.sources:
-            self.sources[name] = Source(self.arguments.get(name))
+            value = self.arguments.get(name)
+            self.sources[name] = _source(value if isinstance(value, str) else str(value or ""))
         return self.sources[name]
 
 
