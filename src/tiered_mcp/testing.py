@@ -3,15 +3,18 @@
 - `ScriptedModel`: a Model that answers from a script per tier (replies, exceptions or callables).
 - `SchemaModel`: a Model that answers anything with an object valid against the requested schema.
 - `FakeUpstream`: a real OpenAI-compatible HTTP server on loopback, scripted the same way, for end-to-end runs of
-  the real `openai` client.
+  the real `openai` client; unscripted, it answers from the request's text (`answer_from_text`), so answers pass
+  the shipped validators.
 - `network_guard`: refuses (and records) every connection that is not to loopback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
+import re
 import select
 import socket
 import threading
@@ -22,8 +25,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 
 import anyio
+from jsonschema import Draft202012Validator
 
 from tiered_mcp.models.base import ModelReply, ModelRequest
+from tiered_mcp.specs.validators import Source, date_mentions, fold, number_readings, word_count
 
 # ---- schema-valid answers ----------------------------------------------------------------------------------------
 
@@ -59,6 +64,226 @@ def sample_for(schema: Any, defs: dict[str, Any] | None = None) -> Any:
     if kind == "boolean":
         return True
     return None
+
+
+# ---- answers built from the request's text ----------------------------------------------------------------------
+
+_TAG = re.compile(r"<(text|code|query|items|instructions|context)>\n?(.*?)\n?</\1>", re.S)
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_URL = re.compile(r"https?://[^\s<>\"')\]]+")
+_NUM = re.compile(r"(?<![\d.,])-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d{1,3}(?:\.\d{3})+(?:,\d+)?|\d+(?:[.,]\d+)?)(?!\d)")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"\w+")
+
+
+def _sections(messages: list[dict[str, Any]]) -> dict[str, str]:
+    """The tagged parts (<text>, <query>, ...) of the first user message, plus "prompt": that whole message."""
+    user = next((m.get("content") for m in messages if m.get("role") == "user"), "") or ""
+    user = user if isinstance(user, str) else json.dumps(user)
+    found = {name: body.replace("<\\/", "</") for name, body in _TAG.findall(user)}
+    return {"prompt": user, **found}
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(fold(text)))
+
+
+def _name_at(name: str, text: str) -> int | None:
+    """Where the text names a property ("invoice_number" -> "Invoice"), as the end of that word; None if nowhere."""
+    parts = [w for w in re.split(r"[_\W]+|(?<=[a-z])(?=[A-Z])", name) if len(w) > 1]
+    for word in parts:
+        m = re.search(rf"\b{re.escape(word)}\b", text, re.I)
+        if m:
+            return m.end()
+    return None
+
+
+def _span_after(text: str, at: int) -> str | None:
+    """The words after a property's name, up to punctuation (one word when it carries a digit, else up to 3)."""
+    rest = re.sub(r"^[\s:#=]*(?:(?:is|was|are|of)\s+)?", "", text[at:])
+    words = re.split(r"[,;()\n]|[.!?](?:\s|$)", rest, maxsplit=1)[0].split()[:3]
+    if not words:
+        return None
+    return words[0] if any(c.isdigit() for c in words[0]) else " ".join(words)
+
+
+def _proper_noun(text: str) -> str | None:
+    """The first run of capitalised words after the text's first word ("Hi, this is Dana Reyes" -> "Dana Reyes")."""
+    m = re.search(r"(?<=[\w,;:] )([A-Z][^\W\d_]+(?![\w-])(?: [A-Z][^\W\d_]+(?![\w-]))*)", text)
+    return m.group(1) if m else None
+
+
+def _number(schema: dict[str, Any], kind: str, text: str, at: int) -> int | float | None:
+    lo, hi = schema.get("minimum", float("-inf")), schema.get("maximum", float("inf"))
+    for m in sorted(_NUM.finditer(text), key=lambda m: (m.start() < at, m.start())):
+        for r in sorted(number_readings(m.group()), key=abs, reverse=True):
+            if kind == "integer" and r != r.to_integral_value():
+                continue
+            value = int(r) if kind == "integer" else float(r)
+            if lo <= value <= hi:
+                return value
+    return None
+
+
+def value_from_text(schema: Any, name: str, text: str, defs: dict[str, Any] | None = None) -> tuple[bool, Any]:
+    """(found, value): a value for property `name` taken from `text`, valid against `schema` where possible.
+
+    Strings near the property's name in the text (else the text's first words); an email, URL or date (ISO) for
+    those formats; the number after the name (else the first one) for numbers; the first enum value the text
+    names (else the first). Objects get every property found, and required ones regardless.
+    """
+    if not isinstance(schema, dict):
+        return False, None
+    defs = defs if defs is not None else {}
+    defs.update(schema.get("$defs", {}))
+    if "$ref" in schema:
+        return value_from_text(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), name, text, defs)
+    if "const" in schema:
+        return True, schema["const"]
+    if schema.get("enum"):
+        source = Source(text)
+        return True, next((e for e in schema["enum"] if isinstance(e, str) and source.has(e)), schema["enum"][0])
+    for key in ("anyOf", "oneOf"):
+        for branch in schema.get(key) or []:
+            found, value = value_from_text(branch, name, text, defs)
+            if found and value is not None:
+                return found, value
+    kinds = schema.get("type")
+    kinds = [k for k in (kinds if isinstance(kinds, list) else [kinds]) if k != "null"] or [None]
+    at = _name_at(name, text)
+    for kind in kinds:
+        if kind == "object" or (kind is None and "properties" in schema):
+            props, required = schema.get("properties", {}), schema.get("required", [])
+            out = {}
+            for key, sub in props.items():
+                found, value = value_from_text(sub, key, text, defs)
+                if found:
+                    out[key] = value
+                elif key in required:
+                    out[key] = None if _allows_null(sub) else sample_for(sub, defs)
+            return True, out
+        if kind == "array":
+            found, item = value_from_text(schema.get("items", {}), name, text, defs)
+            fmt = (schema.get("items") or {}).get("format")
+            if fmt == "email":
+                return True, list(dict.fromkeys(_EMAIL.findall(text)))
+            return True, [item] if found else []
+        if kind == "string":
+            fmt = schema.get("format")
+            if fmt in ("date", "date-time"):
+                mention = next(iter(date_mentions(fold(text))), None)
+                if mention:
+                    return True, mention[1] + ("T00:00:00Z" if fmt == "date-time" else "")
+                continue
+            if fmt in ("email", "uri", "url"):
+                m = (_EMAIL if fmt == "email" else _URL).search(text)
+                if m:
+                    return True, m.group()
+                continue
+            span = _span_after(text, at) if at is not None else None
+            span = span or _proper_noun(text) or " ".join(text.split()[:3])
+            if span and len(span) >= schema.get("minLength", 0):
+                return True, span[: schema.get("maxLength", len(span))].strip()
+        if kind in ("number", "integer"):
+            number = _number(schema, kind, text, at or 0)
+            if number is not None:
+                return True, number
+        if kind == "boolean":
+            return True, at is not None
+    return False, None
+
+
+def _allows_null(schema: Any) -> bool:
+    kinds = schema.get("type") if isinstance(schema, dict) else None
+    return kinds == "null" or (isinstance(kinds, list) and "null" in kinds) or any(
+        _allows_null(b) for b in (schema.get("anyOf") or [] if isinstance(schema, dict) else []))
+
+
+def _limit(prompt: str, label: str) -> int | None:
+    m = re.search(rf"^{label}: (\d+)$", prompt, re.M)
+    return int(m.group(1)) if m else None
+
+
+def _classify(schema: dict[str, Any], parts: dict[str, str]) -> dict[str, Any]:
+    labels = schema["properties"]["label"].get("enum") or ["x"]
+    source = Source(parts.get("text", ""))
+    named = [label for label in labels if source.has(label)]
+    label = (named or labels)[0]
+    multi = "Multi-label mode: on" in parts["prompt"]
+    reason = f"The text mentions {label!r}." if named else f"No label is named in the text; {label!r} is the first."
+    return {"label": label, "labels": named if multi and named else [label], "confidence": 0.9, "reason": reason}
+
+
+def _summarize(parts: dict[str, str]) -> dict[str, Any]:
+    limit = _limit(parts["prompt"], "Word limit") or 120
+    style = (re.search(r"^Style: (\w+)$", parts["prompt"], re.M) or [None, "paragraph"])[1]
+    sentences = [s for s in _SENTENCE.split(" ".join(parts.get("text", "").split())) if s]
+    chosen: list[str] = []
+    for s in sentences:
+        if word_count(" ".join([*chosen, s])) > limit or (style == "headline" and chosen):
+            break
+        chosen.append(s)
+    if not chosen:
+        chosen = [" ".join(sentences[0].split()[:limit])] if sentences else ["(empty)"]
+    if style == "bullets":
+        summary = "\n".join(f"- {s}" for s in chosen)
+    elif style == "headline":
+        summary = chosen[0].rstrip(".")
+    else:
+        summary = " ".join(chosen)
+    return {"summary": summary, "key_points": chosen[:7], "method": "extractive"}
+
+
+def _rank(parts: dict[str, str]) -> dict[str, Any]:
+    try:
+        items = json.loads(parts.get("items", "[]"))
+    except json.JSONDecodeError:
+        items = []
+    query = _words(parts.get("query", ""))
+    overlap = [len(query & _words(str(item))) for item in items]
+    order = sorted(range(len(items)), key=lambda i: (-overlap[i], i))[: _limit(parts["prompt"], "Limit") or None]
+    return {"ranked": [{"index": i, "score": round(overlap[i] / max(1, len(query)), 3)} for i in order]}
+
+
+def answer_from_text(schema: Any, messages: list[dict[str, Any]]) -> Any:
+    """An answer to a chat request built from its text, valid against `schema` (else `sample_for(schema)`).
+
+    The shipped tools are recognised by their output schemas: classify picks the first label the text names,
+    summarize keeps the first sentences within the word limit, rank orders items by words shared with the query,
+    review_code finds nothing, extract fills the caller's schema from the text (`value_from_text`). Anything else is
+    filled from the text the same way. Deterministic: the same request gets the same answer.
+    """
+    parts = _sections(messages)
+    text = parts.get("text") or parts.get("instructions") or parts["prompt"]
+    keys = set((schema or {}).get("properties", {})) if isinstance(schema, dict) else set()
+    if keys == {"label", "labels", "confidence", "reason"}:
+        answer: Any = _classify(schema, parts)
+    elif keys == {"summary", "key_points", "method"}:
+        answer = _summarize(parts)
+    elif keys == {"ranked"}:
+        answer = _rank(parts)
+    elif keys == {"findings", "verdict", "summary"}:
+        answer = {"findings": [], "verdict": "approve", "summary": "No problems found."}
+    elif keys == {"data", "missing"}:
+        data_schema = schema["properties"]["data"]
+        _, data = value_from_text(data_schema, "data", text)
+        data = data if isinstance(data, dict) else {}
+        missing = [k for k in data_schema.get("properties", {}) if data.get(k) is None]
+        answer = {"data": {k: v for k, v in data.items() if v is not None or k in data_schema.get("required", [])},
+                  "missing": missing}
+    else:
+        answer = value_from_text(schema, "answer", text)[1]
+    try:
+        valid = _checker(json.dumps(schema, sort_keys=True)).is_valid(answer)
+    except Exception:  # a schema we cannot check: the fallback is at least shaped by it
+        valid = False
+    return answer if valid else sample_for(schema)
+
+
+@functools.lru_cache(maxsize=64)
+def _checker(schema_json: str) -> Draft202012Validator:
+    # Benchmarks send thousands of requests with one schema; building the validator was a third of each answer.
+    return Draft202012Validator(json.loads(schema_json))
 
 
 def reply(content: Any = None, *, finish_reason: str = "stop", refusal: str | None = None,
@@ -135,7 +360,8 @@ class Hang:
 
 @dataclass
 class FakeResponse:
-    """One scripted HTTP answer. `json_body` None with status 200 means: build a schema-valid completion."""
+    """One scripted HTTP answer. `json_body` and `content` None with status 200 mean: build a schema-valid
+    completion from the request's text (`answer_from_text`)."""
 
     status: int = 200
     json_body: Any = None
@@ -164,7 +390,7 @@ def completion(request_body: dict[str, Any], r: FakeResponse) -> dict[str, Any]:
     if content is None and r.refusal is None:
         fmt = request_body.get("response_format") or {}
         schema = (fmt.get("json_schema") or {}).get("schema", {"type": "object"})
-        content = sample_for(schema)
+        content = answer_from_text(schema, request_body.get("messages") or [])
     text = content if isinstance(content, str) or content is None else json.dumps(content)
     return {
         "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
@@ -186,7 +412,7 @@ class FakeUpstream:
     """An OpenAI-compatible server on 127.0.0.1 in a background thread.
 
     Script answers per model name with `push(model, FakeResponse(...))`; unscripted requests get a schema-valid
-    completion after `latency_s`. Use as a context manager; `base_url` ends in /v1.
+    completion built from the request's text (`answer_from_text`) after `latency_s`. Use as a context manager; `base_url` ends in /v1.
     """
 
     def __init__(self, latency_s: float = 0.0, models: tuple[str, ...] = ("gpt-5.4-nano", "gpt-5.4-mini", "gpt-5.4"),
@@ -350,7 +576,7 @@ def main() -> None:
     import sys
 
     ap = argparse.ArgumentParser(prog="python -m tiered_mcp.testing", description="A loopback OpenAI-compatible "
-                                 "server that answers every request with a schema-valid completion.")
+                                 "server that answers every request with a schema-valid completion built from its text.")
     ap.add_argument("--port", type=int, default=8787)
     ap.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each answer")
     args = ap.parse_args()
