@@ -131,3 +131,37 @@ async def test_options_travel_in_the_request_meta(make_runner):
         bad = await client.call_tool("classify", ARGS, meta={OPTIONS_META_KEY: {"cache": "sometimes"}})
     assert not result.is_error and model.tiers_called() == ["nano"]
     assert bad.is_error and "_meta.tiered-mcp/options.cache" in bad.content[0].text
+
+
+async def test_when_no_tier_verifies_a_value_the_best_answer_comes_back_with_it_named(make_runner, ledger):
+    # Every tier invents the city; nano also invents the count. The answer with the fewest unverified values (mini's,
+    # the later of the two best) is returned with that value named, never cached.
+    nano = {"data": {"city": "Paris", "count": 7}, "missing": []}
+    mini = {"data": {"city": "Paris", "count": 3}, "missing": []}
+    model = ScriptedModel({"nano": [reply(nano), reply(nano)], "mini": [reply(mini), reply(mini)],
+                           "flagship": [reply(mini), reply(mini)]})
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "count": {"type": "integer"}}}
+    runner = make_runner(model, cache_ttl_s=60)
+    result = await runner.call("extract", {"text": "Ship 3 boxes to Lyon.", "schema": schema})
+    assert result.output == mini and result.receipt["ok"] is True
+    assert result.receipt["unverified"] == ["/data/city"] and result.receipt["tier"] == "flagship"
+    assert len(model.requests) == 6
+    await runner.call("extract", {"text": "Ship 3 boxes to Lyon.", "schema": schema})
+    assert len(model.requests) == 12  # an unverified answer is not cached
+
+
+async def test_a_strict_validator_still_fails_the_call(make_runner, tmp_path):
+    from tiered_mcp.specs.spec import default_specs_dir, load_specs
+
+    text = (default_specs_dir() / "extract.yaml").read_text(encoding="utf-8")
+    assert "{check: occurs_in, output: /data, argument: text}" in text
+    (tmp_path / "extract.yaml").write_text(text.replace("{check: occurs_in, output: /data, argument: text}",
+                                                        "{check: occurs_in, output: /data, argument: text, strict: true}"),
+                                           encoding="utf-8")
+    strict_specs = load_specs([str(tmp_path)])
+    assert strict_specs.get("extract").validators[0].strict
+    invented = {"data": {"city": "Paris"}, "missing": []}
+    runner = make_runner(ScriptedModel(fallback=lambda req: reply(invented)))
+    runner.specs = strict_specs
+    with pytest.raises(ToolFailed, match="occurs_in"):
+        await runner.call("extract", {"text": "Ship to Lyon.", "schema": {"type": "object"}})

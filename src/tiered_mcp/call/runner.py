@@ -42,7 +42,7 @@ from tiered_mcp.models.base import Model, ModelReply, ModelRequest, Models
 from tiered_mcp.models.embedded import EmbeddedModel
 from tiered_mcp.models.local import LocalEngine
 from tiered_mcp.specs.spec import Specs, ToolSpec, strict_compatible
-from tiered_mcp.specs.validators import run_validators
+from tiered_mcp.specs.validators import Candidate, Verdict, best_answer, check
 
 __all__ = ["Observer", "Progress", "Result", "Runner", "UnknownTool", "schema_problems"]
 
@@ -451,13 +451,15 @@ class Runner:
         triggers = self._triggers(spec, plan.options)
         threshold = self._threshold(spec, plan.options)
         failures: list[str] = []
+        candidates: list[tuple[Candidate, int]] = []  # schema-valid answers that failed a validator
         trigger: str | None = None
         unsure: tuple[dict[str, Any], int] | None = None  # the best answer that was valid but not confident
         stopped = ""
         for i, tier in enumerate(ladder):
             more = i + 1 < len(ladder)
             try:
-                output, clean = await self._on_tier(tier, spec, args, base, receipt, trigger, progress, triggers)
+                output, clean = await self._on_tier(tier, spec, args, base, receipt, trigger, progress, triggers,
+                                                    candidates)
             except BudgetExceeded:
                 if unsure is None:
                     raise
@@ -492,6 +494,15 @@ class Runner:
             attempt.detail += f"; {stopped or 'the tiers above failed'}, so this answer stands"
             receipt.ok, receipt.tier, receipt.model, receipt.answered_by = True, attempt.tier, attempt.model, index
             return _Climb(output, clean=False)
+        best = best_answer([c for c, _ in candidates])
+        if best is not None:
+            # No tier passed every validator, none strict: the best schema-valid answer, with what stayed unverified.
+            index = next(i for c, i in candidates if c is best)
+            attempt = receipt.attempts[index]
+            attempt.detail += "; no tier did better, so this answer stands with its unverified values named"
+            receipt.ok, receipt.tier, receipt.model, receipt.answered_by = True, attempt.tier, attempt.model, index
+            receipt.unverified = best.verdict.unverified
+            return _Climb(best.output, clean=False)
         hint = f" Escalation stopped: {stopped}." if stopped else ""
         if not stopped and ladder[-1] != FLAGSHIP and plan.kind == "call":
             hint = (f" Escalation stops at {ladder[-1]!r} (escalation_ceiling); raise [tools.{spec.name}] "
@@ -500,7 +511,8 @@ class Runner:
 
     async def _on_tier(self, tier: str, spec: ToolSpec, args: dict[str, Any], base: dict[str, Any],
                        receipt: Receipt, trigger: str | None, progress: Progress | None,
-                       triggers: frozenset[str]) -> tuple[dict[str, Any] | None, bool]:
+                       triggers: frozenset[str],
+                       candidates: list[tuple[Candidate, int]]) -> tuple[dict[str, Any] | None, bool]:
         """Try one tier: one repair for an invalid answer (retries happen in the path). (None, _) means climb; the
         flag says whether the answer passed every check."""
         settings = self.config.tiers[tier]
@@ -514,7 +526,7 @@ class Runner:
                                                      progress=progress)
             if reply is None:
                 return None, False
-            output, (outcome, detail) = self._check(reply, base["schema"], spec, args)
+            output, (outcome, detail), verdict = self._check(reply, base["schema"], spec, args)
             if self.embedded(tier) and outcome == "ok":
                 attempt.outcome = "ok"
                 attempt.detail = "answered in process; tokens are o200k counts of the prompt and answer (estimates)"
@@ -526,6 +538,8 @@ class Runner:
                 attempt.outcome = "ok"
                 return output, True
             attempt.outcome, attempt.detail = outcome, self.path.scrub(detail)
+            if output is not None and verdict is not None:
+                candidates.append((Candidate(output, verdict, tier), len(receipt.attempts) - 1))
             if outcome not in ("invalid", "validator") or repaired or self.embedded(tier):
                 return None, False
             repaired = True
@@ -539,24 +553,24 @@ class Runner:
             ]
 
     def _check(self, reply: ModelReply, schema: dict[str, Any], spec: ToolSpec,
-               args: dict[str, Any]) -> tuple[dict[str, Any] | None, tuple[str, str]]:
+               args: dict[str, Any]) -> tuple[dict[str, Any] | None, tuple[str, str], Verdict | None]:
         if reply.refusal:
-            return None, ("refused", f"the model refused: {reply.refusal}")
+            return None, ("refused", f"the model refused: {reply.refusal}"), None
         if reply.finish_reason == "content_filter":
-            return None, ("refused", "the provider's content filter stopped the answer")
+            return None, ("refused", "the provider's content filter stopped the answer"), None
         if reply.finish_reason == "length":
             return None, ("truncated", f"the answer hit the output cap ({reply.output_tokens} tokens); raise "
-                                       "max_output_tokens for this tier")
+                                       "max_output_tokens for this tier"), None
         try:
             output = json.loads(reply.content or "")
         except json.JSONDecodeError as e:
-            return None, ("invalid", f"not JSON ({e.msg} at line {e.lineno} column {e.colno})")
+            return None, ("invalid", f"not JSON ({e.msg} at line {e.lineno} column {e.colno})"), None
         if not isinstance(output, dict):
-            return None, ("invalid", f"expected a JSON object, got {type(output).__name__}")
+            return None, ("invalid", f"expected a JSON object, got {type(output).__name__}"), None
         problems = schema_problems(schema, output, "output")
         if problems:
-            return None, ("invalid", "; ".join(problems))
-        found = run_validators(spec.validators, output, args)
-        if found:
-            return output, ("validator", "; ".join(found))
-        return output, ("ok", "")
+            return None, ("invalid", "; ".join(problems)), None
+        verdict = check(spec.validators, output, args, schema)
+        if not verdict.ok:
+            return output, ("validator", "; ".join(verdict.problems)), verdict
+        return output, ("ok", ""), verdict

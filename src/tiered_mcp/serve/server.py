@@ -172,8 +172,13 @@ def build_server(runner: Runner) -> Server[Any]:
                 is_error=True,
             )
         log_call(result.receipt)
+        content = [types.TextContent(text=_dumps(result.output))]
+        if result.receipt.get("unverified"):
+            # Hosts' models read the text, not _meta: say which values no tier could verify against the input.
+            content.append(types.TextContent(text="unverified (not found in the input by the tool's validators): "
+                                                  + ", ".join(result.receipt["unverified"])))
         return types.CallToolResult(
-            content=[types.TextContent(text=_dumps(result.output))],
+            content=content,
             structured_content=result.output,
             _meta={RECEIPT_META_KEY: result.receipt},
         )
