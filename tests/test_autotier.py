@@ -124,10 +124,26 @@ def test_upper_bound_alarm() -> None:
 
 def test_a_new_model_release_is_unproven() -> None:
     p = policy()
-    s = _state("nano", nano=(1000, 1000))
+    s = _state("nano", nano=(1000, 1000), mini=(500, 500))
     v2 = Versions(models={**V.models, "nano": "n-2"}, spec_version="3")
     s, plan, events = p.plan(s, "k", v2, COSTS)
     assert plan.tier == "mini" and events[0].kind == "step_up" and "n-2" in events[0].reason
+
+
+def test_an_unproven_start_tier_climbs_to_the_first_tier_with_evidence() -> None:
+    p = policy(start_tier="nano")
+    s, plan, events = p.plan(p.new_state("t"), "k", V, COSTS)
+    assert plan.tier == "flagship" and [(e.from_tier, e.to_tier) for e in events] == [("nano", "mini"),
+                                                                                      ("mini", "flagship")]
+
+
+def test_holds_while_the_cheaper_tier_has_few_comparisons() -> None:
+    s = _state("flagship", mini=(300, 300), nano=(9, 10))  # 90 % of 10: below the bar, but too early to tell
+    p = policy()
+    s2, events = p.observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0)
+    assert events == [] and s2.tier == "flagship"
+    s3, events = policy(hold_min=10).observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0)
+    assert s3.tier == "mini"
 
 
 def test_sentinels_are_chosen_by_hash_and_ignore_the_spend_limit() -> None:

@@ -239,7 +239,8 @@ class Policy:
         state = replace(self._roll_day(state), calls=state.calls + 1)
         events: list[Event] = []
         idx = cfg.ladder.index(state.tier)
-        if state.tier != cfg.reference and state.evidence.get(versions.key(state.tier), (0, 0))[1] == 0:
+        # A new model or spec version on the current tier is unproven: climb until a tier with evidence.
+        while state.tier != cfg.reference and state.evidence.get(versions.key(state.tier), (0, 0))[1] == 0:
             up = cfg.ladder[idx + 1]
             events.append(self._event(state, "step_up", up, f"no evidence for {versions.key(state.tier)}",
                                       {"key": versions.key(state.tier)}))
