@@ -75,7 +75,10 @@ def test_holds_on_the_reference_while_a_cheaper_tier_is_close() -> None:
     assert p.bounds(s, "nano", V).lower < 0.95 <= p.bounds(s, "nano", V).upper
     s2, events = p.observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0)
     assert events == [] and s2.tier == "flagship"
-    s3, events = policy(hold_limit=10).observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0)
+    s3, events = policy(hold_limit=300).observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0)
+    assert s3.tier == "mini" and events[0].kind == "step_down"
+    s = _state("flagship", mini=(300, 300), nano=(280, 300))  # 93.3 %: more than hold_margin under the bar
+    s3, events = p.observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0)
     assert s3.tier == "mini" and events[0].kind == "step_down"
 
 

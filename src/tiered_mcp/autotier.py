@@ -12,9 +12,9 @@ How it decides (docs/auto-tiering.md has the formulas):
 - Cold start on the reference tier. Every call there (`probe_rate`) also runs the cheaper tiers still undecided;
   their answers are compared with the served reference answer, so that evidence costs only the cheap calls.
 - Step down one rung when the tier below's anytime-valid lower bound (stats.confidence_sequence) clears the bar.
-  On the reference tier the step waits while a still cheaper tier is undecided and either has fewer than
-  `hold_min` comparisons or is above the bar and projected to clear it within `hold_limit` more: there its
-  evidence is cheapest (off the reference, each comparison needs a reference run too).
+  On the reference tier the step waits while a still cheaper tier is undecided but plausible (fewer than
+  `hold_min` comparisons, or an observed rate within `hold_margin` of the bar; at most `hold_limit`
+  comparisons): there its evidence is cheapest (off the reference, each comparison needs a reference run too).
 - Below the reference, a guard share of calls (from `guard_share`, raised to `alert_rate` while the drift detector is
   above zero) and every sentinel call (chosen by a hash of the arguments, `sentinel_rate`) rerun on the reference.
 - Step up one rung on an alarm: the drift detector (a CUSUM e-detector, Page 1954; Shin, Ramdas & Rinaldo 2022)
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable, Literal, Mapping
 
-from .stats import comparisons_to_decide, confidence_sequence, prior_for
+from .stats import confidence_sequence, prior_for
 
 __all__ = ["AutoTierConfig", "Event", "Plan", "Policy", "ToolState", "Versions", "hash_sample"]
 
@@ -55,12 +55,12 @@ class AutoTierConfig:
     prior_strength: float = 20.0
     """The mixture prior is Beta centred on the bar with a + b = prior_strength (stats.prior_for)."""
     probe_rate: float = 1.0
-    hold_limit: int = 2000
-    """Stay on the reference while a cheaper, still undecided tier is above the bar and projected to clear it within
-    this many more comparisons (stats.comparisons_to_decide)..."""
     hold_min: int = 300
-    """... or has fewer comparisons than this and its upper bound still clears the bar."""
-    guard_share: float = 0.06
+    hold_margin: float = 0.01
+    hold_limit: int = 2000
+    """On the reference, the step down waits while a cheaper tier is undecided, has fewer than hold_limit
+    comparisons, and either fewer than hold_min or an observed rate of at least bar - hold_margin."""
+    guard_share: float = 0.05
     """Guard and sentinel reruns on a tier below the reference cost this share of what the tier saves: together
     they rerun guard_share * (reference cost - tier cost) / reference cost of its calls (4.6 % on nano, 3.5 % on
     mini at list prices)."""
@@ -332,13 +332,8 @@ class Policy:
         if state.tier == cfg.reference:
             for cheaper in cfg.ladder[:idx - 1]:
                 c = self.bounds(state, cheaper, versions)
-                if c.lower < bar <= c.upper:
-                    if c.trials < cfg.hold_min:
-                        return state, []  # hold: too early to give up on the cheaper tier
-                    if c.successes / c.trials > bar:
-                        more = comparisons_to_decide(c.successes, c.trials, bar, cfg.alpha, self._prior,
-                                                     limit=cfg.hold_limit)
-                        if more is not None and more <= cfg.hold_limit:
-                            return state, []  # hold: the cheaper tier's evidence is cheapest here
+                if c.lower < bar <= c.upper and c.trials < cfg.hold_limit:
+                    if c.trials < cfg.hold_min or c.successes / c.trials >= bar - cfg.hold_margin:
+                        return state, []  # hold: the cheaper tier's evidence is cheapest here
         event = self._event(state, "step_down", below, f"{below}'s lower bound {b.lower:.3f} >= bar {bar:g}", ev)
         return replace(state, tier=below, left=state.tier, detector=0.0, sentinels=(0, 0)), [event]
