@@ -10,7 +10,7 @@ import pytest
 
 from tiered_mcp.stats import (
     CurveRow, comparisons_to_decide, confidence_sequence, cost_quality_curve, mcnemar_exact, mixture_log_martingale,
-    paired_difference, pareto_frontier, prior_for, recommend_threshold, recommend_tier,
+    paired_counts, paired_difference, pareto_frontier, prior_for, recommend_threshold, recommend_tier,
 )
 
 UNIFORM = (1.0, 1.0)
@@ -93,6 +93,12 @@ def test_mcnemar_known_tables() -> None:
     assert mcnemar_exact(8, 2) == mcnemar_exact(2, 8)
     assert mcnemar_exact(5, 5) == 1.0
     assert mcnemar_exact(0, 0) == 1.0
+
+
+def test_paired_counts() -> None:
+    assert paired_counts([True, True, False, False, True], [True, False, True, False, False]) == (5, 2, 1)
+    with pytest.raises(ValueError):
+        paired_counts([True], [])
 
 
 def test_paired_difference_by_hand() -> None:

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable, Literal, Mapping
 
-from .stats import confidence_sequence, prior_for
+from .stats import Bounds, confidence_sequence, prior_for
 
 __all__ = ["AutoTierConfig", "Event", "Plan", "Policy", "ToolState", "Versions", "hash_sample"]
 
@@ -197,7 +197,7 @@ class Policy:
         """A tool with no evidence, on the start tier."""
         return ToolState(tool=tool, tier=self.config.start_tier or self.config.reference)
 
-    def bounds(self, state: ToolState, tier: str, versions: Versions) -> Any:
+    def bounds(self, state: ToolState, tier: str, versions: Versions) -> Bounds:
         """The anytime-valid bounds on `tier`'s agreement for the current model and spec version."""
         k, n = state.evidence.get(versions.key(tier), (0, 0))
         return confidence_sequence(k, n, self.config.alpha, self._prior)
@@ -294,9 +294,9 @@ class Policy:
         detector, sentinels = state.detector, state.sentinels
         current = verdicts.get(state.tier)
         if state.tier != cfg.reference and current is not None:
-            # CUSUM recursion: the e-detector max over start times of the likelihood-ratio products, in logs.
-            detector = max(detector, 0.0) + self._llr[bool(current)]
-            detector = max(detector, 0.0)
+            # Page's CUSUM, W = max(0, W + log LR): exp(W) is the largest likelihood-ratio product over every
+            # possible start of a drift, the CUSUM e-detector of Shin, Ramdas & Rinaldo.
+            detector = max(0.0, detector + self._llr[bool(current)])
             if plan.sentinel:
                 sentinels = (sentinels[0] + int(current), sentinels[1] + 1)
         state = replace(state, evidence=evidence, detector=detector, sentinels=sentinels,

@@ -200,6 +200,16 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n)
 
 
+def paired_counts(first: Sequence[bool], second: Sequence[bool]) -> tuple[int, int, int]:
+    """(cases, b, c) from two tiers' verdicts on the same cases, in the same order: b = only the first agreed,
+    c = only the second did. The input of `mcnemar_exact` and `paired_difference`."""
+    if len(first) != len(second):
+        raise ValueError("the two tiers must be judged on the same cases")
+    b = sum(1 for x, y in zip(first, second) if x and not y)
+    c = sum(1 for x, y in zip(first, second) if y and not x)
+    return len(first), b, c
+
+
 def _clopper_pearson(k: int, n: int, alpha: float) -> tuple[float, float]:
     """The exact binomial interval (Clopper & Pearson 1934), by bisection on the binomial tails."""
     def solve(f: Any) -> float:
