@@ -54,6 +54,8 @@ class Result:
     delay: int | None
     skipped: int
     switches: list[str]
+    false_alarms: int
+    """Step-ups other than the drifted tool's after the release: alarms with nothing to find."""
 
     @property
     def flagship_cost(self) -> float:
@@ -86,6 +88,7 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
     disagree = static_disagree = 0
     delay_calls, detected, on_nano_at_drift = 0, None, None
     switches: list[str] = []
+    false_alarms = 0
     for i in range(CALLS):
         now[0] = start + timedelta(days=DAYS) * i / CALLS
         tool = rng.choice(list(NANO))
@@ -93,6 +96,7 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
             on_nano_at_drift = states[DRIFTED].tier == "nano"
         states[tool], plan, events = policy.plan(states[tool], f"{tool}-{i}", VERSIONS, COST)
         switches += [f"{e.call}:{e.tool}:{e.from_tier}->{e.to_tier}" for e in events]
+        false_alarms += sum(1 for e in events if e.kind == "step_up" and (e.tool != DRIFTED or i < DRIFT_AT))
         static_disagree += rng.random() >= rate(tool, "nano", i)
         served_agrees = rng.random() < rate(tool, plan.tier, i)
         serving += COST[plan.tier]
@@ -111,11 +115,12 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
         states[tool], events = policy.observe(states[tool], plan, verdicts, VERSIONS, spend)
         for e in events:
             switches.append(f"{e.call}:{e.tool}:{e.from_tier}->{e.to_tier}")
+            false_alarms += e.kind == "step_up" and (e.tool != DRIFTED or i < DRIFT_AT)
             if e.tool == DRIFTED and e.kind == "step_up" and e.from_tier == "nano" and i >= DRIFT_AT:
                 detected = delay_calls if detected is None else detected
     delay = detected if on_nano_at_drift else None
     return Result(seed, serving + evidence, serving, evidence, disagree, CALLS * COST["nano"], static_disagree,
-                  delay, sum(s.skipped_total for s in states.values()), switches)
+                  delay, sum(s.skipped_total for s in states.values()), switches, false_alarms)
 
 
 def main() -> int:
@@ -125,22 +130,23 @@ def main() -> int:
     ap.add_argument("--guard-share", type=float, default=CONFIG.guard_share,
                     help="share of a tier's saving spent on guard reruns (trades detection speed for cost)")
     ap.add_argument("--alert-rate", type=float, default=CONFIG.alert_rate)
+    ap.add_argument("--drift-alpha", type=float, default=CONFIG.drift_alpha)
     args = ap.parse_args()
-    config = replace(CONFIG, guard_share=args.guard_share, alert_rate=args.alert_rate)
+    config = replace(CONFIG, guard_share=args.guard_share, alert_rate=args.alert_rate, drift_alpha=args.drift_alpha)
     flagship = CALLS * COST["flagship"]
     print(f"{CALLS} calls, 4 tools, nano agreement {NANO}, mini {MINI}; drift of {DRIFTED} nano to {DRIFT_RATE} "
           f"at call {DRIFT_AT}; {TOKENS_IN} in / {TOKENS_OUT} out tokens per call; USD per call "
           + ", ".join(f"{t} {c * 1e6:.0f}e-6" for t, c in COST.items()))
     print(f"config: {config}")
     print(f"{'seed':>4} {'cost $':>8} {'cheaper':>8} {'disagree':>8} {'detect':>6} {'evidence $':>10} "
-          f"{'of saving':>9} {'skipped':>7}   static nano: {'cost $':>6} {'disagree':>8}")
+          f"{'of saving':>9} {'skipped':>7} {'false':>5}   static nano: {'cost $':>6} {'disagree':>8}")
     results = []
     for seed in args.seeds:
         r = run(seed, config)
         results.append(r)
         print(f"{seed:>4} {r.cost:>8.2f} {r.cheaper:>8.1%} {r.disagree / CALLS:>8.2%} "
               f"{'-' if r.delay is None else r.delay:>6} {r.evidence:>10.2f} {r.spend_share:>9.1%} {r.skipped:>7}"
-              f"                {r.static_nano_cost:>6.2f} {r.static_nano_disagree / CALLS:>8.2%}")
+              f" {r.false_alarms:>5}                {r.static_nano_cost:>6.2f} {r.static_nano_disagree / CALLS:>8.2%}")
         if args.switches:
             print("      switches: " + " ".join(r.switches))
     print(f"all-flagship: cost ${flagship:.2f}, disagreement 0 by definition")
@@ -156,6 +162,7 @@ def main() -> int:
     print(f"{DRIFTED} was on nano when the release came in {len(delays)} of {len(results)} seeds")
     if delays:
         summary("drift detected (calls)", delays, "{:.0f}")
+    summary("false alarms", [r.false_alarms for r in results], "{:.0f}")
     summary("evidence USD", [r.evidence for r in results], "{:.2f}")
     summary("evidence / saving", [r.spend_share for r in results], "{:.1%}")
     med = statistics.median
