@@ -9,7 +9,7 @@ import random
 import pytest
 
 from tiered_mcp.stats import (
-    CurveRow, comparisons_to_decide, confidence_sequence, cost_quality_curve, mcnemar_exact, mixture_log_martingale,
+    CurveRow, comparisons_to_decide, decide, confidence_sequence, cost_quality_curve, mcnemar_exact, mixture_log_martingale,
     paired_counts, paired_difference, pareto_frontier, prior_for, recommend_threshold, recommend_tier,
 )
 
@@ -84,6 +84,18 @@ def test_comparisons_to_decide_edges() -> None:
     assert comparisons_to_decide(9, 10, bar=0.9) is None  # the observed rate is the bar: never decides
     assert comparisons_to_decide(1000, 1000, bar=0.9) == 0
     assert comparisons_to_decide(97, 100, bar=0.95, limit=50) is None
+
+
+def test_decide_verdicts_and_sentences() -> None:
+    d = decide(200, 200, bar=0.9)
+    assert d.verdict == "clears" and d.bounds.lower == pytest.approx((20 * 201) ** (-1 / 200), abs=1e-9)
+    assert d.text == "100.0% of 200 agree (bounds 95.9-100.0%): clears the 90% bar"
+    assert decide(50, 100, bar=0.9).verdict == "below"
+    d = decide(96, 100, bar=0.9)
+    assert d.verdict == "undecided" and d.more_needed == comparisons_to_decide(96, 100, bar=0.9) > 0
+    assert f"about {d.more_needed} more comparisons" in d.text
+    d = decide(0, 0, bar=0.9)
+    assert d.verdict == "undecided" and d.more_needed is None and d.text.startswith("no comparisons yet")
 
 
 def test_mcnemar_known_tables() -> None:

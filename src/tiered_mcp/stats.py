@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 __all__ = [
-    "Bounds", "CurvePoint", "CurveRow", "Paired", "TierChoice", "comparisons_to_decide", "confidence_sequence",
-    "cost_quality_curve", "log_beta", "mcnemar_exact", "mixture_log_martingale", "paired_difference",
+    "Bounds", "CurvePoint", "CurveRow", "Decision", "Paired", "TierChoice", "comparisons_to_decide",
+    "confidence_sequence", "cost_quality_curve", "decide", "log_beta", "mcnemar_exact", "mixture_log_martingale", "paired_difference",
     "pareto_frontier", "prior_for", "recommend_threshold", "recommend_tier",
 ]
 
@@ -35,8 +35,8 @@ def log_beta(a: float, b: float) -> float:
 def prior_for(bar: float, strength: float = 2.0) -> tuple[float, float]:
     """Beta prior parameters with mean `bar` and `a + b = strength` (strength 2 at bar 0.5 is the uniform prior).
 
-    A prior centred on the bar tightens the bounds where decisions are made (Howard et al. 2021, section 3.5, tune
-    the mixture to the region of interest); any prior fixed before the data keeps the sequence valid.
+    A prior centred on the bar tightens the bounds where decisions are made (Howard et al. 2021 discuss tuning a
+    mixture to the sample sizes and rates of interest); any prior fixed before the data keeps the sequence valid.
     """
     if not 0 < bar < 1 or strength <= 0:
         raise ValueError("bar must be in (0, 1) and strength positive")
@@ -49,8 +49,9 @@ def mixture_log_martingale(successes: float, trials: float, p: float, prior: tup
     M_n(p) = B(a + S, b + n - S) / B(a, b) / (p^S (1 - p)^(n - S)) for S successes in n trials and a Beta(a, b)
     mixing prior. Under the true rate p it is a nonnegative martingale starting at 1, so by Ville's inequality
     P(M_n(p) >= 1/alpha for some n) <= alpha (Robbins 1970, "Statistical methods related to the law of the iterated
-    logarithm"; Howard et al. 2021, "Time-uniform, nonparametric, nonasymptotic confidence sequences", Ann. Statist.,
-    eq. for the beta-binomial mixture). Real-valued S is allowed (used for projections).
+    logarithm", Ann. Math. Statist.; Howard, Ramdas, McAuliffe & Sekhon 2021, "Time-uniform, nonparametric,
+    nonasymptotic confidence sequences", Ann. Statist., the beta-binomial mixture). Real-valued S is allowed (used
+    for projections).
     """
     a, b = prior
     fail = trials - successes
@@ -169,6 +170,44 @@ def comparisons_to_decide(successes: int, trials: int, bar: float, alpha: float 
     return hi if hi <= limit else None
 
 
+@dataclass(frozen=True)
+class Decision:
+    """Where one tier's agreement stands against a bar, in figures and in a sentence for `report`."""
+
+    verdict: Literal["clears", "below", "undecided"]
+    bounds: Bounds
+    bar: float
+    more_needed: int | None
+    """Undecided only: comparisons until decided at the observed rate (None: it would not decide)."""
+    text: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {"verdict": self.verdict, "bounds": self.bounds.as_dict(), "bar": self.bar,
+                "more_needed": self.more_needed, "text": self.text}
+
+
+def decide(successes: int, trials: int, bar: float, alpha: float = 0.05,
+           prior: tuple[float, float] = (1.0, 1.0)) -> Decision:
+    """Judge k of n agreeing against `bar` with the anytime-valid bounds: "clears" when the lower bound reaches
+    the bar, "below" when the upper bound is under it, else "undecided" with `comparisons_to_decide`.
+
+    Safe to call after every comparison or every day: the bounds hold at every n at once (see
+    `confidence_sequence`).
+    """
+    b = confidence_sequence(successes, trials, alpha, prior)
+    head = (f"{100 * successes / trials:.1f}% of {trials} agree (bounds {100 * b.lower:.1f}-{100 * b.upper:.1f}%)"
+            if trials else "no comparisons yet")
+    if trials and b.lower >= bar:
+        return Decision("clears", b, bar, None, f"{head}: clears the {100 * bar:g}% bar")
+    if trials and b.upper < bar:
+        return Decision("below", b, bar, None, f"{head}: below the {100 * bar:g}% bar")
+    more = comparisons_to_decide(successes, trials, bar, alpha, prior)
+    tail = (f"about {more} more comparisons to decide at the observed rate" if more is not None
+            else "the observed rate would not decide it")
+    return Decision("undecided", b, bar, more, f"{head}: not yet clear against the {100 * bar:g}% bar; {tail}")
+
+
 def _binom_cdf(k: int, n: int, p: float) -> float:
     """P(X <= k) for X ~ Binomial(n, p), summed in log space (exact to float precision for the n we meet)."""
     if k < 0:
@@ -189,8 +228,9 @@ def mcnemar_exact(b: int, c: int) -> float:
 
     b = cases only the first tier got right (agreed with the reference), c = cases only the second did. Under "the
     two tiers are as good", each discordant case is a fair coin, so b ~ Binomial(b + c, 1/2) and
-    p = min(1, 2 * P(X <= min(b, c))) (McNemar 1947; the exact conditional form, e.g. Fagerland, Lydersen & Laake
-    2013, "The McNemar test for binary matched-pairs data", BMC Med. Res. Methodol.). 1.0 with no discordant case.
+    p = min(1, 2 * P(X <= min(b, c))) (McNemar 1947, Psychometrika; the exact conditional form reviewed by
+    Fagerland, Lydersen & Laake 2013, BMC Med. Res. Methodol., who note it is conservative). 1.0 with no
+    discordant case.
     """
     if b < 0 or c < 0:
         raise ValueError("counts must be non-negative")
@@ -244,9 +284,9 @@ def paired_difference(cases: int, b: int, c: int, alpha: float = 0.05) -> Paired
     """The difference of two tiers' agreement on the same cases, with an interval and the exact McNemar p-value.
 
     The interval is conditional on the b + c discordant cases: theta = b / (b + c) gets its exact Clopper-Pearson
-    interval, and the difference (b - c) / cases = (b + c) / cases * (2 theta - 1) maps it across (the conditional
-    interval discussed by Fagerland et al. 2013; it ignores the variability of b + c, so it is slightly narrow when
-    discordance is common, and it is exact when it is rare, which is our case).
+    interval (Clopper & Pearson 1934), and the difference (b - c) / cases = (b + c) / cases * (2 theta - 1) maps it
+    across. It treats b + c as fixed, not as the random count it is, so it is an approximation; prefer the
+    McNemar p-value for the decision and this interval for the size of the difference.
     """
     if cases < b + c or min(cases, b, c) < 0:
         raise ValueError("need 0 <= b + c <= cases")
