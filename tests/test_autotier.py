@@ -202,3 +202,16 @@ def test_config_rejects_nonsense() -> None:
         AutoTierConfig(drift_rate=0.97)
     with pytest.raises(ValueError):
         Policy(AutoTierConfig())
+
+
+def test_the_policy_never_mutates_the_state_it_is_given() -> None:
+    p = policy(sample=lambda s: 0.0 if s.startswith("guard") else 0.5)
+    evidence = {V.key("nano"): (1000, 1000), V.key("mini"): (500, 500)}
+    s = ToolState(tool="t", tier="nano", evidence=evidence)
+    before = json.dumps(s.as_dict(), sort_keys=True)
+    s2, plan, _ = p.plan(s, "k", V, COSTS)
+    for _ in range(5):
+        s2, _ = p.observe(s2, plan, {"nano": False}, V, plan.cost)
+    assert s2.tier == "mini"
+    assert json.dumps(s.as_dict(), sort_keys=True) == before and evidence == {V.key("nano"): (1000, 1000),
+                                                                             V.key("mini"): (500, 500)}
