@@ -1,0 +1,339 @@
+"""Auto-tiering (`[tools.X] auto = true`): a pure state machine that moves a tool along the tier ladder on evidence.
+
+Each call goes through `Policy.plan` (which tier serves it, which evidence to gather) and, once the answers are
+compared, `Policy.observe` (update the evidence, maybe switch tier). All state is a `ToolState` value that
+round-trips through a dict, so the server can keep it in a ledger row and let one replica decide under a database
+lock; the policy itself holds only its configuration and the injected `sample` (hash) and `clock` functions, and
+never mutates what it is given.
+
+How it decides (docs/auto-tiering.md has the formulas):
+
+- Evidence is counted per (tier, model, spec version): agreement with the reference (last) tier of the ladder.
+- Cold start on the reference tier. Every call there (`probe_rate`) also runs the cheaper tiers still undecided;
+  their answers are compared with the served reference answer, so that evidence costs only the cheap calls.
+- Step down one rung when the tier below's anytime-valid lower bound (stats.confidence_sequence) clears the bar.
+  On the reference tier the step waits while a still cheaper tier is undecided but plausible (fewer than
+  `hold_min` comparisons, or an observed rate within `hold_margin` of the bar; at most `hold_limit`
+  comparisons): there its evidence is cheapest (off the reference, each comparison needs a reference run too).
+- Below the reference, a guard share of calls (from `guard_share`, raised to `alert_rate` while the drift detector is
+  above zero) and every sentinel call (chosen by a hash of the arguments, `sentinel_rate`) rerun on the reference.
+- Step up one rung on an alarm: the drift detector (a CUSUM e-detector, Page 1954; Shin, Ramdas & Rinaldo 2022)
+  crosses 1/drift_alpha, or the current tier's upper bound (all its evidence, or its sentinels since the switch)
+  falls below the bar, or the current tier's model or spec version has no evidence at all (a new release). The
+  alarm discards that tier's evidence for the current model: it no longer describes the model.
+- Evidence spend is capped per tool and UTC day (`daily_evidence_limit`); over it, guard and probe runs are skipped
+  and counted, sentinels still run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from typing import Any, Callable, Literal, Mapping
+
+from .stats import Bounds, confidence_sequence, prior_for
+
+__all__ = ["AutoTierConfig", "Event", "Plan", "Policy", "ToolState", "Versions", "hash_sample"]
+
+
+def hash_sample(text: str) -> float:
+    """A deterministic uniform draw in [0, 1) from a string: the first 8 bytes of its SHA-256."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2 ** 64
+
+
+@dataclass(frozen=True)
+class AutoTierConfig:
+    """The policy's knobs; the defaults are the ones docs/auto-tiering.md and the simulation use."""
+
+    ladder: tuple[str, ...] = ("nano", "mini", "flagship")
+    """Tiers cheapest first; the last is the reference every agreement is measured against."""
+    quality_bar: float = 0.95
+    alpha: float = 0.05
+    """Error rate of the step-down bounds, over the whole sequence of looks."""
+    prior_strength: float = 20.0
+    """The mixture prior is Beta centred on the bar with a + b = prior_strength (stats.prior_for)."""
+    probe_rate: float = 1.0
+    hold_min: int = 300
+    hold_margin: float = 0.01
+    hold_limit: int = 2000
+    """On the reference, the step down waits while a cheaper tier is undecided, has fewer than hold_limit
+    comparisons, and either fewer than hold_min or an observed rate of at least bar - hold_margin."""
+    guard_share: float = 0.05
+    """Guard and sentinel reruns on a tier below the reference cost this share of what the tier saves: together
+    they rerun guard_share * (reference cost - tier cost) / reference cost of its calls (4.6 % on nano, 3.5 % on
+    mini at list prices)."""
+    alert_rate: float = 0.25
+    sentinel_rate: float = 0.01
+    drift_rate: float = 0.80
+    """The agreement the drift detector is tuned to catch (its alternative hypothesis)."""
+    drift_alpha: float = 0.01
+    """The detector alarms at e-value 1/drift_alpha: at the bar, false alarms come at most once per 1/drift_alpha
+    comparisons on average (and far more rarely above the bar)."""
+    daily_evidence_limit: float | None = None
+    """USD of evidence (guard, sentinel and probe runs) per tool and UTC day; None for no limit."""
+    start_tier: str | None = None
+    """Where a new tool starts; None means the reference tier."""
+
+    def __post_init__(self) -> None:
+        if len(self.ladder) < 2:
+            raise ValueError("the ladder needs a cheaper tier and a reference")
+        if not 0 < self.drift_rate < self.quality_bar < 1:
+            raise ValueError("need 0 < drift_rate < quality_bar < 1")
+        if self.start_tier is not None and self.start_tier not in self.ladder:
+            raise ValueError(f"start_tier {self.start_tier!r} is not on the ladder")
+
+    @property
+    def reference(self) -> str:
+        """The tier every comparison is made against."""
+        return self.ladder[-1]
+
+
+@dataclass(frozen=True)
+class Versions:
+    """What the evidence is about: each tier's model id and the tool's spec version."""
+
+    models: Mapping[str, str]
+    spec_version: str
+
+    def key(self, tier: str) -> str:
+        """The evidence key of `tier`: tier, model and spec version."""
+        return f"{tier}|{self.models.get(tier, '?')}|{self.spec_version}"
+
+
+@dataclass(frozen=True)
+class ToolState:
+    """One tool's auto-tiering state. Plain data; `as_dict`/`from_dict` round-trip it through JSON."""
+
+    tool: str
+    tier: str
+    evidence: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    """Evidence key (Versions.key) -> (agreed, compared) against the reference."""
+    left: str | None = None
+    """The tier the tool last stepped down from (its guard shadows keep checking what that step gave up)."""
+    detector: float = 0.0
+    """The drift detector's log statistic for the current tier (0 = no suspicion)."""
+    sentinels: tuple[int, int] = (0, 0)
+    """(agreed, compared) among sentinel calls on the current tier since the last switch."""
+    day: str = ""
+    day_spend: float = 0.0
+    skipped_today: int = 0
+    skipped_total: int = 0
+    calls: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for a ledger row."""
+        d = asdict(self)
+        d["evidence"] = {k: list(v) for k, v in self.evidence.items()}
+        d["sentinels"] = list(self.sentinels)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ToolState:
+        """The inverse of `as_dict`."""
+        d = dict(data)
+        d["evidence"] = {k: (int(v[0]), int(v[1])) for k, v in d.get("evidence", {}).items()}
+        d["sentinels"] = tuple(d.get("sentinels", (0, 0)))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do for one call: serve `tier`; if `reference`, rerun it on the reference tier; run each of `probes`
+    (cheaper tiers) and compare with the reference answer (the served one when `tier` is the reference)."""
+
+    tier: str
+    reference: bool = False
+    probes: tuple[str, ...] = ()
+    sentinel: bool = False
+    skipped: bool = False
+    """Evidence was due but the day's evidence limit was reached."""
+    cost: float = 0.0
+    """Estimated evidence cost of the plan, USD."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A tier switch with its evidence, for a ledger row, `report`, `logs` and the hosts' resource."""
+
+    tool: str
+    kind: Literal["step_down", "step_up"]
+    from_tier: str
+    to_tier: str
+    reason: str
+    at: str
+    call: int
+    evidence: Mapping[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for a ledger row."""
+        return asdict(self)
+
+
+class Policy:
+    """The auto-tiering rules over `ToolState` values (the policy keeps no state of its own).
+
+    Args:
+        config: the knobs.
+        sample: a deterministic map from a string to [0, 1), used for every sampling decision (default SHA-256).
+        clock: the current time (UTC); it names the spend day and stamps events.
+    """
+
+    def __init__(self, config: AutoTierConfig, sample: Callable[[str], float] = hash_sample,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        if clock is None:
+            raise ValueError("inject a clock (e.g. lambda: datetime.now(timezone.utc))")
+        self.config = config
+        self.sample = sample
+        self.clock = clock
+        self._prior = prior_for(config.quality_bar, config.prior_strength)
+        bar, p1 = config.quality_bar, config.drift_rate
+        # Per-comparison log likelihood ratio of "agreement is drift_rate" against "agreement is the bar".
+        self._llr = {True: math.log(p1 / bar), False: math.log((1 - p1) / (1 - bar))}
+        self._alarm_at = math.log(1 / config.drift_alpha)
+
+    def new_state(self, tool: str) -> ToolState:
+        """A tool with no evidence, on the start tier."""
+        return ToolState(tool=tool, tier=self.config.start_tier or self.config.reference)
+
+    def bounds(self, state: ToolState, tier: str, versions: Versions) -> Bounds:
+        """The anytime-valid bounds on `tier`'s agreement for the current model and spec version."""
+        k, n = state.evidence.get(versions.key(tier), (0, 0))
+        return confidence_sequence(k, n, self.config.alpha, self._prior)
+
+    def guard_rate(self, tier: str, costs: Mapping[str, float]) -> float:
+        """The share of `tier`'s calls rerun on the reference (see `AutoTierConfig.guard_share`)."""
+        ref = costs.get(self.config.reference, 0.0)
+        share = self.config.guard_share
+        rate = share if ref <= 0 else share * max(0.0, ref - costs.get(tier, 0.0)) / ref
+        # Sentinels are reruns too: they come out of the same allowance.
+        return max(0.0, rate - self.config.sentinel_rate)
+
+    def _open(self, state: ToolState, tier: str, versions: Versions) -> bool:
+        b = self.bounds(state, tier, versions)
+        return b.lower < self.config.quality_bar <= b.upper
+
+    def _event(self, state: ToolState, kind: Literal["step_down", "step_up"], to: str, reason: str,
+               evidence: Mapping[str, Any]) -> Event:
+        return Event(state.tool, kind, state.tier, to, reason, self.clock().isoformat(), state.calls, dict(evidence))
+
+    def _roll_day(self, state: ToolState) -> ToolState:
+        day = self.clock().date().isoformat()
+        return state if state.day == day else replace(state, day=day, day_spend=0.0, skipped_today=0)
+
+    def plan(self, state: ToolState, key: str, versions: Versions,
+             costs: Mapping[str, float]) -> tuple[ToolState, Plan, list[Event]]:
+        """Decide how to serve one call and what evidence to gather.
+
+        Args:
+            state: the tool's state.
+            key: a stable hash of the call's arguments (it picks sentinels).
+            versions: the tiers' current models and the spec version.
+            costs: estimated USD per call of each tier (for the spend limit).
+
+        Returns:
+            The new state, the plan, and a step-up event when the current tier's model or spec is new.
+        """
+        cfg = self.config
+        state = replace(self._roll_day(state), calls=state.calls + 1)
+        events: list[Event] = []
+        idx = cfg.ladder.index(state.tier)
+        # A new model or spec version on the current tier is unproven: climb until a tier with evidence.
+        while state.tier != cfg.reference and state.evidence.get(versions.key(state.tier), (0, 0))[1] == 0:
+            up = cfg.ladder[idx + 1]
+            events.append(self._event(state, "step_up", up, f"no evidence for {versions.key(state.tier)}",
+                                      {"key": versions.key(state.tier)}))
+            state = replace(state, tier=up, left=None, detector=0.0, sentinels=(0, 0))
+            idx += 1
+        tick = f"{state.tool}:{state.calls}:{key}"
+        sentinel = self.sample(f"sentinel:{state.tool}:{key}") < cfg.sentinel_rate
+        if state.tier == cfg.reference:
+            probes: tuple[str, ...] = ()
+            if self.sample(f"probe:{tick}") < cfg.probe_rate:
+                probes = tuple(t for t in cfg.ladder[:-1] if self._open(state, t, versions))
+            plan = Plan(state.tier, False, probes, sentinel, cost=sum(costs.get(t, 0.0) for t in probes))
+        else:
+            rate = cfg.alert_rate if state.detector > 0 else self.guard_rate(state.tier, costs)
+            if sentinel or self.sample(f"guard:{tick}") < rate:
+                below = cfg.ladder[idx - 1] if idx > 0 else None
+                probes = (below,) if below and self._open(state, below, versions) else ()
+                cost = costs.get(cfg.reference, 0.0) + sum(costs.get(t, 0.0) for t in probes)
+                plan = Plan(state.tier, True, probes, sentinel, cost=cost)
+            else:
+                plan = Plan(state.tier)
+        limit = cfg.daily_evidence_limit
+        if limit is not None and plan.cost > 0 and not sentinel and state.day_spend + plan.cost > limit:
+            plan = Plan(state.tier, sentinel=False, skipped=True)
+            state = replace(state, skipped_today=state.skipped_today + 1, skipped_total=state.skipped_total + 1)
+        return state, plan, events
+
+    def observe(self, state: ToolState, plan: Plan, verdicts: Mapping[str, bool | None], versions: Versions,
+                spend: float) -> tuple[ToolState, list[Event]]:
+        """Take one call's comparisons into the state and switch tier if the evidence says so.
+
+        Args:
+            state: the state `plan` returned.
+            plan: the plan the call followed.
+            verdicts: tier -> did its answer agree with the reference's (None: could not be compared); the served
+                tier's verdict when it was rerun on the reference, and one per probe.
+            versions: as given to `plan`.
+            spend: USD actually spent on evidence for this call.
+
+        Returns:
+            The new state and the switch events (at most one).
+        """
+        cfg = self.config
+        state = self._roll_day(state)
+        evidence = dict(state.evidence)
+        for tier, agreed in verdicts.items():
+            if agreed is None or tier == cfg.reference:
+                continue
+            k, n = evidence.get(versions.key(tier), (0, 0))
+            evidence[versions.key(tier)] = (k + int(agreed), n + 1)
+        detector, sentinels = state.detector, state.sentinels
+        current = verdicts.get(state.tier)
+        if state.tier != cfg.reference and current is not None:
+            # Page's CUSUM, W = max(0, W + log LR): exp(W) is the largest likelihood-ratio product over every
+            # possible start of a drift, the CUSUM e-detector of Shin, Ramdas & Rinaldo.
+            detector = max(0.0, detector + self._llr[bool(current)])
+            if plan.sentinel:
+                sentinels = (sentinels[0] + int(current), sentinels[1] + 1)
+        state = replace(state, evidence=evidence, detector=detector, sentinels=sentinels,
+                        day_spend=state.day_spend + spend)
+        idx = cfg.ladder.index(state.tier)
+        bar = cfg.quality_bar
+        if state.tier != cfg.reference:
+            b = self.bounds(state, state.tier, versions)
+            s = confidence_sequence(*sentinels, alpha=cfg.alpha, prior=self._prior)
+            reason = None
+            if detector >= self._alarm_at:
+                reason = f"drift detector e-value {math.exp(detector):.0f} >= {1 / cfg.drift_alpha:.0f}"
+            elif b.upper < bar:
+                reason = f"upper bound {b.upper:.3f} < bar {bar:g}"
+            elif s.upper < bar:
+                reason = f"sentinels' upper bound {s.upper:.3f} < bar {bar:g}"
+            if reason is not None:
+                up = cfg.ladder[idx + 1]
+                key = versions.key(state.tier)
+                ev = {"key": key, "bounds": b.as_dict(), "sentinels": s.as_dict(), "detector": detector,
+                      "discarded": list(evidence.get(key, (0, 0)))}
+                event = self._event(state, "step_up", up, reason, ev)
+                evidence.pop(key, None)
+                state = replace(state, tier=up, left=None, evidence=evidence, detector=0.0, sentinels=(0, 0))
+                return state, [event]
+        if idx == 0:
+            return state, []
+        below = cfg.ladder[idx - 1]
+        b = self.bounds(state, below, versions)
+        if b.lower < bar:
+            return state, []
+        ev: dict[str, Any] = {"key": versions.key(below), "bounds": b.as_dict()}
+        if state.tier == cfg.reference:
+            for cheaper in cfg.ladder[:idx - 1]:
+                c = self.bounds(state, cheaper, versions)
+                if c.lower < bar <= c.upper and c.trials < cfg.hold_limit:
+                    if c.trials < cfg.hold_min or c.successes / c.trials >= bar - cfg.hold_margin:
+                        return state, []  # hold: the cheaper tier's evidence is cheapest here
+        event = self._event(state, "step_down", below, f"{below}'s lower bound {b.lower:.3f} >= bar {bar:g}", ev)
+        return replace(state, tier=below, left=state.tier, detector=0.0, sentinels=(0, 0)), [event]
