@@ -4,7 +4,7 @@ Each tool's nano agrees with the flagship 97 %, 93 %, 80 % and 99 % of the time;
 (an assumption: the issue states nano only). At call 10,000 a silent "model release" (same model id) drops the
 first tool's nano from 97 % to 75 %. Every call is 600 input and 80 output tokens on whichever tier runs it, at
 nano 0.20/1.25, mini 0.75/4.50 and flagship 2.50/15.00 USD per million tokens. Agreement draws are independent
-per tier and call, seeded. The policy is tiered_mcp.autotier with its default configuration.
+per tier and call, seeded. The policy is tiered_mcp.evidence.autotier with its default configuration.
 
 Printed per seed and as min/median/max over the seeds, against all-flagship and static nano: total cost (serving
 plus evidence), share of served answers that disagree with the flagship, calls of the drifted tool served by the
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tiered_mcp.autotier import AutoTierConfig, Policy, Versions, hash_sample  # noqa: E402
+from tiered_mcp.evidence.autotier import AutoTierConfig, Policy, Versions, hash_sample  # noqa: E402
 
 CALLS = 20_000
 DRIFT_AT = 10_000

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tiered_mcp.autotier import AutoTierConfig, Policy, ToolState, Versions, hash_sample
-from tiered_mcp.stats import confidence_sequence, prior_for
+from tiered_mcp.evidence.autotier import AutoTierConfig, Policy, ToolState, Versions, hash_sample
+from tiered_mcp.evidence.stats import confidence_sequence, prior_for
 
 V = Versions(models={"nano": "n-1", "mini": "m-1", "flagship": "f-1"}, spec_version="3")
 COSTS = {"nano": 0.0002, "mini": 0.0008, "flagship": 0.0027}

@@ -8,9 +8,20 @@ import random
 
 import pytest
 
-from tiered_mcp.stats import (
-    CurveRow, comparisons_to_decide, decide, confidence_sequence, cost_quality_curve, mcnemar_exact, mixture_log_martingale,
-    paired_counts, paired_difference, pareto_frontier, prior_for, recommend_threshold, recommend_tier,
+from tiered_mcp.evidence.stats import (
+    CurveRow,
+    comparisons_to_decide,
+    confidence_sequence,
+    cost_quality_curve,
+    decide,
+    mcnemar_exact,
+    mixture_log_martingale,
+    paired_counts,
+    paired_difference,
+    pareto_frontier,
+    prior_for,
+    recommend_threshold,
+    recommend_tier,
 )
 
 UNIFORM = (1.0, 1.0)
@@ -55,7 +66,7 @@ def test_cs_no_data_and_bad_input() -> None:
 
 def test_cs_is_wider_than_a_fixed_n_interval() -> None:
     # The price of looking every day: at n = 500 the mixture bound is wider than Wilson's 95 % interval.
-    from tiered_mcp.report import wilson
+    from tiered_mcp.evidence.report import wilson
     b = confidence_sequence(485, 500)
     lo, hi = wilson(485, 500)
     assert b.lower < lo and b.upper > hi
@@ -201,7 +212,7 @@ def _ever_claims(rate: float, bar: float, n: int, rng: random.Random, check) -> 
 @pytest.mark.parametrize("prior", [UNIFORM, prior_for(0.95, 20)])
 def test_anytime_valid_under_repeated_looks(prior: tuple[float, float]) -> None:
     """True agreement just below the bar, the bound checked after every comparison: it claims the bar rarely."""
-    from tiered_mcp.report import wilson
+    from tiered_mcp.evidence.report import wilson
     runs, n, bar, alpha = 200, 400, 0.95, 0.05
     cs = lambda k, i: confidence_sequence(k, i, alpha, prior).lower >= bar  # noqa: E731
     naive = lambda k, i: wilson(k, i)[0] >= bar  # noqa: E731

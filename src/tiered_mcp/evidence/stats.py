@@ -245,8 +245,8 @@ def paired_counts(first: Sequence[bool], second: Sequence[bool]) -> tuple[int, i
     c = only the second did. The input of `mcnemar_exact` and `paired_difference`."""
     if len(first) != len(second):
         raise ValueError("the two tiers must be judged on the same cases")
-    b = sum(1 for x, y in zip(first, second) if x and not y)
-    c = sum(1 for x, y in zip(first, second) if y and not x)
+    b = sum(1 for x, y in zip(first, second, strict=True) if x and not y)
+    c = sum(1 for x, y in zip(first, second, strict=True) if y and not x)
     return len(first), b, c
 
 
