@@ -533,8 +533,9 @@ def _is_loopback(host: Any) -> bool:
 
 
 @contextlib.contextmanager
-def network_guard() -> Iterator[list[str]]:
-    """Refuse every connection and name lookup that is not loopback; yields the list of refused targets.
+def network_guard(allow_loopback: bool = True) -> Iterator[list[str]]:
+    """Refuse every connection and name lookup that is not loopback (with `allow_loopback=False`, every one at
+    all: what runs "offline" must open no socket); yields the list of refused targets.
 
     The refusal is an OSError (so code under test sees a failed connection); callers should also assert that the
     list is empty, so that a request swallowed by error handling still fails the test.
@@ -544,7 +545,7 @@ def network_guard() -> Iterator[list[str]]:
 
     def check(address: Any) -> None:
         host = address[0] if isinstance(address, tuple) else address
-        if not _is_loopback(host):
+        if not (allow_loopback and _is_loopback(host)):
             blocked.append(str(host))
             raise ConnectionRefusedError(f"network_guard: connection to {host} refused (tests stay on loopback)")
 

@@ -184,12 +184,14 @@ class SqlLedger:
         if caller is not None:
             where, params = [*where, "caller = ?"], [*params, caller]
         cond = " AND ".join(where)
-        measured = "estimated = 0 AND cost_usd IS NOT NULL AND baseline_usd IS NOT NULL"
+        # Evidence rows carry no saving: their spend is evidence spend (the `evidence` lines).
+        known = "kind = 'call' AND cost_usd IS NOT NULL AND baseline_usd IS NOT NULL"
+        measured = f"estimated = 0 AND {known}"
         cols = ("count(*), coalesce(sum(1 - ok), 0), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),"
                 " coalesce(sum(cost_usd), 0), coalesce(sum(baseline_usd), 0),"
                 f" coalesce(sum(CASE WHEN {measured} THEN baseline_usd - cost_usd ELSE 0 END), 0),"
-                f" coalesce(sum(CASE WHEN estimated = 1 AND cost_usd IS NOT NULL AND baseline_usd IS NOT NULL"
-                " THEN baseline_usd - cost_usd ELSE 0 END), 0), coalesce(sum(estimated), 0),"
+                f" coalesce(sum(CASE WHEN estimated = 1 AND {known} THEN baseline_usd - cost_usd ELSE 0 END), 0),"
+                " coalesce(sum(estimated), 0),"
                 " coalesce(sum(CASE WHEN cost_usd IS NULL OR baseline_usd IS NULL THEN 1 ELSE 0 END), 0)")
         groups = self._rows(f"SELECT coalesce({by}, '-'), {cols} FROM calls WHERE kind = 'call' AND {cond}"
                             " GROUP BY 1 ORDER BY 7 DESC, 1", params)

@@ -49,12 +49,16 @@ class Ledger(SqlLedger):
         self.path = Path(path)
         self.store_inputs = store_inputs
         self.location = str(self.path)
-        self._lock = threading.Lock()
+        # Two connections: writes wait for SQLite's write lock (another process may hold it), reads never do in WAL
+        # mode, so a read must not queue behind a write on one shared connection.
+        self._lock, self._read_lock = threading.Lock(), threading.Lock()
         try:
             _private_file(self.path)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout=30000")
             self._setup()
+            self._reader = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._reader.execute("PRAGMA busy_timeout=30000")
             _tighten(self.path)  # the -wal and -shm files SQLite just made
         except (OSError, sqlite3.Error) as e:
             raise ConfigError(f"ledger {self.path}: cannot open it ({e}); set `ledger` in the config or --ledger "
@@ -79,8 +83,9 @@ class Ledger(SqlLedger):
         raise sqlite3.OperationalError(f"ledger {self.path} stayed locked while opening it")
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
     # ---- the backend hooks of SqlLedger (one connection, one writer at a time) ---------------------------------
 
@@ -101,11 +106,11 @@ class Ledger(SqlLedger):
         return int(cur.lastrowid or 0)
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        with self._read_lock:
+            return self._reader.execute(sql, params).fetchall()
 
     def _dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            cur = self._db.execute(sql, params)
+        with self._read_lock:
+            cur = self._reader.execute(sql, params)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]

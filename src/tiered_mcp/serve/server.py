@@ -200,6 +200,7 @@ def build_server(runner: Runner) -> Server[Any]:
                 body = {"error": "no ledger configured"}
             else:
                 caller = current_caller.get()
+                await runner.writer.flush(timeout_s=2.0)  # include the calls answered so far, still queued
                 usage = await off_loop(runner.ledger.usage, None, "tool", caller.name if caller else None)
                 body = usage.as_dict()
         else:
