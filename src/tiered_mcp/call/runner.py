@@ -5,7 +5,6 @@ ledger, and maybe start a shadow comparison in the background.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -18,8 +17,6 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import anyio
 from anyio.abc import TaskGroup
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from tiered_mcp.call.budget import Budget
 from tiered_mcp.call.options import CallOptions
@@ -44,6 +41,8 @@ from tiered_mcp.core.tokens import count_messages
 from tiered_mcp.ledger.sqlite import Ledger
 from tiered_mcp.models.base import Model, ModelReply, ModelRequest
 from tiered_mcp.models.local import LocalEngine
+from tiered_mcp.specs.schema_safety import caller_schema_problem as _meta_schema_problem
+from tiered_mcp.specs.schema_safety import schema_problems
 from tiered_mcp.specs.spec import Specs, ToolSpec, strict_compatible
 from tiered_mcp.specs.validators import run_validators
 
@@ -88,36 +87,7 @@ class _PerSchema:
         return hit[1]
 
 
-_validator = _PerSchema(Draft202012Validator)
 _strict = _PerSchema(strict_compatible)
-
-
-def schema_problems(schema: dict[str, Any], instance: Any, what: str, limit: int = 5) -> list[str]:
-    """Readable validation errors, each naming the field (as a JSON path) and the rule it breaks."""
-    validator = _validator(schema)
-    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path)))
-    out = []
-    for e in errors[:limit]:
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.path)
-        out.append(f"{what}{path}: {e.message}")
-    return out
-
-
-@functools.lru_cache(maxsize=256)
-def _meta_problem(schema_json: str) -> str | None:
-    try:
-        Draft202012Validator.check_schema(json.loads(schema_json))
-    except SchemaError as e:
-        return e.message
-    return None
-
-
-def _meta_schema_problem(schema: Any) -> str | None:
-    """Why a caller's schema is not a valid JSON Schema, or None. Memoised on its canonical JSON (up to 64 KiB, so
-    the memo stays small): checking against the meta-schema costs over a millisecond, and a host tends to send the
-    same schema call after call."""
-    text = json.dumps(schema, sort_keys=True)
-    return _meta_problem(text) if len(text) <= 65536 else _meta_problem.__wrapped__(text)
 
 
 def _with_defaults(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:

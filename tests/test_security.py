@@ -1,0 +1,147 @@
+"""Hostile input through the real server: caller schemas fetch nothing and cannot hang it; errors stay short."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import anyio
+import pytest
+from mcp import Client
+
+from tiered_mcp.serve.server import build_server
+from tiered_mcp.specs.schema_safety import caller_schema_problem, schema_problems
+from tiered_mcp.testing import ScriptedModel, reply
+
+pytestmark = pytest.mark.anyio
+
+CLASSIFY = {"text": "The app crashes when I click save.", "labels": ["bug", "feature"]}
+
+
+class Listener:
+    """A loopback HTTP server that counts every request it gets (a ref must never reach it)."""
+
+    def __init__(self) -> None:
+        hits = self.hits = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                body = b'{"type": "integer"}'
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def listener():
+    srv = Listener()
+    yield srv
+    srv.close()
+
+
+def _refs(url: str) -> list[dict]:
+    return [
+        {"type": "object", "properties": {"a": {"$ref": f"{url}/x.json"}}},
+        {"type": "object", "properties": {"a": {"$dynamicRef": f"{url}/x.json#meta"}}},
+        {"$id": f"{url}/root.json", "type": "object", "properties": {"a": {"$ref": "x.json"}}},
+        {"type": "object", "properties": {"a": {"$ref": "file:///etc/passwd"}}},
+    ]
+
+
+async def test_no_ref_in_a_caller_schema_is_ever_fetched(make_runner, listener):
+    model = ScriptedModel(fallback=lambda req: reply({"data": {"a": 1}, "missing": []}))
+    async with Client(build_server(make_runner(model))) as client:
+        for schema in _refs(listener.url):
+            result = await client.call_tool("extract", {"text": "a is 1", "schema": schema})
+            assert result.is_error, schema
+            text = result.content[0].text
+            assert "arguments.schema" in text and "outside the schema" in text and "nothing is fetched" in text
+    assert listener.hits == [] and model.requests == []
+
+
+def test_an_unresolvable_local_ref_is_named_not_fetched(listener):
+    # Even past the argument check (a spec's own schema), the validator's registry retrieves nothing.
+    schema = {"$id": f"{listener.url}/root.json", "properties": {"a": {"$ref": "other.json"}}}
+    [problem] = schema_problems(schema, {"a": 1}, "output")
+    assert "cannot be resolved" in problem and listener.hits == []
+
+
+@pytest.mark.parametrize("problem, schema", [
+    ("bytes of JSON", {"type": "object", "description": "x" * 70_000}),
+    ("nested deeper", {"type": "object", "properties": {"a": eval("{'not': " * 40 + "{}" + "}" * 40)}}),
+    ("keys in all", {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(1500)}}),
+    ("not a valid regular expression", {"type": "object", "properties": {"a": {"type": "string", "pattern": "(("}}}),
+    ("unevaluatedProperties together", {"type": "object", "patternProperties": {"^a": {}},
+                                        "unevaluatedProperties": False}),
+])
+def test_a_caller_schema_is_bounded(problem, schema):
+    assert problem in (caller_schema_problem(schema) or "")
+
+
+CATASTROPHIC = "^([a-z]+ ?)+$"
+
+
+SLOW = "(?=a)^(a|aa)+$"  # lookahead: RE2 cannot run it, so it runs on the timed backtracking engine
+
+
+@pytest.mark.parametrize("pattern", [CATASTROPHIC, SLOW])
+async def test_a_catastrophic_pattern_is_answered_within_a_second_while_other_calls_go_on(make_runner, pattern):
+    evil = "a" * 60 + "!"
+    text = f"code {evil}"
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": pattern}}, "required": ["code"]}
+
+    def answer(req):
+        if req.schema_name == "extract":
+            return reply({"data": {"code": evil}, "missing": []})
+        return reply({"label": "bug", "labels": ["bug"], "confidence": 0.9, "reason": "crash"})
+
+    results: dict[str, object] = {}
+    async with Client(build_server(make_runner(ScriptedModel(fallback=answer)))) as client:
+        async def hostile():
+            results["extract"] = await client.call_tool("extract", {"text": text, "schema": schema})
+
+        async def honest():
+            results["classify"] = await client.call_tool("classify", CLASSIFY)
+
+        t0 = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hostile)
+            tg.start_soon(honest)
+        elapsed = time.perf_counter() - t0
+    assert elapsed < 1.0
+    assert not results["classify"].is_error
+    hostile_text = results["extract"].content[0].text
+    assert results["extract"].is_error and "output.data.code" in hostile_text and "(rule: pattern)" in hostile_text
+
+
+def test_a_slow_pattern_is_stopped_within_its_time_limit():
+    t0 = time.perf_counter()
+    [problem] = schema_problems({"type": "string", "pattern": SLOW + "x"}, "a" * 60 + "!", "output")
+    assert time.perf_counter() - t0 < 1.0 and "was stopped" in problem
+    # Refused from then on: a caller cannot stall the server with it again, and is told so before any model call.
+    assert "was stopped" in caller_schema_problem({"type": "object", "properties": {"a": {"pattern": SLOW + "x"}}})
+
+
+async def test_errors_name_the_field_and_rule_and_quote_only_an_excerpt(make_runner):
+    async with Client(build_server(make_runner())) as client:
+        many = await client.call_tool("rank", {"query": "q", "items": [f"item number {i}" for i in range(10_000)]})
+        big = await client.call_tool("classify", {"text": "x", "labels": "y" * 1_000_000})
+    for result in (many, big):
+        assert result.is_error
+        assert len(result.content[0].text) < 2000, len(result.content[0].text)
+    assert "arguments.labels" in big.content[0].text and "(rule: type)" in big.content[0].text
+    assert "(rule: maxItems)" in many.content[0].text or "(rule:" in many.content[0].text
