@@ -145,3 +145,34 @@ async def test_errors_name_the_field_and_rule_and_quote_only_an_excerpt(make_run
         assert len(result.content[0].text) < 2000, len(result.content[0].text)
     assert "arguments.labels" in big.content[0].text and "(rule: type)" in big.content[0].text
     assert "(rule: maxItems)" in many.content[0].text or "(rule:" in many.content[0].text
+
+
+# ---- options only make a call cheaper -----------------------------------------------------------------------------
+
+LOW = {"label": "bug", "labels": ["bug"], "confidence": 0.7, "reason": "maybe a crash"}
+
+
+@pytest.mark.parametrize("options", [
+    {"confidence_threshold": 1.0},
+    {"escalate_on": ["low_confidence", "invalid", "refused", "truncated", "validator"]},
+    {"confidence_threshold": 1.0, "escalate_on": ["low_confidence"], "escalation_ceiling": "flagship"},
+])
+async def test_meta_options_cannot_make_a_call_climb_higher_than_the_config_allows(make_runner, options):
+    from tiered_mcp.call.options import OPTIONS_META_KEY
+
+    model = ScriptedModel(fallback=lambda req: reply(LOW))
+    # The operator: classify answers on nano at confidence >= 0.6, and climbs only on invalid answers, up to mini.
+    runner = make_runner(model, tools={"classify": {"escalate_on": ["invalid"], "escalation_ceiling": "mini"}})
+    async with Client(build_server(runner)) as client:
+        result = await client.call_tool("classify", CLASSIFY, meta={OPTIONS_META_KEY: options})
+    assert not result.is_error
+    assert [r.tier for r in model.requests] == ["nano"]
+
+
+async def test_meta_options_can_make_a_call_cheaper(make_runner):
+    from tiered_mcp.call.options import OPTIONS_META_KEY
+
+    model = ScriptedModel(fallback=lambda req: reply({**LOW, "confidence": 0.5}))
+    async with Client(build_server(make_runner(model))) as client:
+        result = await client.call_tool("classify", CLASSIFY, meta={OPTIONS_META_KEY: {"confidence_threshold": 0.4}})
+    assert not result.is_error and [r.tier for r in model.requests] == ["nano"]

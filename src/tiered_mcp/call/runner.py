@@ -19,7 +19,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from tiered_mcp.call.budget import Budget
-from tiered_mcp.call.options import CallOptions
+from tiered_mcp.call.options import CallOptions, effective
 from tiered_mcp.call.routing import ladder_for
 from tiered_mcp.core import tracing
 from tiered_mcp.core.config import TRIGGERS, Config
@@ -321,18 +321,10 @@ class Runner:
     # ---- the ladder ------------------------------------------------------------------------------------------------
 
     def _triggers(self, spec: ToolSpec, options: CallOptions) -> frozenset[str]:
-        settings = self.config.tools.get(spec.name)
-        chosen = options.escalate_on if options.escalate_on is not None else (
-            settings.escalate_on if settings and settings.escalate_on is not None else TRIGGERS)
-        return frozenset(chosen)
+        return effective(self.config, spec, options).triggers
 
     def _threshold(self, spec: ToolSpec, options: CallOptions) -> float:
-        if options.confidence_threshold is not None:
-            return options.confidence_threshold
-        settings = self.config.tools.get(spec.name)
-        if settings and settings.confidence_threshold is not None:
-            return settings.confidence_threshold
-        return spec.confidence_threshold
+        return effective(self.config, spec, options).threshold
 
     async def _climb(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], receipt: Receipt,
                      progress: Progress | None, options: CallOptions) -> dict[str, Any]:
