@@ -276,3 +276,84 @@ def test_a_raw_stdio_client_gets_a_parse_error_for_every_malformed_line(upstream
     assert by_id[12]["error"]["code"] == -32700  # nested past what the parser takes
     assert by_id["s-13"]["error"]["code"] == -32600  # JSON, but not a JSON-RPC message
     assert by_id[14] == {"jsonrpc": "2.0", "id": 14, "result": {}}  # served normally after the bad lines
+
+
+# ---- secrets and file modes ---------------------------------------------------------------------------------------
+
+GATEWAY_SECRET = "gw-Secret-Value-9876543210"
+
+
+async def test_an_upstream_echoing_every_header_never_gets_a_secret_into_a_result_log_ledger_or_cli(upstream, tmp_path):
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    from mcp import StdioServerParameters
+
+    from tiered_mcp.testing import FakeResponse
+
+    from .conftest import SECRET, server_env
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[providers.openai]\nbase_url = "{upstream.base_url}"\napi_key_env = "OPENAI_API_KEY"\n'
+                      f'default_headers = {{ "X-Gateway-Auth" = "{GATEWAY_SECRET}" }}\n', encoding="utf-8")
+    for model in ("gpt-5.4-nano", "gpt-5.4-mini", "gpt-5.4"):
+        upstream.push(model, *[FakeResponse(status=401, echo_headers=True)] * 3)
+    ledger_dir = tmp_path / "fresh" / "ledger"
+    ledger = ledger_dir / "ledger.sqlite3"
+    env = {**server_env(upstream, tmp_path), "TIERED_MCP_CONFIG": str(config)}
+    log = tmp_path / "server.log"
+    # The server's stderr (its log, at DEBUG: the most it ever writes) goes to a file the test reads.
+    params = StdioServerParameters(command="/bin/sh", env=env, args=[
+        "-c", 'exec "$0" -m tiered_mcp serve --ledger "$1" --log-level DEBUG 2>"$2"', sys.executable, str(ledger),
+        str(log)])
+    async with Client(params, mode="legacy") as client:
+        result = await client.call_tool("classify", CLASSIFY)
+    assert result.is_error and "HTTP 401" in result.content[0].text and "Bearer ***" in result.content[0].text
+    logs = log.read_text(encoding="utf-8", errors="replace")
+    assert "HTTP Request" in logs
+    cli = ""
+    for command in (["usage", "--ledger", str(ledger)], ["config"], ["doctor"]):
+        done = subprocess.run([sys.executable, "-m", "tiered_mcp", *command], capture_output=True, text=True,
+                              env={**env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}, timeout=60)
+        cli += done.stdout + done.stderr
+    everything = (result.model_dump_json() + logs + cli
+                  + b"".join(p.read_bytes() for p in ledger_dir.iterdir()).decode("latin-1"))
+    for secret in (SECRET, GATEWAY_SECRET):
+        assert secret not in everything
+    # The ledger's folder and files are private, created that way.
+    assert stat.S_IMODE(ledger_dir.stat().st_mode) == 0o700
+    for p in ledger_dir.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+
+
+def test_the_scrubber_knows_every_secret_the_config_reaches():
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.core.secrets import Scrubber
+
+    cfg = config_from_dict({"providers": {"openai": {
+        "base_url": "https://bob:pa%24%24word-123@gw.example/v1", "default_headers": {"X-Api-Token": GATEWAY_SECRET,
+                                                                                   "X-Trace": "public-value"}}}})
+    scrubber = Scrubber.from_config(cfg, {"OPENAI_API_KEY": "custom-key-without-prefix", "OTHER_TOKEN": "tok-abcdefgh"})
+    text = ("key custom-key-without-prefix header " + GATEWAY_SECRET + " url https://bob:pa%24%24word-123@gw.example"
+            " basic Ym9iOnBhJCR3b3JkLTEyMw== plain pa$$word-123 env tok-abcdefgh trace public-value")
+    clean = scrubber.scrub(text)
+    for secret in ("custom-key-without-prefix", GATEWAY_SECRET, "pa%24%24word-123", "pa$$word-123", "Ym9iOnBhJCR3b3JkLTEyMw",
+                   "tok-abcdefgh"):
+        assert secret not in clean, secret
+    assert "public-value" in clean
+
+
+def test_redact_removes_argument_values_from_messages():
+    from tiered_mcp.core.secrets import redact
+    from tiered_mcp.specs.schema_safety import schema_problems
+
+    args = {"text": "Patient Jane Roe, born 1970, diagnosis: " + "x" * 200, "labels": ["confidential-a", "b"]}
+    messages = schema_problems({"type": "object", "properties": {"text": {"type": "integer"},
+                                                                 "labels": {"maxItems": 1}}}, args, "arguments")
+    messages.append("output.label: 'confidential-a' is not one of ['other'] (rule: enum)")
+    for m in messages:
+        cleaned = redact(m, args)
+        assert "Jane Roe" not in cleaned and "confidential-a" not in cleaned, cleaned
+        assert "(rule:" in cleaned

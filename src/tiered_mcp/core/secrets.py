@@ -140,17 +140,19 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
 
 # ---- arguments out of messages ------------------------------------------------------------------------------------
 
-_QUOTED = re.compile(r"""'(?:[^'\\\n]|\\.)*(?:'|…)|"(?:[^"\\\n]|\\.)*(?:"|…)""")
+_QUOTED = re.compile(r"""'(?:[^'\\\n]|\\.)*?(?:'|…)|"(?:[^"\\\n]|\\.)*?(?:"|…)""")
 _TYPE_WORDS = frozenset({"string", "number", "integer", "object", "array", "boolean", "null"})
 MIN_REDACT_CHARS = 3
 
 
-def _strings(value: Any) -> Iterator[str]:
+def _strings(value: Any, keys: bool = True) -> Iterator[str]:
+    """Every string in a value; with `keys`, the keys of its objects too (those inside an argument are data)."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield str(k)
+            if keys:
+                yield str(k)
             yield from _strings(v)
     elif isinstance(value, (list, tuple)):
         for v in value:
@@ -170,7 +172,7 @@ def redact(text: str, arguments: Mapping[str, Any] | None) -> str:
     Numbers and booleans are left: they say little, and removing them would garble the rule being quoted."""
     if not text or not arguments:
         return text
-    values = sorted({s for s in _strings(dict(arguments)) if len(s) >= MIN_REDACT_CHARS}, key=len, reverse=True)
+    values = sorted({s for s in _strings(dict(arguments), keys=False) if len(s) >= MIN_REDACT_CHARS}, key=len, reverse=True)
     if not values:
         return text
     haystack = "\n".join(values)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 # ShadowRow, UsageRow, GROUPS and now_iso are imported from here by older code; they live in storage.py.
+from tiered_mcp.core.files import private_dir, private_file
 from tiered_mcp.ledger.base import GROUPS, LedgerStore, ShadowRow, SqlLedger, UsageRow, now_iso
 
 __all__ = ["GROUPS", "Ledger", "LedgerStore", "ShadowRow", "UsageRow", "now_iso"]
@@ -100,7 +101,7 @@ class Ledger(SqlLedger):
         self.path = Path(path)
         self.store_inputs = store_inputs
         self.location = str(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(private_dir(self.path.parent) / self.path.name)  # 0700 folder, 0600 file (SQLite's -wal too)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout=30000")
