@@ -7,8 +7,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anyio
+import httpx2
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
 
 from tiered_mcp.serve.server import build_server
 from tiered_mcp.specs.schema_safety import caller_schema_problem, schema_problems
@@ -357,3 +358,130 @@ def test_redact_removes_argument_values_from_messages():
         cleaned = redact(m, args)
         assert "Jane Roe" not in cleaned and "confidential-a" not in cleaned, cleaned
         assert "(rule:" in cleaned
+
+
+# ---- a team server that knows who is calling ----------------------------------------------------------------------
+
+ALICE, BOB = "alice-token-0123456789abcdef", "bob-token-0123456789abcdefgh"
+
+
+def _tokens_file(path, **entries):
+    from tiered_mcp.serve.tokens import token_hash
+
+    lines = []
+    for name, (token, limits) in entries.items():
+        lines.append(f'[tokens.{name}]\nsha256 = "{token_hash(token)}"')
+        lines += [f"{k} = {v}" for k, v in limits.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _who(seen):
+    from tiered_mcp.core.identity import current_caller
+
+    def answer(req):
+        seen.append(current_caller.get())
+        return reply({"label": "bug", "labels": ["bug"], "confidence": 0.9, "reason": "crash"})
+
+    return answer
+
+
+async def test_two_named_tokens_have_their_own_caller_budget_and_rate_limit(make_runner, tmp_path):
+    from tiered_mcp.core.identity import Caller
+
+    from .test_http import mcp_client, serving
+
+    tokens = _tokens_file(tmp_path / "tokens.toml", alice=(ALICE, {"daily_usd": 0.5, "requests_per_minute": 6}),
+                          bob=(BOB, {"daily_usd": 2.0, "requests_per_minute": 100}))
+    seen: list = []
+    async with serving(make_runner(ScriptedModel(fallback=_who(seen))), token=None, tokens_file=str(tokens)) as base:
+        async with mcp_client(base, token=ALICE, mode="legacy") as alice:
+            assert not (await alice.call_tool("classify", CLASSIFY)).is_error
+            with pytest.raises((MCPError, httpx2.HTTPStatusError, ExceptionGroup)):  # her requests per minute run out
+                for _ in range(6):
+                    await alice.call_tool("classify", CLASSIFY)
+        async with mcp_client(base, token=BOB, mode="legacy") as bob:
+            for _ in range(6):
+                assert not (await bob.call_tool("classify", CLASSIFY)).is_error
+        async with raw_client(base) as http:
+            limited = await http.post("/mcp", json=INITIALIZE, headers={**MCP_HEADERS, "authorization": f"Bearer {ALICE}"})
+            nobody = await http.post("/mcp", json=INITIALIZE, headers=MCP_HEADERS)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert "6 requests per minute for alice" in limited.json()["error"]
+    assert nobody.status_code == 401 and nobody.headers["www-authenticate"] == "Bearer"
+    assert Caller("alice", 0.5) in seen and Caller("bob", 2.0) in seen  # the call path sees who calls, and her cap
+    assert {c.name for c in seen} == {"alice", "bob"}
+
+
+async def test_a_revoked_token_stops_working_without_a_restart(make_runner, tmp_path, monkeypatch):
+    import tiered_mcp.serve.tokens as tokens_module
+
+    from .test_http import serving
+
+    monkeypatch.setattr(tokens_module, "RELOAD_CHECK_S", 0.0)
+    tokens = _tokens_file(tmp_path / "tokens.toml", alice=(ALICE, {}), bob=(BOB, {}))
+    async with serving(make_runner(), token=None, tokens_file=str(tokens)) as base, raw_client(base) as http:
+        def init(token):
+            return http.post("/mcp", json=INITIALIZE, headers={**MCP_HEADERS, "authorization": f"Bearer {token}"})
+
+        assert (await init(BOB)).status_code == 200
+        _tokens_file(tokens, alice=(ALICE, {}))  # bob revoked
+        assert (await init(BOB)).status_code == 401
+        assert (await init(ALICE)).status_code == 200
+        tokens.write_text("this is [not toml", encoding="utf-8")  # a broken file fails closed
+        assert (await init(ALICE)).status_code == 401
+        _tokens_file(tokens, alice=(ALICE, {}), bob=(BOB, {}))  # and comes back when fixed
+        assert (await init(BOB)).status_code == 200
+
+
+async def test_open_sessions_and_requests_in_flight_are_capped_per_token(make_runner, tmp_path):
+    from .test_http import serving
+
+    tokens = _tokens_file(tmp_path / "tokens.toml", alice=(ALICE, {"max_sessions": 2, "max_concurrent": 1}),
+                          bob=(BOB, {}))
+
+    async def slow(req):
+        await anyio.sleep(0.5)
+        return reply({"label": "bug", "labels": ["bug"], "confidence": 0.9, "reason": "crash"})
+
+    async with serving(make_runner(ScriptedModel(fallback=slow)), token=None, tokens_file=str(tokens),
+                       json_response=True) as base, raw_client(base) as http:
+        def post(token, body, sid=None):
+            headers = {**MCP_HEADERS, "authorization": f"Bearer {token}", **({"mcp-session-id": sid} if sid else {})}
+            return http.post("/mcp", json=body, headers=headers)
+
+        first = await post(ALICE, INITIALIZE)
+        second = await post(ALICE, INITIALIZE)
+        third = await post(ALICE, INITIALIZE)
+        assert (first.status_code, second.status_code, third.status_code) == (200, 200, 429)
+        assert "2 sessions open" in third.json()["error"]
+        assert (await post(BOB, INITIALIZE)).status_code == 200  # bob's sessions are his own
+        sid = first.headers["mcp-session-id"]
+        assert (await post(BOB, {"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)).status_code == 404
+        await post(ALICE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "classify", "arguments": CLASSIFY}}
+        results = {}
+
+        async def one(i):
+            results[i] = await post(ALICE, {**call, "id": 10 + i}, sid)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, 0)
+            await anyio.sleep(0.2)
+            tg.start_soon(one, 1)
+        assert sorted(r.status_code for r in results.values()) == [200, 429]
+        closed = await http.delete("/mcp", headers={**MCP_HEADERS, "authorization": f"Bearer {ALICE}",
+                                                    "mcp-session-id": sid})
+        assert closed.status_code < 300
+        assert (await post(ALICE, INITIALIZE)).status_code == 200  # a closed session frees its place
+
+
+def raw_client(base):
+    from .test_http import raw
+
+    return raw(base)
+
+
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+              "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
