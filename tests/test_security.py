@@ -485,3 +485,15 @@ def raw_client(base):
 INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
               "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
 MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+async def test_one_shared_token_cannot_fill_the_session_table_either(make_runner, monkeypatch):
+    import tiered_mcp.serve.http_app as http_app
+
+    from .test_http import TOKEN, serving
+
+    monkeypatch.setattr(http_app, "SHARED_MAX_SESSIONS", 2)
+    async with serving(make_runner()) as base, raw_client(base) as http:
+        codes = [(await http.post("/mcp", json=INITIALIZE, headers={**MCP_HEADERS, "authorization": f"Bearer {TOKEN}"})
+                  ).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]

@@ -9,6 +9,7 @@ set to its caller, which the call path reads for the ledger and the caller's bud
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -165,34 +166,6 @@ def transport_security(options: HttpOptions) -> TransportSecuritySettings:
                                      allowed_origins=list(dict.fromkeys(origins)))
 
 
-class BearerAuth:
-    """ASGI middleware: every HTTP request except to the exempt paths must carry `Authorization: Bearer <token>`.
-
-    Anything else gets 401 with an empty body: nothing that tells a caller how close it came. Only the headers are
-    read, so an unauthenticated caller cannot make us buffer a body.
-    """
-
-    def __init__(self, app: ASGIApp, token: str, exempt: frozenset[str] = frozenset({HEALTH_PATH})) -> None:
-        self.app, self.exempt = app, exempt
-        self._expected = token.encode("ascii")
-
-    def _authorized(self, scope: Scope) -> bool:
-        values = [v for k, v in scope.get("headers", ()) if k == b"authorization"]
-        if len(values) != 1:
-            return False
-        scheme, _, given = values[0].strip().partition(b" ")
-        # compare_digest: the time taken does not depend on how many leading characters were right.
-        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._expected)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt or self._authorized(scope):
-            await self.app(scope, receive, send)
-            return
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"www-authenticate", b"Bearer"), (b"content-length", b"0")]})
-        await send({"type": "http.response.body", "body": b""})
-
-
 async def _refuse(send: Send, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     body = json.dumps({"error": message}).encode()
     await send({"type": "http.response.start", "status": status,
@@ -206,6 +179,22 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return values[0] if len(values) == 1 else None
 
 
+SHARED_MAX_SESSIONS = 1000
+"""Open sessions a single shared token may hold (all its holders together)."""
+
+
+class SharedToken:
+    """The one shared token as a token store: no rate or concurrency limit, SHARED_MAX_SESSIONS sessions."""
+
+    def __init__(self, token: str) -> None:
+        self._entry = NamedToken(name="shared", digest=hashlib.sha256(token.encode()).digest(), daily_usd=None,
+                                 requests_per_minute=None, max_concurrent=None, max_sessions=SHARED_MAX_SESSIONS)
+
+    def lookup(self, token: bytes) -> NamedToken | None:
+        # compare_digest: the time taken does not depend on how many leading characters were right.
+        return self._entry if hmac.compare_digest(hashlib.sha256(token).digest(), self._entry.digest) else None
+
+
 class NamedTokenAuth:
     """ASGI middleware for a team server: each request carries one of the named tokens, and runs as its caller.
 
@@ -214,9 +203,10 @@ class NamedTokenAuth:
     A missing or unknown token gets 401 with `WWW-Authenticate: Bearer` and an empty body.
     """
 
-    def __init__(self, app: ASGIApp, store: TokenStore, stateless: bool = False,
-                 exempt: frozenset[str] = frozenset({HEALTH_PATH}), clock: Any = None) -> None:
+    def __init__(self, app: ASGIApp, store: TokenStore | SharedToken, stateless: bool = False,
+                 exempt: frozenset[str] = frozenset({HEALTH_PATH}), clock: Any = None, set_caller: bool = True) -> None:
         self.app, self.store, self.stateless, self.exempt = app, store, stateless, exempt
+        self.set_caller = set_caller
         self._clock = clock or time.monotonic
         self._state: dict[str, CallerState] = {}
         self._owner: dict[str, str] = {}
@@ -283,11 +273,12 @@ class NamedTokenAuth:
 
         if counted:
             state.in_flight += 1
-        reset = current_caller.set(Caller(entry.name, entry.daily_usd))
+        reset = current_caller.set(Caller(entry.name, entry.daily_usd)) if self.set_caller else None
         try:
             await self.app(scope, receive, watching)
         finally:
-            current_caller.reset(reset)
+            if reset is not None:
+                current_caller.reset(reset)
             if counted:
                 state.in_flight -= 1
 
@@ -324,7 +315,11 @@ def build_http_app(server: Server[Any], options: HttpOptions, tools: int) -> ASG
     )
     if options.tokens_file:
         return NamedTokenAuth(app, TokenStore(options.tokens_file), stateless=options.stateless)
-    return BearerAuth(app, options.token) if options.token else app
+    if options.token:
+        # One shared token: no caller name (the ledger cannot tell its holders apart), but still a cap on open
+        # sessions, so that one holder cannot fill the SDK's 10,000-session table for everyone.
+        return NamedTokenAuth(app, SharedToken(options.token), stateless=options.stateless, set_caller=False)
+    return app
 
 
 def uvicorn_server(app: ASGIApp, options: HttpOptions) -> uvicorn.Server:
