@@ -141,7 +141,8 @@ async def test_errors_name_the_field_and_rule_and_quote_only_an_excerpt(make_run
     async with Client(build_server(make_runner())) as client:
         many = await client.call_tool("rank", {"query": "q", "items": [f"item number {i}" for i in range(10_000)]})
         big = await client.call_tool("classify", {"text": "x", "labels": "y" * 1_000_000})
-    for result in (many, big):
+        tier = await client.call_tool("classify", {**CLASSIFY, "tier": "z" * 100_000})
+    for result in (many, big, tier):
         assert result.is_error
         assert len(result.content[0].text) < 2000, len(result.content[0].text)
     assert "arguments.labels" in big.content[0].text and "(rule: type)" in big.content[0].text
