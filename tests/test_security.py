@@ -86,6 +86,8 @@ def test_an_unresolvable_local_ref_is_named_not_fetched(listener):
     ("nested deeper", {"type": "object", "properties": {"a": eval("{'not': " * 40 + "{}" + "}" * 40)}}),
     ("keys in all", {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(1500)}}),
     ("not a valid regular expression", {"type": "object", "properties": {"a": {"type": "string", "pattern": "(("}}}),
+    ("too large", {"type": "object", "properties": {"a": {"type": "string", "pattern": "(a{1000}){1000}"}}}),
+    ("longer than", {"type": "object", "patternProperties": {"x" * 3000: {}}}),
     ("unevaluatedProperties together", {"type": "object", "patternProperties": {"^a": {}},
                                         "unevaluatedProperties": False}),
 ])

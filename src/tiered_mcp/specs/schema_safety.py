@@ -40,6 +40,8 @@ MAX_KEYWORDS = 2000
 REGEX_TIMEOUT_S = 0.1
 """Longest one search may run on the backtracking engine (only patterns RE2 cannot run get there). A pattern that
 hits it is refused from then on, without running (`_STOPPED`), so repeating it cannot stall the server again."""
+MAX_PATTERN_CHARS = 2000
+"""Longer patterns are refused: compiling one can take most of a second on the backtracking engine."""
 EXCERPT_CHARS = 60
 MESSAGE_CHARS = 300
 
@@ -62,11 +64,15 @@ def compile_pattern(pattern: str) -> Callable[[str], bool]:
     Raises:
         ValueError: the pattern is not a valid regular expression for either engine.
     """
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise ValueError(f"longer than {MAX_PATTERN_CHARS} characters")
     if _re2 is not None:
         try:
             compiled = _re2.compile(pattern, _RE2_OPTIONS)
-        except Exception:  # re2.error: syntax RE2 does not support; the backtracking engine may
-            pass
+        except Exception as e:  # re2.error: syntax RE2 does not support; the backtracking engine may
+            if "too large" in str(e) or "repetition size" in str(e):
+                # Huge expansions ((a{1000}){1000}) would cost the backtracking engine seconds to compile.
+                raise ValueError("too large (its repetitions expand past what can be matched safely)") from None
         else:
             return lambda text: compiled.search(text) is not None
     try:
