@@ -500,3 +500,21 @@ async def test_one_shared_token_cannot_fill_the_session_table_either(make_runner
         codes = [(await http.post("/mcp", json=INITIALIZE, headers={**MCP_HEADERS, "authorization": f"Bearer {TOKEN}"})
                   ).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
+
+
+def test_doctor_with_credentials_in_the_base_url_answers_and_never_prints_them(upstream, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    url = upstream.base_url.replace("http://", "http://gateway-user:s3cret-Passw0rd@")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[providers.openai]\nbase_url = "{url}"\napi_key_env = ""\nbase_url_env = ""\n', encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "tiered_mcp", "doctor"], capture_output=True, text=True, timeout=120,
+                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TIERED_MCP_CONFIG": str(config),
+                               "XDG_STATE_HOME": str(tmp_path / "state"), "COLUMNS": "200"})
+    out = done.stdout + done.stderr
+    assert "Traceback" not in out and "answers (3 models)" in out
+    assert "s3cret" not in out
+    [seen, *_] = [s for s in upstream.seen if s.path.endswith("/models")]
+    assert seen.headers["authorization"].startswith("Basic ")
