@@ -518,3 +518,24 @@ def test_doctor_with_credentials_in_the_base_url_answers_and_never_prints_them(u
     assert "s3cret" not in out
     [seen, *_] = [s for s in upstream.seen if s.path.endswith("/models")]
     assert seen.headers["authorization"].startswith("Basic ")
+
+
+def _laughs(n=22):
+    defs = {f"a{i}": {"anyOf": [{"$ref": f"#/$defs/a{i + 1}"}, {"$ref": f"#/$defs/a{i + 1}"}]} for i in range(n)}
+    defs[f"a{n}"] = {"type": "null"}
+    return {"type": "object", "properties": {"x": {"$ref": "#/$defs/a0"}}, "$defs": defs}
+
+
+async def test_refs_that_fan_out_are_refused_at_once(make_runner):
+    t0 = time.perf_counter()
+    async with Client(build_server(make_runner())) as client:
+        result = await client.call_tool("extract", {"text": "x is 1", "schema": _laughs()})
+    assert result.is_error and "with its $refs followed" in result.content[0].text
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_a_validation_that_fans_out_is_stopped_by_its_step_budget():
+    # Past the static check (a spec's own schema, or fan-out through a recursive ref): the step budget stops it.
+    t0 = time.perf_counter()
+    [problem] = schema_problems(_laughs(), {"x": 1}, "output")
+    assert "steps and was stopped" in problem and time.perf_counter() - t0 < 1.0

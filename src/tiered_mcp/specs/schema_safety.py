@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+from contextvars import ContextVar
 from typing import Any, Callable, Iterator
 
 import regex
@@ -37,6 +38,14 @@ except ImportError:  # pragma: no cover - google-re2 is a dependency; kept for p
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_DEPTH = 32
 MAX_KEYWORDS = 2000
+MAX_STEPS = 10_000
+"""Most evaluations of the keywords that can fan out ($ref, $dynamicRef, anyOf, oneOf, allOf, not, if, contains,
+dependentSchemas) one validation may take: about half a second at worst. Answers are bounded by the tier's
+max_output_tokens, so an honest schema and answer come nowhere near it; past it the value is invalid."""
+_FAN_OUT = frozenset({"$ref", "$dynamicRef", "anyOf", "oneOf", "allOf", "not", "if", "contains", "dependentSchemas"})
+MAX_EXPANDED = 100_000
+"""Most nodes a schema may come to with its local refs followed: a few kilobytes of refs that each point twice at
+the next ("billion laughs") would otherwise make validation explore millions of branches."""
 REGEX_TIMEOUT_S = 0.1
 """Longest one search may run on the backtracking engine (only patterns RE2 cannot run get there). A pattern that
 hits it is refused from then on, without running (`_STOPPED`), so repeating it cannot stall the server again."""
@@ -207,12 +216,35 @@ def _is_regex(instance: object) -> bool:
     return True
 
 
+class TooManySteps(Exception):
+    """Validation evaluated more than MAX_STEPS keywords."""
+
+
+_STEPS: ContextVar[list[int] | None] = ContextVar("tiered_mcp_schema_steps", default=None)
+
+
+def _counted(keyword: Callable[..., Any]) -> Callable[..., Any]:
+    """The keyword, counting each evaluation against the running validation's step budget."""
+
+    def counted(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        box = _STEPS.get()
+        if box is not None:
+            box[0] += 1
+            if box[0] > MAX_STEPS:
+                raise TooManySteps
+        return keyword(validator, value, instance, schema)
+
+    return counted
+
+
+_KEYWORDS = {**Draft202012Validator.VALIDATORS, "pattern": _pattern, "patternProperties": _pattern_properties,
+             "additionalProperties": _additional_properties}
 SafeValidator = validators.extend(
     Draft202012Validator,
-    validators={"pattern": _pattern, "patternProperties": _pattern_properties,
-                "additionalProperties": _additional_properties},
-)
-"""Draft 2020-12 with the pattern keywords on the safe engines."""
+    validators={name: _counted(fn) if name in _FAN_OUT else fn for name, fn in _KEYWORDS.items()})
+"""Draft 2020-12 with the pattern keywords on the safe engines, and the keywords that fan out counted against a
+step budget (schema_problems sets it): refs that fan out, recursive or not, cannot make one validation run for
+minutes."""
 
 
 _VALIDATORS: dict[int, tuple[Any, Any]] = {}
@@ -279,6 +311,73 @@ def _patterns(node: Any) -> Iterator[str]:
             yield from _patterns(value)
 
 
+def _pointer(root: Any, ref: str, anchors: dict[str, Any]) -> Any:
+    """The node a local ref points at, or None."""
+    from urllib.parse import unquote
+
+    fragment = unquote(ref[1:])
+    if fragment and not fragment.startswith("/"):
+        return anchors.get(fragment)
+    node = root
+    for part in fragment.split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _anchors(node: Any, found: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(node, dict):
+        for key in ("$anchor", "$dynamicAnchor"):
+            if isinstance(node.get(key), str):
+                found.setdefault(node[key], node)
+        for value in node.values():
+            _anchors(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _anchors(value, found)
+    return found
+
+
+def expanded_size(schema: Any, limit: int = MAX_EXPANDED) -> int:
+    """How many nodes `schema` comes to with its local refs followed (each cycle counted once), stopping past
+    `limit`."""
+    anchors = _anchors(schema, {})
+    memo: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in memo:
+            return memo[key]
+        if key in active:
+            return 1  # a recursive schema: bounded by the instance, not by the schema
+        active.add(key)
+        total = 1
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in items:
+            if k in ("enum", "const", "default", "examples"):
+                continue
+            if k in ("$ref", "$dynamicRef") and isinstance(v, str) and v.startswith("#"):
+                target = _pointer(schema, v, anchors)
+                total += size(target) if target is not None else 1
+            else:
+                total += size(v)
+            if total > limit:
+                break
+        active.discard(key)
+        memo[key] = total = min(total, limit + 1)
+        return total
+
+    return size(schema)
+
+
 def _limits_problem(schema: Any, text: str) -> str | None:
     if len(text.encode()) > MAX_SCHEMA_BYTES:
         return f"is {len(text.encode())} bytes of JSON, over the limit of {MAX_SCHEMA_BYTES}"
@@ -286,6 +385,9 @@ def _limits_problem(schema: Any, text: str) -> str | None:
     problem = _walk(schema, 0, [0], found)
     if problem:
         return problem
+    if expanded_size(schema) > MAX_EXPANDED:
+        return (f"comes to over {MAX_EXPANDED} nodes with its $refs followed (refs that fan out to refs); "
+                "define each part once")
     if found.get("patternProperties") and found.get("unevaluatedProperties"):
         return "uses unevaluatedProperties together with patternProperties, which is not supported here"
     for pattern in _patterns(schema):
@@ -335,13 +437,19 @@ def schema_problems(schema: dict[str, Any], instance: Any, what: str, limit: int
     """Readable validation errors, each naming the field (a JSON path under `what`), the message with at most a
     short excerpt of any value, and the rule it breaks."""
     validator = validator if validator is not None else safe_validator(schema)
+    steps = _STEPS.set([0])
     try:
         errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path)))
+    except TooManySteps:
+        return [f"{what}: validation took over {MAX_STEPS} steps and was stopped (the schema's refs fan out "
+                "too much for this value)"]
     except Unresolvable as e:
         ref = getattr(e, "ref", None) or getattr(getattr(e, "_wrapped", None), "ref", "")
         return [f"{what}: $ref {excerpt(ref)} cannot be resolved (only refs inside the schema are followed)"]
     except RecursionError:
         return [f"{what}: nested too deeply to validate"]
+    finally:
+        _STEPS.reset(steps)
     out = []
     for e in errors[:limit]:
         path = json_path(e.path)
