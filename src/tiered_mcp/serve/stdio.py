@@ -10,9 +10,11 @@ else null. Blank lines are not messages and are skipped.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from contextlib import contextmanager, suppress
 from io import TextIOWrapper
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import anyio
 import mcp_types as types
@@ -69,12 +71,50 @@ def error_for(line: str, error: Exception) -> types.JSONRPCError:
                               error=types.ErrorData(code=code, message=message, data={"line": shown}))
 
 
+class _Unowned(TextIOWrapper):
+    """A text layer whose close leaves the binary file open (it may be sys.stdin's own buffer)."""
+
+    def close(self) -> None:
+        with suppress(ValueError):
+            self.detach()
+
+
+@contextmanager
+def _claimed_stdin() -> Iterator[Any]:
+    """The protocol's stdin as a binary file, with fd 0 pointed at /dev/null meanwhile (as the SDK does when it
+    opens stdin itself): a handler or child process that reads stdin gets EOF instead of protocol bytes."""
+    try:
+        private = os.dup(0)
+        null = os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        yield sys.stdin.buffer
+        return
+    try:
+        os.dup2(null, 0)
+    except OSError:
+        os.close(null)
+        os.close(private)
+        yield sys.stdin.buffer
+        return
+    os.close(null)
+    try:
+        # closefd=False: a worker thread may still be blocked reading it after we return.
+        yield os.fdopen(private, "rb", closefd=False)
+    finally:
+        with suppress(OSError):
+            os.dup2(private, 0)
+
+
 async def serve_stdio(server: Any) -> None:
     """Serve `server` over this process's stdin and stdout until the client goes away, answering every line."""
+    with _claimed_stdin() as stdin:
+        raw = _Unowned(stdin, encoding="utf-8", errors="replace")
+        await _serve(server, _Lines(anyio.wrap_file(raw)))
+
+
+async def _serve(server: Any, lines: _Lines) -> None:
     from mcp.server.stdio import stdio_server
 
-    raw = TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
-    lines = _Lines(anyio.wrap_file(raw))
     async with stdio_server(stdin=lines) as (read_stream, write_stream):  # type: ignore[arg-type]
         inner_send, inner_recv = anyio.create_memory_object_stream[SessionMessage | Exception](0)
 
