@@ -539,3 +539,13 @@ def test_a_validation_that_fans_out_is_stopped_by_its_step_budget():
     t0 = time.perf_counter()
     [problem] = schema_problems(_laughs(), {"x": 1}, "output")
     assert "steps and was stopped" in problem and time.perf_counter() - t0 < 1.0
+
+
+def test_an_idle_session_stops_counting_and_the_rate_window_slides():
+    from tiered_mcp.serve.tokens import SESSION_IDLE_S, CallerState
+
+    state = CallerState(sessions={"old": 0.0, "new": SESSION_IDLE_S})
+    assert state.expire(SESSION_IDLE_S + 1) == ["old"] and list(state.sessions) == ["new"]
+    assert [state.rate_wait(2, t) for t in (0.0, 1.0)] == [0.0, 0.0]
+    assert state.rate_wait(2, 30.0) == pytest.approx(30.0)  # the third in a minute waits for the first to age out
+    assert state.rate_wait(2, 60.5) == 0.0

@@ -247,8 +247,10 @@ class NamedTokenAuth:
                 return
             if owner is not None:
                 state.sessions[sid] = now
+        for gone in state.expire(now):
+            self._owner.pop(gone, None)
         opening = method == "POST" and sid is None and not self.stateless
-        if opening and entry.max_sessions is not None and state.open_sessions(now) >= entry.max_sessions:
+        if opening and entry.max_sessions is not None and len(state.sessions) >= entry.max_sessions:
             await _refuse(send, 429, f"{entry.name} has {entry.max_sessions} sessions open, the most it may; close "
                           "one (DELETE /mcp) or let one go idle", ((b"retry-after", b"60"),))
             return

@@ -204,10 +204,12 @@ class CallerState:
         self.recent.append(now)
         return 0.0
 
-    def open_sessions(self, now: float) -> int:
-        for sid in [s for s, seen in self.sessions.items() if now - seen > SESSION_IDLE_S]:
+    def expire(self, now: float) -> list[str]:
+        """Forget sessions idle past SESSION_IDLE_S; returns their ids."""
+        gone = [s for s, seen in self.sessions.items() if now - seen > SESSION_IDLE_S]
+        for sid in gone:
             del self.sessions[sid]
-        return len(self.sessions)
+        return gone
 
 
 __all__ = ["CallerState", "NamedToken", "TokenStore", "parse_tokens", "token_hash"]
