@@ -411,7 +411,7 @@ async def test_two_named_tokens_have_their_own_caller_budget_and_rate_limit(make
             nobody = await http.post("/mcp", json=INITIALIZE, headers=MCP_HEADERS)
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     assert "6 requests per minute for alice" in limited.json()["error"]
-    assert nobody.status_code == 401 and nobody.headers["www-authenticate"] == "Bearer"
+    assert nobody.status_code == 401 and nobody.headers["www-authenticate"] == 'Bearer realm="tiered-mcp"'
     assert Caller("alice", 0.5) in seen and Caller("bob", 2.0) in seen  # the call path sees who calls, and her cap
     assert {c.name for c in seen} == {"alice", "bob"}
 

@@ -179,6 +179,7 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return values[0] if len(values) == 1 else None
 
 
+CHALLENGE = b'Bearer realm="tiered-mcp"'
 SHARED_MAX_SESSIONS = 1000
 """Open sessions a single shared token may hold (all its holders together)."""
 
@@ -200,7 +201,8 @@ class NamedTokenAuth:
 
     Per caller: requests per minute (429 with Retry-After), requests in flight (POSTs; 429), and open sessions
     (a new session past the cap gets 429; a session id is usable only with the token that opened it, else 404).
-    A missing or unknown token gets 401 with `WWW-Authenticate: Bearer` and an empty body.
+    A missing or unknown token gets 401 with an empty body and `WWW-Authenticate: Bearer realm="tiered-mcp"` (with
+    `error="invalid_token"` when a token was sent, RFC 6750): a host sees that a bearer token is expected, not OAuth.
     """
 
     def __init__(self, app: ASGIApp, store: TokenStore | SharedToken, stateless: bool = False,
@@ -211,23 +213,25 @@ class NamedTokenAuth:
         self._state: dict[str, CallerState] = {}
         self._owner: dict[str, str] = {}
 
-    def _caller(self, scope: Scope) -> NamedToken | None:
+    def _caller(self, scope: Scope) -> tuple[NamedToken | None, bool]:
+        """(the caller, whether any credentials were sent)."""
         value = _header(scope, b"authorization")
         if value is None:
-            return None
+            return None, any(k == b"authorization" for k, _ in scope.get("headers", ()))
         scheme, _, given = value.strip().partition(b" ")
         if scheme.lower() != b"bearer" or not given.strip():
-            return None
-        return self.store.lookup(given.strip())
+            return None, True
+        return self.store.lookup(given.strip()), True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        entry = self._caller(scope)
+        entry, sent = self._caller(scope)
         if entry is None:
+            challenge = CHALLENGE + (b', error="invalid_token"' if sent else b"")
             await send({"type": "http.response.start", "status": 401,
-                        "headers": [(b"www-authenticate", b"Bearer"), (b"content-length", b"0")]})
+                        "headers": [(b"www-authenticate", challenge), (b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
             return
         state = self._state.setdefault(entry.name, CallerState())
