@@ -34,9 +34,13 @@ async def test_low_confidence_escalates_and_can_be_switched_off(make_runner):
 
 
 async def test_per_call_threshold_and_ceiling(make_runner):
+    # Options only make a call cheaper: a lower threshold is taken, a higher one is not.
+    model = ScriptedModel({"nano": [reply({**GOOD, "confidence": 0.5})], "mini": [reply(GOOD)]})
+    result = await make_runner(model).call("classify", ARGS, options=CallOptions(confidence_threshold=0.4))
+    assert result.receipt["tier"] == "nano"
     model = ScriptedModel({"nano": [reply({**GOOD, "confidence": 0.85})], "mini": [reply(GOOD)]})
     result = await make_runner(model).call("classify", ARGS, options=CallOptions(confidence_threshold=0.9))
-    assert result.receipt["tier"] == "mini"
+    assert result.receipt["tier"] == "nano"
     model = ScriptedModel(fallback=lambda req: reply("{}"))
     with pytest.raises(ToolFailed):
         await make_runner(model).call("classify", ARGS, options=CallOptions(escalation_ceiling="nano"))

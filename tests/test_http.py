@@ -106,7 +106,8 @@ async def test_a_missing_or_wrong_token_gets_401_and_nothing_else(make_runner, a
     async with serving(make_runner()) as base, raw(base) as http:
         r = await http.post("/mcp", json=INITIALIZE, headers=headers)
         get = await http.get("/mcp", headers=headers)
-    assert (r.status_code, r.content, r.headers["www-authenticate"]) == (401, b"", "Bearer")
+    challenge = 'Bearer realm="tiered-mcp"' + (', error="invalid_token"' if authorization else "")
+    assert (r.status_code, r.content, r.headers["www-authenticate"]) == (401, b"", challenge)
     assert (get.status_code, get.content) == (401, b"")
 
 

@@ -361,7 +361,10 @@ class Hang:
 @dataclass
 class FakeResponse:
     """One scripted HTTP answer. `json_body` and `content` None with status 200 mean: build a schema-valid
-    completion from the request's text (`answer_from_text`)."""
+    completion from the request's text (`answer_from_text`).
+
+    `raw` sends those bytes as the body instead, with `content_type`; `hang_up` closes the connection without an
+    answer; `echo_headers` puts every request header into the body's error message (a careless upstream)."""
 
     status: int = 200
     json_body: Any = None
@@ -371,6 +374,10 @@ class FakeResponse:
     finish_reason: str = "stop"
     refusal: str | None = None
     usage: tuple[int, int] = (120, 30)
+    raw: bytes | None = None
+    content_type: str = "application/json"
+    hang_up: bool = False
+    echo_headers: bool = False
 
 
 @dataclass
@@ -510,7 +517,23 @@ class FakeUpstream:
                     seen.disconnected = True
                     self.close_connection = True
                     return
-                if r.status != 200:
+                if r.hang_up:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if r.raw is not None:
+                    self.send_response(r.status)
+                    self.send_header("Content-Type", r.content_type)
+                    self.send_header("Content-Length", str(len(r.raw)))
+                    for k, v in r.headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(r.raw)
+                    return
+                if r.echo_headers:
+                    echoed = "; ".join(f"{k}: {v}" for k, v in self.headers.items())
+                    self._send(r.status, {"error": {"message": f"bad request, you sent {echoed}"}}, r.headers)
+                elif r.status != 200:
                     self._send(r.status, r.json_body or {"error": {"message": f"scripted {r.status}"}}, r.headers)
                 else:
                     self._send(200, r.json_body or completion(body, r), r.headers)

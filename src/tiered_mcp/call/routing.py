@@ -13,6 +13,7 @@ from typing import Callable
 
 from tiered_mcp.core.config import INSTALL_LOCAL, LOCAL, TIERS, Config
 from tiered_mcp.core.errors import LocalTierError, TierNotAllowed
+from tiered_mcp.specs.schema_safety import excerpt
 from tiered_mcp.specs.spec import ToolSpec
 
 Usable = Callable[[str], bool]
@@ -20,8 +21,8 @@ Usable = Callable[[str], bool]
 
 
 def _check_requested(config: Config, spec: ToolSpec, requested: str) -> None:
-    if requested not in TIERS:
-        raise TierNotAllowed(f"tier: {requested!r} is not a tier; use one of {', '.join(TIERS)}")
+    if not isinstance(requested, str) or requested not in TIERS:
+        raise TierNotAllowed(f"tier: {excerpt(requested)} is not a tier; use one of {', '.join(TIERS)}")
     if TIERS.index(requested) > TIERS.index(config.call_tier_ceiling):
         raise TierNotAllowed(
             f"tier: {requested!r} is above the server's call_tier_ceiling ({config.call_tier_ceiling!r}); "

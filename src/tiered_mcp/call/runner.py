@@ -10,7 +10,6 @@ serving layer) are offered each answered host call.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
@@ -23,12 +22,10 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from tiered_mcp.call.budget import Budget, Clock, utc_now
 from tiered_mcp.call.cache import Cache, cache_key
-from tiered_mcp.call.options import CallOptions
+from tiered_mcp.call.options import CallOptions, effective
 from tiered_mcp.call.path import ModelPath, Progress
 from tiered_mcp.call.routing import ladder_for
 from tiered_mcp.call.writer import LedgerWriter
@@ -41,6 +38,8 @@ from tiered_mcp.ledger.base import CacheEntry, CallWrite, LedgerStore, ShadowRow
 from tiered_mcp.models.base import Model, ModelReply, ModelRequest, Models
 from tiered_mcp.models.embedded import EmbeddedModel
 from tiered_mcp.models.local import LocalEngine
+from tiered_mcp.specs.schema_safety import caller_schema_problem as _meta_schema_problem
+from tiered_mcp.specs.schema_safety import schema_problems
 from tiered_mcp.specs.spec import Specs, ToolSpec, strict_compatible
 from tiered_mcp.specs.validators import Candidate, Verdict, best_answer, check
 
@@ -85,36 +84,7 @@ class _PerSchema:
         return hit[1]
 
 
-_validator = _PerSchema(Draft202012Validator)
 _strict = _PerSchema(strict_compatible)
-
-
-def schema_problems(schema: dict[str, Any], instance: Any, what: str, limit: int = 5) -> list[str]:
-    """Readable validation errors, each naming the field (as a JSON path) and the rule it breaks."""
-    validator = _validator(schema)
-    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path)))
-    out = []
-    for e in errors[:limit]:
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.path)
-        out.append(f"{what}{path}: {e.message}")
-    return out
-
-
-@functools.lru_cache(maxsize=256)
-def _meta_problem(schema_json: str) -> str | None:
-    try:
-        Draft202012Validator.check_schema(json.loads(schema_json))
-    except SchemaError as e:
-        return e.message
-    return None
-
-
-def _meta_schema_problem(schema: Any) -> str | None:
-    """Why a caller's schema is not a valid JSON Schema, or None. Memoised on its canonical JSON (up to 64 KiB, so
-    the memo stays small): checking against the meta-schema costs over a millisecond, and a host tends to send the
-    same schema call after call."""
-    text = json.dumps(schema, sort_keys=True)
-    return _meta_problem(text) if len(text) <= 65536 else _meta_problem.__wrapped__(text)
 
 
 def _with_defaults(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
@@ -427,18 +397,10 @@ class Runner:
     # ---- the ladder ------------------------------------------------------------------------------------------------
 
     def _triggers(self, spec: ToolSpec, options: CallOptions) -> frozenset[str]:
-        settings = self.config.tools.get(spec.name)
-        chosen = options.escalate_on if options.escalate_on is not None else (
-            settings.escalate_on if settings and settings.escalate_on is not None else TRIGGERS)
-        return frozenset(chosen)
+        return effective(self.config, spec, options).triggers
 
     def _threshold(self, spec: ToolSpec, options: CallOptions) -> float:
-        if options.confidence_threshold is not None:
-            return options.confidence_threshold
-        settings = self.config.tools.get(spec.name)
-        if settings and settings.confidence_threshold is not None:
-            return settings.confidence_threshold
-        return spec.confidence_threshold
+        return effective(self.config, spec, options).threshold
 
     async def _climb(self, plan: _Plan, receipt: Receipt, progress: Progress | None) -> _Climb:
         spec, args, ladder = plan.spec, plan.args, plan.ladder

@@ -15,10 +15,17 @@
         │   ├── RateLimited     429, with the server's Retry-After when it gave one
         │   ├── UpstreamUnavailable   5xx
         │   ├── UpstreamTimeout
-        │   └── UpstreamUnreachable   connection refused, DNS, TLS
+        │   ├── UpstreamUnreachable   connection refused, DNS, TLS
+        │   ├── UpstreamDisconnected  the connection closed before an answer came
+        │   ├── UpstreamMalformed     a body that is not a chat completion (bad JSON, missing choices)
+        │   └── UpstreamErrorObject   a 200 whose body is an error object (the provider's message kept)
         └── Permanent           retrying the same request will not help
             ├── UpstreamRejected      4xx other than 429 (bad key, unknown model, bad request)
+            ├── UpstreamNotAPI        an HTML or other non-JSON page (proxy error, captive portal, a web UI)
+            ├── UpstreamMisconfigured the provider's settings cannot work (e.g. credentials twice)
             └── MissingKey            the provider's key variable is not set
+
+Every ModelError escalates to the next tier once its tier gives up (Transient: after the provider's max_retries).
 
 Model errors never carry an API key: messages are built from status codes and the provider's error text only.
 """
@@ -119,6 +126,20 @@ class UpstreamUnreachable(Transient):
     kind = "unreachable"
 
 
+class UpstreamDisconnected(Transient):
+    kind = "disconnected"
+
+
+class UpstreamMalformed(Transient):
+    kind = "malformed"
+
+
+class UpstreamErrorObject(Transient):
+    """A 200 whose body is `{"error": {...}}` (gateways relaying a failed upstream); the message is the provider's."""
+
+    kind = "error_object"
+
+
 class Permanent(ModelError):
     """Retrying the same request on the same tier will not help."""
 
@@ -129,3 +150,14 @@ class UpstreamRejected(Permanent):
 
 class MissingKey(Permanent):
     kind = "missing_key"
+
+
+class UpstreamNotAPI(Permanent):
+    """The endpoint answered with a page that is not the API (HTML, plain text): a wrong base_url, a proxy error
+    page or a captive portal. Retrying the same URL will not help; the next tier may be elsewhere."""
+
+    kind = "not_api"
+
+
+class UpstreamMisconfigured(Permanent):
+    kind = "misconfigured"

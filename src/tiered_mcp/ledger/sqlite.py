@@ -4,7 +4,6 @@ can write it at once. Private to its user: the folder is created 0700 and the fi
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -14,17 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from tiered_mcp.core.errors import ConfigError
+from tiered_mcp.core.files import private_dir, private_file
 from tiered_mcp.ledger.migrations import SQLITE, migrate
 from tiered_mcp.ledger.sql import SqlLedger
-
-
-def _private_file(path: Path) -> None:
-    """Create `path` (and its folder) readable by this user only, before SQLite opens it."""
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not path.exists():
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-    _tighten(path)
 
 
 def _tighten(path: Path) -> None:
@@ -53,7 +44,7 @@ class Ledger(SqlLedger):
         # mode, so a read must not queue behind a write on one shared connection.
         self._lock, self._read_lock = threading.Lock(), threading.Lock()
         try:
-            _private_file(self.path)
+            private_file(private_dir(self.path.parent) / self.path.name)  # 0700 folder, 0600 file
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout=30000")
             self._setup()

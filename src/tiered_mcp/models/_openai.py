@@ -1,13 +1,16 @@
 """The only module that imports `openai`: Chat Completions with structured output, and the error boundary.
 
-Every `openai` exception is translated into ours in `_translate`, once; messages are scrubbed of the key.
+Every `openai` exception is translated into ours in `_translate`, once, and every answer that is not a chat
+completion gets a name too (HTML page, malformed body, error object, disconnect); messages are scrubbed of every
+secret the provider sends (key, secret headers, URL credentials) and quote at most a short excerpt of a body.
 """
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
-import re
+import math
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
@@ -20,41 +23,49 @@ from tiered_mcp.core.errors import (
     MissingKey,
     ModelError,
     RateLimited,
+    UpstreamDisconnected,
+    UpstreamErrorObject,
+    UpstreamMalformed,
+    UpstreamMisconfigured,
+    UpstreamNotAPI,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
     UpstreamUnreachable,
 )
+from tiered_mcp.core.secrets import Scrubber, env_secrets, provider_secrets, url_credentials, without_credentials
 from tiered_mcp.models.base import FinishReason, ModelReply, ModelRequest
 
-_KEYLIKE = re.compile(r"\b(sk|rk|pk|or|gsk|xai)-[A-Za-z0-9_\-*]{6,}")
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content_filter": "content_filter",
                                     "tool_calls": "tool_calls", "function_call": "tool_calls"}
+_EXCERPT = 200
 
 
 def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
     """Remove keys (the given ones, and anything shaped like a provider key) from a message."""
-    for s in secrets:
-        if s:
-            text = text.replace(s, "***")
-    return _KEYLIKE.sub(lambda m: m.group(1) + "-***", text)
+    return Scrubber(secrets).scrub(text)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
+    """Seconds the server asked us to wait, or None when it did not say or said something malformed (ignored:
+    a broken header must never end the call)."""
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, when.timestamp() - time.time()) if when else None
+        ms = headers.get("retry-after-ms")
+        if ms:
+            value = float(ms) / 1000
+            if math.isfinite(value):
+                return max(0.0, value)
+        text = (headers.get("retry-after") or "").strip()
+        if not text:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(text)
+            value = when.timestamp() - time.time()
+        return max(0.0, value) if math.isfinite(value) else None
+    except (ValueError, TypeError, OverflowError, IndexError):
+        return None
 
 
 def _status_message(e: openai.APIStatusError) -> str:
@@ -66,21 +77,45 @@ def _status_message(e: openai.APIStatusError) -> str:
     return e.message
 
 
+def _short(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "…"
+
+
+def _disconnected(e: BaseException) -> bool:
+    """Whether the transport gave up because the server closed the connection (aiohttp reports that as a
+    timeout whose cause is "Server disconnected")."""
+    seen: BaseException | None = e
+    for _ in range(6):
+        if seen is None:
+            return False
+        name, text = type(seen).__name__, str(seen).lower()
+        if "disconnected" in name.lower() or "server disconnected" in text or "remoteprotocolerror" in name.lower() \
+                or "connection closed" in text or "connectionreset" in name.lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 @contextmanager
-def _translate(where: str, secrets: tuple[str, ...]) -> Iterator[None]:
-    """Map openai's exceptions onto ours; `where` names the tier and endpoint for the message."""
+def _translate(where: str, scrubber: Scrubber) -> Iterator[None]:
+    """Map openai's (and the transport's) exceptions onto ours; `where` names the tier and endpoint."""
     try:
         yield
     except openai.APITimeoutError as e:
-        # The aiohttp transport reports a refused connection as a connect timeout; tell the two apart.
+        # The aiohttp transport reports a refused connection, and a closed one, as a timeout; tell them apart.
         if "Cannot connect to host" in str(e.__cause__ or ""):
-            raise UpstreamUnreachable(f"{where}: cannot connect ({scrub(str(e.__cause__), secrets)})") from e
+            raise UpstreamUnreachable(f"{where}: cannot connect ({scrubber.scrub(str(e.__cause__))})") from e
+        if _disconnected(e):
+            raise UpstreamDisconnected(f"{where}: the server closed the connection without an answer") from e
         raise UpstreamTimeout(f"{where}: timed out") from e
     except openai.APIConnectionError as e:
-        raise UpstreamUnreachable(f"{where}: cannot connect ({scrub(str(e.__cause__ or e), secrets)})") from e
+        if _disconnected(e):
+            raise UpstreamDisconnected(f"{where}: the server closed the connection without an answer") from e
+        raise UpstreamUnreachable(f"{where}: cannot connect ({scrubber.scrub(_short(str(e.__cause__ or e)))})") from e
     except openai.APIStatusError as e:
         status = e.status_code
-        msg = f"{where}: HTTP {status}: {scrub(_status_message(e), secrets)}"
+        msg = f"{where}: HTTP {status}: {scrubber.scrub(_short(_status_message(e)))}"
         if status == 429:
             raise RateLimited(msg, retry_after=_retry_after(e.response.headers)) from e
         if status >= 500 or status in (408, 409):
@@ -91,9 +126,49 @@ def _translate(where: str, secrets: tuple[str, ...]) -> Iterator[None]:
             msg += " (check the tier's model name and the provider's base_url)"
         raise UpstreamRejected(msg) from e
     except openai.APIResponseValidationError as e:
-        raise UpstreamUnavailable(f"{where}: malformed response: {scrub(str(e), secrets)}") from e
+        raise UpstreamMalformed(f"{where}: malformed response: {scrubber.scrub(_short(str(e)))}") from e
     except openai.OpenAIError as e:
-        raise UpstreamRejected(f"{where}: {scrub(str(e), secrets)}") from e
+        raise UpstreamRejected(f"{where}: {scrubber.scrub(_short(str(e)))}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        # A body sent as JSON that does not parse: openai lets the decoder's error through.
+        raise UpstreamMalformed(f"{where}: the response body is not valid JSON ({type(e).__name__})") from e
+
+
+def _error_object(where: str, error: Any, scrubber: Scrubber) -> ModelError:
+    """A 200 carrying `{"error": ...}`: keep the provider's message; a status or code inside it picks the kind."""
+    message = error.get("message") if isinstance(error, dict) else error
+    message = scrubber.scrub(_short(str(message or "no message")))
+    code = None
+    if isinstance(error, dict):
+        for key in ("status", "code", "status_code"):
+            value = error.get(key)
+            if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+                code = int(value)
+                break
+    msg = f"{where}: the provider answered 200 with an error{f' ({code})' if code else ''}: {message}"
+    if code == 429:
+        return RateLimited(msg)
+    if code is not None and 400 <= code < 500 and code not in (408, 409):
+        return UpstreamRejected(msg)
+    return UpstreamErrorObject(msg)
+
+
+def _not_a_completion(where: str, resp: Any, scrubber: Scrubber) -> ModelError:
+    if isinstance(resp, str):
+        head = resp.lstrip()[:200].lower()
+        kind = "an HTML page" if head.startswith(("<!doctype", "<html", "<head", "<body", "<")) else "text, not JSON"
+        return UpstreamNotAPI(
+            f"{where}: the endpoint answered with {kind}, not the API ({scrubber.scrub(_short(resp))!r}); check "
+            "base_url, or a proxy or captive portal is in the way")
+    return UpstreamMalformed(f"{where}: the response is a JSON {type(resp).__name__}, not a chat completion")
+
+
+def _count(obj: Any, *names: str) -> int:
+    for name in names:
+        obj = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+        if obj is None:
+            return 0
+    return obj if isinstance(obj, int) and obj >= 0 else 0
 
 
 def _default_http_client() -> Any:
@@ -110,7 +185,9 @@ class OpenAIModels:
     """A `Model` over any OpenAI-compatible Chat Completions endpoint.
 
     One `AsyncOpenAI` per provider, built on first use. The SDK's own retries are off: the runner retries, so that
-    every attempt is counted in the receipt.
+    every attempt is counted in the receipt. Credentials in a base URL (`https://user:pass@host/v1`) are sent as
+    HTTP Basic auth and never appear in a message; with a Bearer key as well they are refused (both would need the
+    Authorization header).
 
     Args:
         env: where API keys and base-URL overrides are read from.
@@ -120,9 +197,14 @@ class OpenAIModels:
     def __init__(self, env: Mapping[str, str], http_client: Any = None) -> None:
         self._env = env
         self._http_client = http_client
-        self._clients: dict[tuple[int, str], tuple[openai.AsyncOpenAI, tuple[str, ...]]] = {}
+        self._clients: dict[tuple[int, str], tuple[openai.AsyncOpenAI, Scrubber]] = {}
+        self._env_secrets = tuple(env_secrets(env))
 
-    def _client(self, provider: Provider, where: str) -> tuple[openai.AsyncOpenAI, tuple[str, ...]]:
+    def where(self, provider: Provider) -> str:
+        """The provider's base URL as messages show it (without credentials)."""
+        return without_credentials(provider.effective_base_url(self._env))
+
+    def _client(self, provider: Provider, where: str) -> tuple[openai.AsyncOpenAI, Scrubber]:
         key = provider.api_key(self._env)
         if provider.api_key_env and not key:
             raise MissingKey(
@@ -132,26 +214,38 @@ class OpenAIModels:
         # Providers are frozen config objects that live as long as the config: their identity is a stable key.
         cache_key = (id(provider), key or "")
         if cache_key not in self._clients:
+            scrubber = Scrubber((*provider_secrets(provider, self._env), *self._env_secrets))
+            url = provider.effective_base_url(self._env)
             headers = dict(provider.default_headers)
             if provider.api_key_header and key:
                 headers[provider.api_key_header] = key
+            creds = url_credentials(url)
+            if creds is not None:
+                if key and not provider.api_key_header:
+                    raise UpstreamMisconfigured(
+                        f"{where}: the base URL carries credentials (user:password@) and the provider also sends "
+                        f"its key ({provider.api_key_env}) as a Bearer token; both need the Authorization header. "
+                        "Remove one, or send the key in api_key_header")
+                if not any(h.lower() == "authorization" for h in headers):
+                    headers["Authorization"] = "Basic " + base64.b64encode(":".join(creds).encode()).decode()
+                url = without_credentials(url)
             client = openai.AsyncOpenAI(
                 http_client=self._http_client or _default_http_client(),
                 # With api_key_header the key travels in that header only, never also as a Bearer token.
                 api_key="sent-in-" + provider.api_key_header if provider.api_key_header else key or "not-needed",
-                base_url=provider.effective_base_url(self._env),
+                base_url=url,
                 timeout=provider.timeout_s,
                 max_retries=0,
                 default_headers=headers or None,
                 default_query=provider.default_query or None,
             )
-            self._clients[cache_key] = (client, (key,) if key else ())
+            self._clients[cache_key] = (client, scrubber)
         return self._clients[cache_key]
 
     async def complete(self, request: ModelRequest) -> ModelReply:
         provider, tier = request.provider, request.settings
-        where = f"{request.tier} ({tier.model} at {provider.effective_base_url(self._env)})"
-        client, secrets = self._client(provider, where)
+        where = f"{request.tier} ({tier.model} at {self.where(provider)})"
+        client, scrubber = self._client(provider, where)
         messages = list(request.messages)
         if provider.structured_output == "json_schema":
             response_format: dict[str, Any] = {
@@ -159,12 +253,15 @@ class OpenAIModels:
                 "json_schema": {"name": request.schema_name, "schema": request.schema, "strict": request.strict},
             }
         else:
-            # json_object mode needs the schema in the prompt (and the word JSON, which OpenAI insists on).
+            # json_object mode needs the schema in the prompt (and the word JSON, which OpenAI insists on). The
+            # schema may be the caller's, so it goes in a user message of its own: the system message stays fixed.
             messages[0] = {
                 "role": "system",
-                "content": messages[0]["content"] + "\n\nAnswer with one JSON object valid against this JSON Schema:\n"
-                + json.dumps(request.schema, separators=(",", ":")),
+                "content": messages[0]["content"] + "\n\nAnswer with one JSON object valid against the JSON Schema "
+                "given in the first user message.",
             }
+            messages.insert(1, {"role": "user", "content": "The JSON Schema the answer must be valid against:\n"
+                                + json.dumps(request.schema, separators=(",", ":"))})
             response_format = {"type": "json_object"}
         params: dict[str, Any] = {
             "model": tier.model,
@@ -176,22 +273,43 @@ class OpenAIModels:
             params["temperature"] = tier.temperature
         if tier.reasoning_effort is not None:
             params["reasoning_effort"] = tier.reasoning_effort
-        with _translate(where, secrets):
+        with _translate(where, scrubber):
             # The SDK's documented raw `post` rather than `chat.completions.create`: create() walks every parameter
             # through its TypedDict transforms on each request, which measured as most of its CPU per request (our
-            # body is plain JSON that we built and checked). The response is still parsed into a ChatCompletion.
+            # body is plain JSON that we built and checked). The response is still parsed into a ChatCompletion,
+            # or comes back as a str (a body that is not JSON) or a bare list/dict: checked below.
             resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=params)
-        if not resp.choices:
-            raise UpstreamUnavailable(f"{where}: the response had no choices")
-        choice = resp.choices[0]
-        usage = resp.usage
+        return self._reply(where, resp, tier.model, scrubber)
+
+    def _reply(self, where: str, resp: Any, model: str, scrubber: Scrubber) -> ModelReply:
+        if not isinstance(resp, ChatCompletion):
+            raise _not_a_completion(where, resp, scrubber)
+        extra = resp.model_extra or {}
+        choices = getattr(resp, "choices", None)
+        if extra.get("error") is not None and not choices:
+            raise _error_object(where, extra["error"], scrubber)
+        if not choices:
+            raise UpstreamMalformed(f"{where}: the response had no choices")
+        try:
+            choice = choices[0]
+            message = choice.message
+            content, refusal = message.content, getattr(message, "refusal", None)
+            finish = choice.finish_reason
+        except (AttributeError, TypeError, IndexError, KeyError):
+            raise UpstreamMalformed(f"{where}: the response's first choice has no message") from None
+        if not isinstance(content, (str, type(None))) or not isinstance(refusal, (str, type(None))):
+            raise UpstreamMalformed(f"{where}: the response's message content is not text")
+        usage = getattr(resp, "usage", None)
         return ModelReply(
-            content=choice.message.content,
-            refusal=getattr(choice.message, "refusal", None),
-            finish_reason=_FINISH.get(choice.finish_reason or "stop", "other"),
-            input_tokens=usage.prompt_tokens if usage else 0,
-            output_tokens=usage.completion_tokens if usage else 0,
-            model=resp.model or tier.model,
+            content=content,
+            refusal=refusal,
+            finish_reason=_FINISH.get(finish if isinstance(finish, str) else "stop", "other"),
+            input_tokens=_count(usage, "prompt_tokens"),
+            output_tokens=_count(usage, "completion_tokens"),
+            model=resp.model if isinstance(resp.model, str) and resp.model else model,
+            cached_input_tokens=_count(usage, "prompt_tokens_details", "cached_tokens"),
+            reasoning_tokens=_count(usage, "completion_tokens_details", "reasoning_tokens"),
+            usage_reported=usage is not None,
         )
 
     async def probe(self, provider: Provider, timeout_s: float = 5.0) -> list[str]:
@@ -200,11 +318,14 @@ class OpenAIModels:
         Raises:
             ModelError: the endpoint did not answer, or refused.
         """
-        where = provider.effective_base_url(self._env)
-        client, secrets = self._client(provider, where)
-        with _translate(where, secrets):
+        where = self.where(provider)
+        client, scrubber = self._client(provider, where)
+        with _translate(where, scrubber):
             page = await client.with_options(timeout=timeout_s).models.list()
-        return [m.id for m in page.data]
+        data = getattr(page, "data", None)
+        if not isinstance(data, list):
+            raise _not_a_completion(where, page, scrubber)
+        return [m.id for m in data if isinstance(getattr(m, "id", None), str)]
 
     async def aclose(self) -> None:
         for client, _ in self._clients.values():

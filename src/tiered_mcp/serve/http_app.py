@@ -1,11 +1,15 @@
 """Streamable HTTP for a team: the MCP endpoint at `/mcp` behind a bearer token, plus `/healthz` for orchestrators.
 
-Layers, outside in: the bearer-token check (every path but `/healthz`), then the SDK's own Streamable HTTP app, which
-caps request bodies (413) and checks Host and Origin against DNS rebinding (421 / 403) before it parses anything.
+Layers, outside in: the bearer-token check (every path but `/healthz`) — one shared token, or named tokens from a
+tokens file (serve/tokens.py) with per-caller request rate, concurrency and open-session limits — then the SDK's
+own Streamable HTTP app, which caps request bodies (413) and checks Host and Origin against DNS rebinding
+(421 / 403) before it parses anything. With named tokens, each request runs with `core.identity.current_caller`
+set to its caller, which the call path reads for the ledger and the caller's budget.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -13,6 +17,7 @@ import logging
 import os
 import re
 import stat
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,8 @@ from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, Transpo
 
 from tiered_mcp import __version__
 from tiered_mcp.core.errors import ConfigError
+from tiered_mcp.core.identity import Caller, current_caller
+from tiered_mcp.serve.tokens import CallerState, NamedToken, TokenStore
 
 if TYPE_CHECKING:
     import uvicorn
@@ -95,7 +102,8 @@ class HttpOptions:
     Attributes:
         host: the address to bind.
         port: the TCP port.
-        token: the bearer token every request except /healthz must carry; required off loopback.
+        token: the bearer token every request except /healthz must carry; required off loopback (or tokens_file).
+        tokens_file: a file of named tokens (serve/tokens.py) instead of one shared token; reloaded on change.
         allowed_hosts: Host header values accepted besides loopback; a name without a port matches any port.
         allowed_origins: Origin header values accepted besides loopback (e.g. "https://app.example.com").
         max_body_bytes: largest request body; bigger ones get 413.
@@ -109,6 +117,7 @@ class HttpOptions:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     token: str | None = None
+    tokens_file: str | None = None
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -116,10 +125,12 @@ class HttpOptions:
     json_response: bool = False
 
     def __post_init__(self) -> None:
-        if not is_loopback(self.host) and not self.token:
+        if self.token and self.tokens_file:
+            raise ConfigError("give either one shared token or a tokens file, not both")
+        if not is_loopback(self.host) and not self.token and not self.tokens_file:
             raise ConfigError(
                 f"refusing to serve on {self.host or 'every interface'} without a bearer token: anyone who can reach "
-                f"the port could spend your model budget. Set ${TOKEN_ENV} or pass --token-file PATH "
+                f"the port could spend your model budget. Set ${TOKEN_ENV}, pass --token-file PATH or a tokens file "
                 "(or bind to 127.0.0.1)"
             )
         if not 0 <= self.port <= 65535:
@@ -155,32 +166,127 @@ def transport_security(options: HttpOptions) -> TransportSecuritySettings:
                                      allowed_origins=list(dict.fromkeys(origins)))
 
 
-class BearerAuth:
-    """ASGI middleware: every HTTP request except to the exempt paths must carry `Authorization: Bearer <token>`.
+async def _refuse(send: Send, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
 
-    Anything else gets 401 with an empty body: nothing that tells a caller how close it came. Only the headers are
-    read, so an unauthenticated caller cannot make us buffer a body.
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    values = [v for k, v in scope.get("headers", ()) if k == name]
+    return values[0] if len(values) == 1 else None
+
+
+CHALLENGE = b'Bearer realm="tiered-mcp"'
+SHARED_MAX_SESSIONS = 1000
+"""Open sessions a single shared token may hold (all its holders together)."""
+
+
+class SharedToken:
+    """The one shared token as a token store: no rate or concurrency limit, SHARED_MAX_SESSIONS sessions."""
+
+    def __init__(self, token: str) -> None:
+        self._entry = NamedToken(name="shared", digest=hashlib.sha256(token.encode()).digest(), daily_usd=None,
+                                 requests_per_minute=None, max_concurrent=None, max_sessions=SHARED_MAX_SESSIONS)
+
+    def lookup(self, token: bytes) -> NamedToken | None:
+        # compare_digest: the time taken does not depend on how many leading characters were right.
+        return self._entry if hmac.compare_digest(hashlib.sha256(token).digest(), self._entry.digest) else None
+
+
+class NamedTokenAuth:
+    """ASGI middleware for a team server: each request carries one of the named tokens, and runs as its caller.
+
+    Per caller: requests per minute (429 with Retry-After), requests in flight (POSTs; 429), and open sessions
+    (a new session past the cap gets 429; a session id is usable only with the token that opened it, else 404).
+    A missing or unknown token gets 401 with an empty body and `WWW-Authenticate: Bearer realm="tiered-mcp"` (with
+    `error="invalid_token"` when a token was sent, RFC 6750): a host sees that a bearer token is expected, not OAuth.
     """
 
-    def __init__(self, app: ASGIApp, token: str, exempt: frozenset[str] = frozenset({HEALTH_PATH})) -> None:
-        self.app, self.exempt = app, exempt
-        self._expected = token.encode("ascii")
+    def __init__(self, app: ASGIApp, store: TokenStore | SharedToken, stateless: bool = False,
+                 exempt: frozenset[str] = frozenset({HEALTH_PATH}), clock: Any = None, set_caller: bool = True) -> None:
+        self.app, self.store, self.stateless, self.exempt = app, store, stateless, exempt
+        self.set_caller = set_caller
+        self._clock = clock or time.monotonic
+        self._state: dict[str, CallerState] = {}
+        self._owner: dict[str, str] = {}
 
-    def _authorized(self, scope: Scope) -> bool:
-        values = [v for k, v in scope.get("headers", ()) if k == b"authorization"]
-        if len(values) != 1:
-            return False
-        scheme, _, given = values[0].strip().partition(b" ")
-        # compare_digest: the time taken does not depend on how many leading characters were right.
-        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._expected)
+    def _caller(self, scope: Scope) -> tuple[NamedToken | None, bool]:
+        """(the caller, whether any credentials were sent)."""
+        value = _header(scope, b"authorization")
+        if value is None:
+            return None, any(k == b"authorization" for k, _ in scope.get("headers", ()))
+        scheme, _, given = value.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not given.strip():
+            return None, True
+        return self.store.lookup(given.strip()), True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt or self._authorized(scope):
+        if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"www-authenticate", b"Bearer"), (b"content-length", b"0")]})
-        await send({"type": "http.response.body", "body": b""})
+        entry, sent = self._caller(scope)
+        if entry is None:
+            challenge = CHALLENGE + (b', error="invalid_token"' if sent else b"")
+            await send({"type": "http.response.start", "status": 401,
+                        "headers": [(b"www-authenticate", challenge), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        state = self._state.setdefault(entry.name, CallerState())
+        now = self._clock()
+        wait = state.rate_wait(entry.requests_per_minute, now)
+        if wait:
+            await _refuse(send, 429, f"rate limit: {entry.requests_per_minute} requests per minute for "
+                          f"{entry.name}", ((b"retry-after", str(max(1, round(wait))).encode()),))
+            return
+        method = scope.get("method", "GET")
+        raw_sid = _header(scope, b"mcp-session-id")
+        sid = raw_sid.decode("latin-1") if raw_sid else None
+        if sid is not None:
+            owner = self._owner.get(sid)
+            if owner is not None and owner != entry.name:
+                await _refuse(send, 404, "session not found")  # another caller's session: as if unknown
+                return
+            if owner is not None:
+                state.sessions[sid] = now
+        for gone in state.expire(now):
+            self._owner.pop(gone, None)
+        opening = method == "POST" and sid is None and not self.stateless
+        if opening and entry.max_sessions is not None and len(state.sessions) >= entry.max_sessions:
+            await _refuse(send, 429, f"{entry.name} has {entry.max_sessions} sessions open, the most it may; close "
+                          "one (DELETE /mcp) or let one go idle", ((b"retry-after", b"60"),))
+            return
+        counted = method == "POST"
+        if counted and entry.max_concurrent is not None and state.in_flight >= entry.max_concurrent:
+            await _refuse(send, 429, f"{entry.name} has {entry.max_concurrent} requests in flight, the most it may",
+                          ((b"retry-after", b"1"),))
+            return
+
+        async def watching(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                opened = dict(message.get("headers") or ()).get(b"mcp-session-id")
+                if opening and opened and status < 400:
+                    new = opened.decode("latin-1")
+                    self._owner[new] = entry.name
+                    state.sessions[new] = self._clock()
+                if sid is not None and (status == 404 or (method == "DELETE" and status < 300)):
+                    state.sessions.pop(sid, None)
+                    self._owner.pop(sid, None)
+            await send(message)
+
+        if counted:
+            state.in_flight += 1
+        reset = current_caller.set(Caller(entry.name, entry.daily_usd)) if self.set_caller else None
+        try:
+            await self.app(scope, receive, watching)
+        finally:
+            if reset is not None:
+                current_caller.reset(reset)
+            if counted:
+                state.in_flight -= 1
 
 
 def build_http_app(server: Server[Any], options: HttpOptions, tools: int) -> ASGIApp:
@@ -213,7 +319,13 @@ def build_http_app(server: Server[Any], options: HttpOptions, tools: int) -> ASG
         host=options.host,
         custom_starlette_routes=[Route(HEALTH_PATH, healthz, methods=["GET"])],
     )
-    return BearerAuth(app, options.token) if options.token else app
+    if options.tokens_file:
+        return NamedTokenAuth(app, TokenStore(options.tokens_file), stateless=options.stateless)
+    if options.token:
+        # One shared token: no caller name (the ledger cannot tell its holders apart), but still a cap on open
+        # sessions, so that one holder cannot fill the SDK's 10,000-session table for everyone.
+        return NamedTokenAuth(app, SharedToken(options.token), stateless=options.stateless, set_caller=False)
+    return app
 
 
 def uvicorn_server(app: ASGIApp, options: HttpOptions) -> uvicorn.Server:
@@ -242,5 +354,6 @@ async def serve_http(app: ASGIApp, options: HttpOptions) -> None:
     log.info("serving MCP at http://%s:%d%s (%s%s; token %s)",
              f"[{options.host}]" if ":" in options.host else options.host, options.port, MCP_PATH,
              "stateless" if options.stateless else "sessions", ", JSON responses" if options.json_response else "",
-             "required" if options.token else "not set, loopback only")
+             "required" if options.token else "named, from " + options.tokens_file if options.tokens_file
+             else "not set, loopback only")
     await uvicorn_server(app, options).serve()

@@ -266,8 +266,8 @@ def build_runner(
 
 
 async def serve_stdio(server: Server[Any]) -> None:
-    """Serve over this process's stdin and stdout until the client goes away."""
-    from mcp.server.stdio import stdio_server
+    """Serve over this process's stdin and stdout until the client goes away; a line that cannot be parsed is
+    answered with a JSON-RPC error, never dropped (see serve/stdio.py)."""
+    from tiered_mcp.serve.stdio import serve_stdio as serve
 
-    async with stdio_server() as (read_stream, write_stream):
-        await server.run(read_stream, write_stream, server.create_initialization_options())
+    await serve(server)

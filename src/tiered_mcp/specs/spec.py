@@ -158,12 +158,23 @@ def template_variables(template: str) -> set[str]:
 
 
 def _present(value: Any) -> bool:
-    return value is not None and value != "" and value != [] and value != {}
+    # False counts as absent: a boolean filled in from its schema default `false` is not "on".
+    return value is not None and value is not False and value != "" and value != [] and value != {}
+
+
+def _closer_pattern(template: str) -> re.Pattern[str] | None:
+    """Any spelling of the template's closing tags that a model might read as one: any case, spaces anywhere
+    (`</TEXT>`, `</text >`, `</ text>`)."""
+    tags = sorted(set(_CLOSING_TAG.findall(template)))
+    if not tags:
+        return None
+    return re.compile(r"<(\s*)/(\s*(?:" + "|".join(map(re.escape, tags)) + r")\s*)>", re.I)
 
 
 def render_template(template: str, arguments: dict[str, Any]) -> str:
-    """Fill a template. Inserted text cannot close the template's own delimiter tags (e.g. `</text>`)."""
-    closers = set(_CLOSING_TAG.findall(template))
+    """Fill a template. Inserted text cannot close the template's own delimiter tags (e.g. `</text>`), whatever
+    its case or spacing: such a tag inside an argument is written `<\\/text>`."""
+    closers = _closer_pattern(template)
 
     def section(m: re.Match[str]) -> str:
         shown = _present(arguments.get(m.group(2)))
@@ -172,8 +183,8 @@ def render_template(template: str, arguments: dict[str, Any]) -> str:
     def value(m: re.Match[str]) -> str:
         v = arguments.get(m.group(1))
         text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
-        for tag in closers:
-            text = text.replace(f"</{tag}>", f"<\\/{tag}>")
+        if closers is not None:
+            text = closers.sub(lambda t: f"<{t.group(1)}\\/{t.group(2)}>", text)
         return text
 
     out = _SECTION.sub(section, template)
