@@ -108,10 +108,28 @@ def test_ambiguous_text_gets_lower_confidence_than_a_clear_one(embedder: Embedde
     assert ambiguous["confidence"] < 0.6 < clear["confidence"]
 
 
-def test_negation_never_reads_as_confident(embedder: Embedder) -> None:
+@pytest.mark.parametrize("n_labels", [2, 3, 19])
+@pytest.mark.parametrize("agreement", [None, 0.0, 0.5, 1.0])
+def test_confidence_rises_with_the_margin_and_stays_a_probability(n_labels: int, agreement: float | None) -> None:
+    from tiered_mcp.local_calibration import confidence
+
+    examples = 0 if agreement is None else 8
+    values = [confidence(m / 100, 0.3, n_labels, examples, agreement) for m in range(0, 41)]
+    assert all(0.0 < v < 1.0 for v in values)
+    assert all(b > a for a, b in zip(values, values[1:]))
+
+
+def test_confidence_with_examples_rises_with_the_neighbours_agreement() -> None:
+    from tiered_mcp.local_calibration import confidence
+
+    values = [confidence(0.05, 0.5, 3, 32, a / 10) for a in range(11)]
+    assert all(b > a for a, b in zip(values, values[1:]))
+
+
+def test_a_negated_text_is_no_longer_capped_by_a_word_list(embedder: Embedder) -> None:
     result = local_tasks.classify(embedder, "I am not happy with the service at all.", ["positive", "negative"])
-    assert result["confidence"] <= 0.5
-    assert "negation" in result["reason"]
+    assert "negation" not in result["reason"]
+    assert 0.0 < result["confidence"] < 1.0
 
 
 def test_multi_label_picks_both_topics_of_a_two_topic_text(embedder: Embedder) -> None:

@@ -128,3 +128,16 @@ async def test_a_bake_off_can_include_the_local_tier(runner):
     assert local["classify"].quality == 1.0 and local["classify"].cost_usd == 0
     assert local["extract"].valid_rate == 0  # refused: the local tier does not serve extract
     assert any("does not serve extract" in (r.error or "") for r in runs)
+
+
+async def test_run_many_gives_each_item_what_run_gives_it(engine):
+    texts = ["The app crashes when I press save", "Please add a dark mode", "I was billed twice",
+             "It is not what I expected.", "Where can I download my invoice?"]
+    labels = ["bug report", "feature request", "billing question"]
+    items = [{"text": t, "labels": labels} for t in texts] + [{"text": texts[0], "labels": ["a", "a"]}]
+    together = await engine.run_many("classify", items)
+    for item, result in zip(items[:-1], together):
+        alone = await engine.run("classify", item)
+        assert result["label"] == alone["label"]
+        assert result["confidence"] == pytest.approx(alone["confidence"], abs=2e-3)
+    assert isinstance(together[-1], Exception) and "unique" in str(together[-1])
