@@ -156,3 +156,59 @@ async def test_run_many_serves_rank_and_summarize_too() -> None:
     assert out[0]["ranked"][0]["index"] == 1 and out[1]["ranked"][0]["index"] == 0
     [bad] = await local.run_many("rank", [{"query": "q", "items": ["a"], "top_k": 0}])
     assert isinstance(bad, ArgumentsError)
+
+
+async def test_concurrent_single_calls_share_forward_passes_and_keep_their_own_answers() -> None:
+    import anyio
+
+    local = engine()
+    items = [{"text": text, "labels": LABELS, "examples": EXAMPLES} for text, _ in PROBES] * 10
+    expected = [await local.run("classify", item) for item in items[:4]]
+    embedder = await local.embedder()
+    embedder.calls.clear()
+    results: list = [None] * len(items)
+
+    async def one(i: int) -> None:
+        results[i] = await local.run("classify", items[i])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(items)):
+            tg.start_soon(one, i)
+    assert results == expected * 10
+    assert sum(1 for n in embedder.calls if n > len(LABELS) + len(EXAMPLES)) >= 1  # texts were gathered
+    assert len(embedder.calls) < len(items)
+
+
+class SlowWordsEmbedder(WordsEmbedder):
+    def embed(self, texts: list[str]) -> np.ndarray:
+        import time
+
+        time.sleep(0.02)
+        return super().embed(texts)
+
+
+async def test_cancelled_calls_do_not_strand_the_others() -> None:
+    import anyio
+
+    local = LocalEngine(embedder_factory=SlowWordsEmbedder, installed=True)
+    await local.embedder()
+    results: dict[int, str] = {}
+    scopes: dict[int, anyio.CancelScope] = {}
+
+    async def one(i: int) -> None:
+        with anyio.CancelScope() as scope:
+            scopes[i] = scope
+            out = await local.run("classify", {"text": PROBES[i % 4][0], "labels": LABELS, "examples": EXAMPLES})
+            results[i] = out["label"]
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for i in range(12):
+                tg.start_soon(one, i)
+            await anyio.sleep(0.005)  # the first call leads a batch; the others wait behind it
+            for i in (0, 1, 5):  # the leader and two waiters are cancelled
+                scopes[i].cancel()
+    assert set(results) >= set(range(12)) - {0, 1, 5}
+    assert all(results[i] == PROBES[i % 4][1] for i in results)
+    assert (await local.run("classify", {"text": "apple fruit", "labels": LABELS, "examples": EXAMPLES}))[
+        "label"] == "alpha"

@@ -22,6 +22,8 @@ _TASK_ARGS = {
     "rank": ("query", "items", "top_k"),
     "summarize": ("text", "max_words", "style", "focus"),
 }
+# At most this many queued calls go into one gathered batch (bounds the wait of the calls behind it).
+_MAX_GATHER = 256
 # Tools whose answers become labelled examples (by the names of their local tasks).
 _LEARNS = ("classify",)
 
@@ -50,6 +52,8 @@ class LocalEngine:
         self.is_installed = self.installed() if installed is None else installed
         self.store: ExampleStore = store if store is not None else MemoryExampleStore()
         self.store_inputs = store_inputs
+        self._pending: dict[str, list[_Job]] = {}
+        self._leading: set[str] = set()
 
     @staticmethod
     def installed() -> bool:
@@ -84,14 +88,57 @@ class LocalEngine:
     async def run(self, task: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """Run `task` with the tool's (validated) arguments.
 
+        Calls that arrive while another batch is in the model are gathered and run together by `run_many`, so many
+        concurrent single calls (or a batch fanned out into single calls) share forward passes instead of queueing
+        one by one on the model. Each still gets exactly its own answer.
+
         Raises:
             LocalTierError: the local packages are missing or failed to load.
             ArgumentsError: the task cannot take these arguments (e.g. repeated labels).
         """
-        [result] = await self.run_many(task, [arguments])
-        if isinstance(result, Exception):
-            raise result
-        return result
+        job = _Job(arguments)
+        self._pending.setdefault(task, []).append(job)
+        while job.result is None:
+            if task in self._leading:  # another call is running a batch: wait for this answer or for our turn
+                job.wake = anyio.Event()
+                try:
+                    await job.wake.wait()
+                except BaseException:
+                    job.abandoned = True
+                    self._promote(task)  # in case this call had just been woken to lead
+                    raise
+                continue
+            self._leading.add(task)
+            try:
+                while job.result is None:
+                    queue = self._pending[task]
+                    batch, self._pending[task] = queue[:_MAX_GATHER], queue[_MAX_GATHER:]
+                    batch = [j for j in batch if not j.abandoned or j is job]
+                    # Shielded: the calls gathered here wait on this batch even if this call is cancelled.
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            results = await self.run_many(task, [j.arguments for j in batch])
+                        except Exception as e:  # the model failed to load: every call in the batch gets it
+                            results = [e] * len(batch)
+                    for j, r in zip(batch, results):
+                        j.result = r
+                        j.wake.set()
+            finally:
+                self._leading.discard(task)
+                self._promote(task)
+        if isinstance(job.result, Exception):
+            raise job.result
+        return job.result
+
+    def _promote(self, task: str) -> None:
+        """Wake the first waiting call to lead the next batch (no-op when nothing waits or someone leads)."""
+        if task in self._leading:
+            return
+        queue = self._pending.get(task, [])
+        while queue and queue[0].abandoned:
+            queue.pop(0)
+        if queue:
+            queue[0].wake.set()
 
     async def run_many(self, task: str, items: list[dict[str, Any]]) -> list[dict[str, Any] | Exception]:
         """Run `task` for many argument dicts in one worker-thread pass.
@@ -177,6 +224,16 @@ class LocalEngine:
 
         await anyio.to_thread.run_sync(keep)
         return True
+
+
+class _Job:
+    __slots__ = ("abandoned", "arguments", "result", "wake")
+
+    def __init__(self, arguments: dict[str, Any]) -> None:
+        self.arguments = arguments
+        self.wake = anyio.Event()
+        self.result: Any = None
+        self.abandoned = False
 
 
 def _each(fn: Callable[..., dict[str, Any]], embedder: Any, calls: list[dict[str, Any]]) -> list[Any]:
