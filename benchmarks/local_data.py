@@ -176,3 +176,34 @@ def cached_embed(embedder, texts: list[str], tag: str = ""):
     vectors = embedder.embed(texts)
     np.save(path, vectors)
     return vectors
+
+
+class CachingEmbedder:
+    """Wraps an embedder; remembers each text's vector, on disk between runs (one file per model and tag)."""
+
+    def __init__(self, embedder, tag: str) -> None:
+        import pickle
+
+        self.inner, self.model_name = embedder, embedder.model_name
+        model = hashlib.sha256(embedder.model_name.encode("utf-8")).hexdigest()[:8]
+        self.path = CACHE / "emb" / f"{model}-{tag}.pkl"
+        self.memo: dict[str, object] = pickle.loads(self.path.read_bytes()) if self.path.exists() else {}
+        self.dirty = False
+
+    def embed(self, texts: list[str]):
+        import numpy as np
+
+        missing = list(dict.fromkeys(t for t in texts if t not in self.memo))
+        if missing:
+            for text, vector in zip(missing, self.inner.embed(missing)):
+                self.memo[text] = vector
+            self.dirty = True
+        return np.stack([self.memo[t] for t in texts]) if texts else self.inner.embed([])
+
+    def save(self) -> None:
+        import pickle
+
+        if self.dirty:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_bytes(pickle.dumps(self.memo))
+            self.dirty = False

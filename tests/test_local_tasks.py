@@ -268,3 +268,16 @@ def test_summary_of_nothing_is_empty(embedder: Embedder) -> None:
 )
 def test_split_sentences(text: str, expected: list[str]) -> None:
     assert local_tasks.split_sentences(text) == expected
+
+
+def test_lexical_scores_ignore_function_words_and_favour_rare_shared_terms() -> None:
+    items = ["How to bake bread at home", "Error XJ4421 when the installer starts", "The installer starts slowly"]
+    scores = local_tasks.lexical_scores("how do I fix error XJ4421 in the installer", items)
+    assert scores[1] > scores[2] > 0
+    assert scores[0] == 0  # "how", "to", "at" are function words
+
+
+def test_rank_counts_a_shared_rare_term(embedder: Embedder) -> None:
+    items = ["The installer hangs on the licence screen", "Code KX-9912 shows up during setup"]
+    ranked = local_tasks.rank(embedder, "what does KX-9912 mean", items)["ranked"]
+    assert ranked[0]["index"] == 1

@@ -25,6 +25,14 @@ DEFAULT_THRESHOLD = 0.3
 # this many examples: a few examples nudge the zero-shot answer, many outweigh it. Chosen on the calibration sets
 # by benchmarks/local_calibrate.py (accuracy at 8 examples per label, among 0.5, 1, 2, 4, 8).
 LABEL_PRIOR = 2.0
+# Extractive summary: a sentence's score is its cosine to the document's centre (pulled toward `focus` with this
+# weight) plus LEAD_BONUS / (1 + position / LEAD_SPAN). Tuned on the ACLSum train split, reported on its test split
+# (benchmarks/local_text.py).
+FOCUS_WEIGHT = 2.0
+# rank: the weight of the BM25 score beside the embedding cosine (tuned in benchmarks/local_text.py on ACLSum train).
+LEXICAL_WEIGHT = 0.3
+LEAD_BONUS = 0.4
+LEAD_SPAN = 10.0
 # With examples, confidence also weighs how many of a text's nearest examples carry the label it was given.
 NEIGHBOURS = 10
 
@@ -310,8 +318,52 @@ def classify(
     return classify_many(embedder, [text], labels, descriptions, multi_label, threshold, examples, stored)[0]
 
 
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+# Function words carry no topic; with the few items of a typical rank call their BM25 weight would be large.
+_STOPWORDS = frozenset(
+    """a an and are as at be been but by can could did do does for from had has have how i if in into is it its
+    me my no not of on or our so than that the their them then there these they this to was we were what when where
+    which who why will with would you your
+    le la les un une des et est en du au aux pour pas par sur qui que dans ce il elle je vous nous
+    der die das ein eine und ist nicht zu den dem des mit von im auf für wie ich sie es
+    el los las una y es en del por para con que se lo como""".split()
+)
+
+
+def _terms(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text.lower()) if (len(w) > 1 or w.isdigit()) and w not in _STOPWORDS]
+
+
+def lexical_scores(query: str, items: Sequence[str], k1: float = 1.2, b: float = 0.75) -> np.ndarray:
+    """Okapi BM25 of each item for the query, with document frequencies taken from the items themselves."""
+    import numpy as np
+
+    docs = [_terms(item) for item in items]
+    n = len(docs)
+    avg = max(1.0, sum(len(d) for d in docs) / max(1, n))
+    df: dict[str, int] = {}
+    for d in docs:
+        for term in set(d):
+            df[term] = df.get(term, 0) + 1
+    scores = np.zeros(n, dtype=np.float32)
+    for term in set(_terms(query)):
+        if term not in df:
+            continue
+        idf = np.log(1.0 + (n - df[term] + 0.5) / (df[term] + 0.5))
+        for i, d in enumerate(docs):
+            tf = d.count(term)
+            if tf:
+                scores[i] += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(d) / avg))
+    return scores
+
+
 def rank(embedder: SupportsEmbed, query: str, items: list[str], top_k: int | None = None) -> dict[str, object]:
-    """Order items by the cosine similarity of their embeddings to the query's.
+    """Order items by the cosine of their embeddings to the query's, blended with a BM25 score.
+
+    The score is (1 - LEXICAL_WEIGHT) * cosine + LEXICAL_WEIGHT * BM25 / (the best BM25 in the list): words the
+    query shares with an item (names, rare terms) count beside what the embeddings see.
 
     Args:
         embedder: gives unit-length sentence embeddings.
@@ -320,8 +372,7 @@ def rank(embedder: SupportsEmbed, query: str, items: list[str], top_k: int | Non
         top_k: keep only this many (default all).
 
     Returns:
-        {"ranked": [{"index": position in items, "score": cosine clipped to 0..1}]}, best first;
-        equal scores keep their input order.
+        {"ranked": [{"index": position in items, "score": 0..1}]}, best first; equal scores keep their input order.
 
     Raises:
         ValueError: top_k below 1.
@@ -334,6 +385,10 @@ def rank(embedder: SupportsEmbed, query: str, items: list[str], top_k: int | Non
         return {"ranked": []}
     vectors = _unit(embedder.embed([query, *items]))
     scores = np.clip(vectors[1:] @ vectors[0], 0.0, 1.0)
+    if LEXICAL_WEIGHT > 0 and len(items) > 1:
+        lexical = lexical_scores(query, items)
+        if lexical.max() > 0:
+            scores = (1 - LEXICAL_WEIGHT) * scores + LEXICAL_WEIGHT * lexical / lexical.max()
     order = np.argsort(-scores, kind="stable")[: top_k or len(items)]
     return {"ranked": [{"index": int(i), "score": round(float(scores[i]), 4)} for i in order]}
 
@@ -482,8 +537,10 @@ def summarize(
     sentence_vectors = vectors[: len(sentences)]
     centre = _unit(sentence_vectors.mean(axis=0))
     if len(embedded) > len(sentences):
-        centre = _unit(centre + vectors[-1])
-    closeness = sentence_vectors @ centre
+        centre = _unit(centre + FOCUS_WEIGHT * vectors[-1])
+    # Documents put their point first: an early sentence gets a bonus that fades with its position.
+    position = np.arange(len(sentences), dtype=np.float32)
+    closeness = sentence_vectors @ centre + LEAD_BONUS / (1.0 + position / LEAD_SPAN)
     by_closeness = [int(i) for i in np.argsort(-closeness, kind="stable")]
 
     if style == "headline":
