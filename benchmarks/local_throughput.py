@@ -125,7 +125,9 @@ def main() -> None:
     parser.add_argument("--skip-mcp", action="store_true")
     args = parser.parse_args()
     shorts, longs = texts(args.short, args.long)
-    print(f"{os.cpu_count()} CPUs; short ~{sum(len(t.split()) for t in shorts) / len(shorts):.0f} words, "
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
+    print(f"{os.cpu_count()} CPUs, load average {' '.join(load)} at start (other work on the machine slows wall "
+          f"time; CPU ms per text is the steadier figure); short ~{sum(len(t.split()) for t in shorts) / len(shorts):.0f} words, "
           f"news-length ~{sum(len(t.split()) for t in longs) / len(longs):.0f} words")
     asyncio.run(in_process(shorts, longs))
     if not args.skip_mcp:
