@@ -1,6 +1,6 @@
 """Fit the local classifier's confidence model (and choose its label prior) on the calibration sets only.
 
-Run: LOCAL_BENCH_CACHE=/tmp/bench python benchmarks/local_calibrate.py [--n 600]
+Run: LOCAL_BENCH_CACHE=/tmp/bench python benchmarks/local_calibrate.py [--n 600] [--encoder e5 --skip-prior]
 Prints LABEL_PRIOR for local_tasks.py and COEFFICIENTS for local_calibration.py, fitted on movies, chatterbot-a and
 aclsum-train (local_data.CALIBRATION); local_eval.py reports on the other sets.
 """
@@ -23,8 +23,21 @@ from local_eval import run_mode  # noqa: E402
 PRIORS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 50) -> np.ndarray:
-    """Maximum-likelihood logistic regression by Newton steps, with a small ridge (not on the bias)."""
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 100) -> np.ndarray:
+    """Maximum-likelihood logistic regression by Newton steps, with a small ridge on standardised features.
+
+    The ridge acts on features scaled to unit variance (a margin's spread is ~0.03 cosine, so a ridge on raw weights
+    would flatten it), and the weights are mapped back to the raw features.
+    """
+    scale = x.std(axis=0)
+    scale[0] = 1.0
+    scale[scale == 0] = 1.0
+    x = x / scale
+    w = fit_raw(x, y, l2, steps)
+    return w / scale
+
+
+def fit_raw(x: np.ndarray, y: np.ndarray, l2: float, steps: int) -> np.ndarray:
     w = np.zeros(x.shape[1])
     ridge = np.full(x.shape[1], l2 * len(y))
     ridge[0] = 0.0
@@ -42,16 +55,18 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 50
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=600)
+    parser.add_argument("--encoder", default="use", choices=["use", "e5"])
+    parser.add_argument("--skip-prior", action="store_true", help="only fit the coefficients")
     args = parser.parse_args()
-    from tiered_mcp.embedder import Embedder
+    from tiered_mcp.embedder import make_embedder
 
-    embedder = Embedder()
+    embedder = make_embedder(args.encoder)
     embedder.load()
     sets = [local_data.labelled(name, args.n) for name in local_data.CALIBRATION]
 
     print("label prior (accuracy with 8 examples per label, mean of 3 draws, calibration sets):")
     best_prior, best_acc = None, -1.0
-    for prior in PRIORS:
+    for prior in () if args.skip_prior else PRIORS:
         accs = []
         for data in sets:
             for seed in range(3):
@@ -74,7 +89,8 @@ def main() -> None:
                 for f, c, *_ in run_mode(embedder, data, bool(data.descriptions), k, seed):
                     examples[0].append(f)
                     examples[1].append(c)
-    for name, (feats, ys) in (("ZERO_SHOT_COEFFICIENTS", zero), ("EXAMPLE_COEFFICIENTS", examples)):
+    prefix = "" if args.encoder == "use" else f"{args.encoder.upper()}_"
+    for name, (feats, ys) in ((f"{prefix}ZERO_SHOT_COEFFICIENTS", zero), (f"{prefix}EXAMPLE_COEFFICIENTS", examples)):
         x, y = np.array(feats), np.array(ys, dtype=float)
         w = fit_logistic(x, y)
         # d(logit)/d(margin) must be positive: for the example model it is w1 + w6 * agreement, agreement in 0..1.

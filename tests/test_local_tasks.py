@@ -108,21 +108,26 @@ def test_ambiguous_text_gets_lower_confidence_than_a_clear_one(embedder: Embedde
     assert ambiguous["confidence"] < 0.6 < clear["confidence"]
 
 
+@pytest.mark.parametrize("encoder", ["use", "e5"])
 @pytest.mark.parametrize("n_labels", [2, 3, 19])
 @pytest.mark.parametrize("agreement", [None, 0.0, 0.5, 1.0])
-def test_confidence_rises_with_the_margin_and_stays_a_probability(n_labels: int, agreement: float | None) -> None:
+def test_confidence_rises_with_the_margin_and_stays_a_probability(
+    n_labels: int, agreement: float | None, encoder: str
+) -> None:
     from tiered_mcp.local_calibration import confidence
 
     examples = 0 if agreement is None else 8
-    values = [confidence(m / 100, 0.3, n_labels, examples, agreement) for m in range(0, 41)]
+    # Margins of 0 to 0.05 cosine: the range these encoders give (e5's cosines are packed closer than USE's).
+    values = [confidence(m / 800, 0.3, n_labels, examples, agreement, encoder) for m in range(0, 41)]
     assert all(0.0 < v < 1.0 for v in values)
     assert all(b > a for a, b in zip(values, values[1:]))
 
 
-def test_confidence_with_examples_rises_with_the_neighbours_agreement() -> None:
+@pytest.mark.parametrize("encoder", ["use", "e5"])
+def test_confidence_with_examples_rises_with_the_neighbours_agreement(encoder: str) -> None:
     from tiered_mcp.local_calibration import confidence
 
-    values = [confidence(0.05, 0.5, 3, 32, a / 10) for a in range(11)]
+    values = [confidence(0.05, 0.5, 3, 32, a / 10, encoder) for a in range(11)]
     assert all(b > a for a, b in zip(values, values[1:]))
 
 

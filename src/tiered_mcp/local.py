@@ -32,7 +32,8 @@ class LocalEngine:
     """Runs local tasks, alone (`run`) or many in one batched pass (`run_many`), and learns from other tiers' answers.
 
     Args:
-        embedder_factory: builds the embedder on first use (default: the packaged USE multilingual model).
+        embedder_factory: builds the embedder on first use (default: `embedder.make_embedder()`, the packaged USE
+            multilingual model unless TIERED_MCP_LOCAL_ENCODER=e5).
         installed: whether the local extra counts as installed (default: look for its packages, without
             importing them).
         store: where learnt examples are kept (default: in this process's memory).
@@ -72,9 +73,12 @@ class LocalEngine:
             return self._embedder
         async with self._lock:
             if self._embedder is None:
-                from .embedder import Embedder, LocalTierUnavailable
+                from .embedder import LocalTierUnavailable, make_embedder
 
-                embedder = self._factory() if self._factory else Embedder()
+                try:
+                    embedder = self._factory() if self._factory else make_embedder()
+                except ValueError as e:  # a bad TIERED_MCP_LOCAL_ENCODER
+                    raise LocalTierError(str(e)) from None
                 try:
                     await anyio.to_thread.run_sync(embedder.load)
                 except LocalTierUnavailable as e:

