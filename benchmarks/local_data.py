@@ -9,9 +9,11 @@ The packages are fetched with `pip download` (no install) into the cache folder,
 | chatterbot-a, chatterbot-b | chatterbot-corpus 1.3.3, BSD-3 | question + answer lines of 19 English categories, split in two halves by a seeded shuffle | 19 categories |
 | aclsum-train, aclsum-test | aclsum 0.1.2, MIT (papers CC BY 4.0) | paper sentences highlighted for exactly one aspect (train / test split) | challenge / approach / outcome |
 | aclsum-docs-* | aclsum 0.1.2 | papers (abstract, introduction, conclusion sentences) with three reference aspect summaries | — |
+| amazon-docs, nyt-docs | vaderSentiment sdist | whole reviews / editorials rebuilt from their snippets (~150-185 words); sign of the mean rating, abs >= 0.5 | positive / negative |
 
 Calibration and tuning use only: movies, chatterbot-a, aclsum-train. Reports use: tweets, amazon, nyt, chatterbot-b,
-aclsum-test (and the summaries of aclsum-docs-test; summarize was tuned on aclsum-docs-train).
+aclsum-test (and the summaries of aclsum-docs-test; summarize was tuned on aclsum-docs-train). Long texts:
+the handling of long texts is chosen on amazon-docs and reported on nyt-docs.
 """
 
 from __future__ import annotations
@@ -98,6 +100,32 @@ def _hutto(kind: str) -> list[tuple[str, str]]:
     return rows
 
 
+def _hutto_documents(kind: str) -> list[tuple[str, str]]:
+    """Whole NYT editorials / Amazon reviews rebuilt from their rated snippets (ids "doc_sentence"), labelled by
+    the sign of the mean snippet rating, kept where abs(mean) >= 0.5."""
+    archive = _package("vaderSentiment")
+    files = {"nyt-docs": "nytEditorialSnippets_GroundTruth.txt", "amazon-docs": "amazonReviewSnippets_GroundTruth.txt"}
+    with tarfile.open(archive) as outer:
+        inner_member = next(m for m in outer.getmembers() if m.name.endswith("hutto_ICWSM_2014.tar.gz"))
+        with tarfile.open(fileobj=outer.extractfile(inner_member)) as inner:
+            member = next(m for m in inner.getmembers() if m.name.endswith(files[kind]))
+            raw = inner.extractfile(member).read().decode("utf-8", errors="replace")
+    docs: dict[str, list[tuple[float, str]]] = {}
+    for line in raw.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and "_" in parts[0]:
+            try:
+                docs.setdefault(parts[0].split("_")[0], []).append((float(parts[1]), parts[2].strip()))
+            except ValueError:
+                continue
+    rows = []
+    for snippets in docs.values():
+        mean = sum(r for r, _ in snippets) / len(snippets)
+        if abs(mean) >= 0.5:
+            rows.append((" ".join(t for _, t in snippets), "positive" if mean > 0 else "negative"))
+    return rows
+
+
 def _chatterbot() -> list[tuple[str, str]]:
     import yaml
 
@@ -138,6 +166,10 @@ def labelled(name: str, n: int | None = 600) -> LabelledSet:
     """One labelled set by name (see the module docstring), at most n items, seeded shuffle."""
     if name in ("movies", "tweets", "amazon", "nyt"):
         rows = _sample(_hutto(name), n)
+        return LabelledSet(name, [t for t, _ in rows], [g for _, g in rows], ["positive", "negative"],
+                           SENTIMENT_DESCRIPTIONS)
+    if name in ("nyt-docs", "amazon-docs"):
+        rows = _sample(_hutto_documents(name), n)
         return LabelledSet(name, [t for t, _ in rows], [g for _, g in rows], ["positive", "negative"],
                            SENTIMENT_DESCRIPTIONS)
     if name.startswith("chatterbot-"):
