@@ -74,7 +74,7 @@ async def in_process(shorts: list[str], longs: list[str]) -> None:
         w, c = time.perf_counter(), time.process_time()
         limiter = anyio.CapacityLimiter(64)
 
-        async def one(item: dict) -> None:
+        async def one(item: dict, limiter: anyio.CapacityLimiter = limiter) -> None:
             async with limiter:
                 await engine.run("classify", item)
 
@@ -108,7 +108,7 @@ async def over_mcp(shorts: list[str], longs: list[str]) -> None:
             line(f"classify items=[...], {name}", len(batch), time.perf_counter() - w, _cpu_of(pid) - c)
             sem = asyncio.Semaphore(32)
 
-            async def one(text: str) -> None:
+            async def one(text: str, sem: asyncio.Semaphore = sem) -> None:
                 async with sem:
                     r = await client.call_tool("classify", {"text": "1 " + text, "labels": LABELS})
                     assert not r.is_error, r.content

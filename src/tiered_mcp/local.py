@@ -6,8 +6,9 @@ The embedder loads once, lazily, on the first local call (never at server start-
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 
@@ -122,7 +123,7 @@ class LocalEngine:
                     with anyio.CancelScope(shield=True):
                         try:
                             results = await self.run_many(task, [j.arguments for j in batch])
-                        except Exception as e:  # the model failed to load: every call in the batch gets it
+                        except Exception as e:  # noqa: BLE001 (failed to load: every call in the batch gets it)
                             results = [e] * len(batch)
                     for j, r in zip(batch, results):
                         j.result = r

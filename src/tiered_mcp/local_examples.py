@@ -85,9 +85,11 @@ class SQLiteExampleStore:
     """
 
     _SCHEMA = (
-        "CREATE TABLE IF NOT EXISTS local_examples ("
-        " id INTEGER PRIMARY KEY AUTOINCREMENT, tool TEXT NOT NULL, label_set TEXT NOT NULL,"
-        " label TEXT NOT NULL, embedding BLOB NOT NULL, text TEXT)",
+        (
+            "CREATE TABLE IF NOT EXISTS local_examples ("
+            " id INTEGER PRIMARY KEY AUTOINCREMENT, tool TEXT NOT NULL, label_set TEXT NOT NULL,"
+            " label TEXT NOT NULL, embedding BLOB NOT NULL, text TEXT)"
+        ),
         "CREATE INDEX IF NOT EXISTS local_examples_set ON local_examples (tool, label_set, label, id)",
     )
 
