@@ -141,3 +141,16 @@ async def test_run_many_gives_each_item_what_run_gives_it(engine):
         assert result["label"] == alone["label"]
         assert result["confidence"] == pytest.approx(alone["confidence"], abs=2e-3)
     assert isinstance(together[-1], Exception) and "unique" in str(together[-1])
+
+
+async def test_examples_in_a_tool_call_reach_the_local_tier(runner):
+    examples = [{"text": "The striker scored twice in the cup final.", "label": "A"},
+                {"text": "Simmer the onions, then add the garlic.", "label": "B"},
+                {"text": "The referee showed him a red card.", "label": "A"},
+                {"text": "Bake the bread for forty minutes.", "label": "B"}]
+    result = await runner().call("classify", {"text": "The goalkeeper saved a penalty.", "labels": ["A", "B"],
+                                              "examples": examples})
+    assert result.receipt["tier"] == "local" and result.output["label"] == "A"
+    assert "4 labelled examples" in result.output["reason"]
+    with pytest.raises(Exception, match="examples"):
+        await runner().call("classify", {"text": "x", "labels": ["A", "B"], "examples": [{"text": "y"}]})
