@@ -108,10 +108,33 @@ def test_ambiguous_text_gets_lower_confidence_than_a_clear_one(embedder: Embedde
     assert ambiguous["confidence"] < 0.6 < clear["confidence"]
 
 
-def test_negation_never_reads_as_confident(embedder: Embedder) -> None:
+@pytest.mark.parametrize("encoder", ["use", "e5"])
+@pytest.mark.parametrize("n_labels", [2, 3, 19])
+@pytest.mark.parametrize("agreement", [None, 0.0, 0.5, 1.0])
+def test_confidence_rises_with_the_margin_and_stays_a_probability(
+    n_labels: int, agreement: float | None, encoder: str
+) -> None:
+    from tiered_mcp.models.local_calibration import confidence
+
+    examples = 0 if agreement is None else 8
+    # Margins of 0 to 0.05 cosine: the range these encoders give (e5's cosines are packed closer than USE's).
+    values = [confidence(m / 800, 0.3, n_labels, examples, agreement, encoder) for m in range(0, 41)]
+    assert all(0.0 < v < 1.0 for v in values)
+    assert all(b > a for a, b in zip(values, values[1:]))
+
+
+@pytest.mark.parametrize("encoder", ["use", "e5"])
+def test_confidence_with_examples_rises_with_the_neighbours_agreement(encoder: str) -> None:
+    from tiered_mcp.models.local_calibration import confidence
+
+    values = [confidence(0.05, 0.5, 3, 32, a / 10, encoder) for a in range(11)]
+    assert all(b > a for a, b in zip(values, values[1:]))
+
+
+def test_a_negated_text_is_no_longer_capped_by_a_word_list(embedder: Embedder) -> None:
     result = local_tasks.classify(embedder, "I am not happy with the service at all.", ["positive", "negative"])
-    assert result["confidence"] <= 0.5
-    assert "negation" in result["reason"]
+    assert "negation" not in result["reason"]
+    assert 0.0 < result["confidence"] < 1.0
 
 
 def test_multi_label_picks_both_topics_of_a_two_topic_text(embedder: Embedder) -> None:
@@ -250,3 +273,16 @@ def test_summary_of_nothing_is_empty(embedder: Embedder) -> None:
 )
 def test_split_sentences(text: str, expected: list[str]) -> None:
     assert local_tasks.split_sentences(text) == expected
+
+
+def test_lexical_scores_ignore_function_words_and_favour_rare_shared_terms() -> None:
+    items = ["How to bake bread at home", "Error XJ4421 when the installer starts", "The installer starts slowly"]
+    scores = local_tasks.lexical_scores("how do I fix error XJ4421 in the installer", items)
+    assert scores[1] > scores[2] > 0
+    assert scores[0] == 0  # "how", "to", "at" are function words
+
+
+def test_rank_counts_a_shared_rare_term(embedder: Embedder) -> None:
+    items = ["The installer hangs on the licence screen", "Code KX-9912 shows up during setup"]
+    ranked = local_tasks.rank(embedder, "what does KX-9912 mean", items)["ranked"]
+    assert ranked[0]["index"] == 1

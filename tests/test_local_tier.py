@@ -130,3 +130,29 @@ async def test_a_bake_off_can_include_the_local_tier(runner):
     assert local["classify"].quality == 1.0 and local["classify"].cost_usd == 0
     assert local["extract"].valid_rate == 0  # refused: the local tier does not serve extract
     assert any("does not serve extract" in (r.error or "") for r in runs)
+
+
+async def test_run_many_gives_each_item_what_run_gives_it(engine):
+    texts = ["The app crashes when I press save", "Please add a dark mode", "I was billed twice",
+             "It is not what I expected.", "Where can I download my invoice?"]
+    labels = ["bug report", "feature request", "billing question"]
+    items = [{"text": t, "labels": labels} for t in texts] + [{"text": texts[0], "labels": ["a", "a"]}]
+    together = await engine.run_many("classify", items)
+    for item, result in zip(items[:-1], together):
+        alone = await engine.run("classify", item)
+        assert result["label"] == alone["label"]
+        assert result["confidence"] == pytest.approx(alone["confidence"], abs=2e-3)
+    assert isinstance(together[-1], Exception) and "unique" in str(together[-1])
+
+
+async def test_examples_in_a_tool_call_reach_the_local_tier(runner):
+    examples = [{"text": "The striker scored twice in the cup final.", "label": "A"},
+                {"text": "Simmer the onions, then add the garlic.", "label": "B"},
+                {"text": "The referee showed him a red card.", "label": "A"},
+                {"text": "Bake the bread for forty minutes.", "label": "B"}]
+    result = await runner().call("classify", {"text": "The goalkeeper saved a penalty.", "labels": ["A", "B"],
+                                              "examples": examples})
+    assert result.receipt["tier"] == "local" and result.output["label"] == "A"
+    assert "4 labelled examples" in result.output["reason"]
+    with pytest.raises(Exception, match="examples"):
+        await runner().call("classify", {"text": "x", "labels": ["A", "B"], "examples": [{"text": "y"}]})

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable, Literal, Mapping
 
-from .stats import Bounds, confidence_sequence, prior_for
+from tiered_mcp.evidence.stats import Bounds, confidence_sequence, prior_for
 
 __all__ = ["AutoTierConfig", "Event", "Plan", "Policy", "ToolState", "Versions", "hash_sample"]
 

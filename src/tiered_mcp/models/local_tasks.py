@@ -6,7 +6,6 @@ shape of the tool's output schema. Nothing here loads a model or keeps state; nu
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -14,26 +13,28 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["SupportsEmbed", "classify", "classify_many", "rank", "split_sentences", "summarize"]
+__all__ = ["SupportsEmbed", "classify", "classify_many", "prototypes", "rank", "split_sentences", "summarize"]
 
-# Temperature of the label scores, in cosine units: confidence is the softmax of the best two similarities at this
-# temperature. Fitted by likelihood on benchmarks/data/local_classify_eval.jsonl (90 cases, USE multilingual v3),
-# where it also gave the lowest calibration error (0.05); a margin of 0 reads 0.5, 0.05 reads 0.73, 0.1 reads 0.88.
+# Temperature of the multi-label softmax over label cosines (cosine units), fitted on the 90 hand-made cases of
+# benchmarks/data/local_classify_eval.jsonl. Single-label confidence no longer uses it (see local_calibration).
 TEMPERATURE = 0.05
 # Multi-label keeps every label whose score reaches this: the label's softmax share for the whole text, or for one
 # sentence weighted by that sentence's cosine to the whole. Best of 0.2 to 0.5 on 17 hand-made multi-label cases.
 DEFAULT_THRESHOLD = 0.3
-# Sentence embeddings barely register "not": on the eval set 6 of the 10 negated texts were misread, some with the
-# widest margins of all. A negated text therefore never reads as more than a toss-up, so the caller escalates.
-NEGATION_CAP = 0.5
-_NEGATION = re.compile(
-    r"n't\b|\b(?:not|no|never|nothing|nobody|neither|nor|without|cannot"  # en
-    r"|ne|n'|pas|jamais|aucune?|rien"  # fr
-    r"|nunca|jamás|ningun[oa]?|ningún|nada|tampoco|sin"  # es
-    r"|nicht|kein(?:e|en|er|em|es)?|nie|niemals|ohne"  # de
-    r"|não|nem|non)\b",  # pt, it
-    re.IGNORECASE,
-)
+# With examples, a label's prototype is the sum of its examples' unit vectors plus the label's own vector counted as
+# this many examples: a few examples nudge the zero-shot answer, many outweigh it. Chosen on the calibration sets
+# by benchmarks/local_calibrate.py (accuracy at 8 examples per label, among 0.5, 1, 2, 4, 8).
+LABEL_PRIOR = 2.0
+# Extractive summary: a sentence's score is its cosine to the document's centre (pulled toward `focus` with this
+# weight) plus LEAD_BONUS / (1 + position / LEAD_SPAN). Tuned on the ACLSum train split, reported on its test split
+# (benchmarks/local_text.py).
+FOCUS_WEIGHT = 2.0
+# rank: the weight of the BM25 score beside the embedding cosine (tuned in benchmarks/local_text.py on ACLSum train).
+LEXICAL_WEIGHT = 0.3
+LEAD_BONUS = 0.4
+LEAD_SPAN = 10.0
+# With examples, confidence also weighs how many of a text's nearest examples carry the label it was given.
+NEIGHBOURS = 10
 
 
 class SupportsEmbed(Protocol):
@@ -75,24 +76,18 @@ def _decide(
     label_names: Sequence[str],
     similarities: np.ndarray,
     sentence_scores: np.ndarray | None,
-    text: str,
     multi_label: bool,
     threshold: float,
+    sure: float,
+    n_examples: int,
 ) -> dict[str, object]:
     import numpy as np
 
     order = np.argsort(-similarities, kind="stable")
     best, second = int(order[0]), int(order[1])
     margin = float(similarities[best] - similarities[second])
-    confidence = 1.0 / (1.0 + math.exp(-margin / TEMPERATURE))
-    reason = (
-        f"nearest to {label_names[best]!r} (cosine {similarities[best]:.2f}), "
-        f"{margin:.3f} ahead of {label_names[second]!r}"
-    )
-    negated = _NEGATION.search(text)
-    if negated and confidence > NEGATION_CAP:
-        confidence = NEGATION_CAP
-        reason += f"; confidence capped: the text has a negation ({negated.group(0)!r}) that embeddings often miss"
+    basis = f"nearest to {label_names[best]!r}" + (f" among {n_examples} labelled examples" if n_examples else "")
+    reason = f"{basis} (cosine {similarities[best]:.2f}), {margin:.3f} ahead of {label_names[second]!r}"
     chosen = [label_names[best]]
     if multi_label:
         scores = _softmax(similarities)
@@ -101,7 +96,107 @@ def _decide(
         chosen += [label_names[i] for i in order[1:] if scores[i] >= threshold]
         if len(chosen) > 1:
             reason += f"; also above the {threshold:g} threshold: {', '.join(chosen[1:])}"
-    return {"label": label_names[best], "labels": chosen, "confidence": round(confidence, 4), "reason": reason}
+    return {"label": label_names[best], "labels": chosen, "confidence": round(sure, 4), "reason": reason}
+
+
+def prototypes(
+    label_vectors: np.ndarray,
+    labels: Sequence[str],
+    example_vectors: np.ndarray | None,
+    example_labels: Sequence[str],
+    prior: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """Each label's vector pulled toward its examples (nearest-centroid classification with a zero-shot prior).
+
+    Args:
+        label_vectors: (k, d) unit vectors of the label texts.
+        labels: the k labels, in the same order.
+        example_vectors: (n, d) unit vectors of labelled examples, or None.
+        example_labels: the n examples' labels; examples whose label is not in `labels` are ignored.
+        prior: how many examples the label's own vector counts as (default LABEL_PRIOR).
+
+    Returns:
+        (k, d) unit prototypes, and the example count of the label with the fewest.
+    """
+    import numpy as np
+
+    if example_vectors is None or not len(example_labels):
+        return label_vectors, 0
+    prior = LABEL_PRIOR if prior is None else prior
+    index = {label: i for i, label in enumerate(labels)}
+    sums = label_vectors * prior
+    counts = np.zeros(len(labels), dtype=np.int64)
+    for vector, label in zip(example_vectors, example_labels):
+        i = index.get(label)
+        if i is not None:
+            sums[i] += vector
+            counts[i] += 1
+    return _unit(sums), int(counts.min())
+
+
+def neighbour_agreement(
+    text_vectors: np.ndarray,
+    predicted: Sequence[str],
+    example_vectors: np.ndarray,
+    example_labels: Sequence[str],
+    k: int = NEIGHBOURS,
+) -> np.ndarray:
+    """For each text, the share of its k nearest examples whose label is the predicted one (0..1)."""
+    import numpy as np
+
+    k = min(k, len(example_labels))
+    sims = text_vectors @ example_vectors.T
+    nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    names = np.asarray(list(example_labels), dtype=object)
+    return np.array([float(np.mean(names[row] == label)) for row, label in zip(nearest, predicted)])
+
+
+def score_texts(
+    text_vectors: np.ndarray,
+    label_vectors: np.ndarray,
+    labels: Sequence[str],
+    example_vectors: np.ndarray | None = None,
+    example_labels: Sequence[str] = (),
+    calibration: str = "use",
+) -> dict[str, object]:
+    """Scores behind a classification: cosines to each label's prototype, the best label, its confidence.
+
+    `calibration` names the encoder whose fitted confidence model applies (an embedder's `calibration` attribute).
+
+    Returns:
+        {"similarities": (n, k), "best": (n,) label indices, "margin", "top": (n,), "min_examples": int,
+        "agreement": (n,) or None, "confidence": (n,) calibrated P(right)}.
+    """
+    import numpy as np
+
+    from tiered_mcp.models.local_calibration import confidence
+
+    protos, min_examples = prototypes(label_vectors, labels, example_vectors, example_labels)
+    similarities = text_vectors @ protos.T
+    ordered = np.sort(similarities, axis=1)
+    top, margin = ordered[:, -1], ordered[:, -1] - ordered[:, -2]
+    best = np.argmax(similarities, axis=1)
+    agreement = None
+    if example_vectors is not None and len(example_labels):
+        agreement = neighbour_agreement(text_vectors, [labels[i] for i in best], example_vectors, example_labels)
+    sure = np.array([
+        confidence(float(m), float(t), len(labels), min_examples, None if agreement is None else float(agreement[i]),
+                   calibration)
+        for i, (m, t) in enumerate(zip(margin, top))
+    ])
+    return {"similarities": similarities, "prototypes": protos, "best": best, "margin": margin, "top": top,
+            "min_examples": min_examples, "agreement": agreement, "confidence": sure}
+
+
+def _check_examples(examples: Sequence[dict[str, str]] | None, labels: Sequence[str]) -> list[dict[str, str]]:
+    examples = list(examples or [])
+    known = set(labels)
+    for example in examples:
+        if example.get("label") not in known:
+            raise ValueError(f"example label {example.get('label')!r} is not one of the labels")
+        if not str(example.get("text", "")).strip():
+            raise ValueError("an example's text is empty")
+    return examples
 
 
 def classify_many(
@@ -111,8 +206,16 @@ def classify_many(
     descriptions: dict[str, str] | None = None,
     multi_label: bool = False,
     threshold: float | None = None,
+    examples: Sequence[dict[str, str]] | None = None,
+    stored: tuple[np.ndarray, Sequence[str]] | None = None,
+    text_vectors: np.ndarray | None = None,
 ) -> list[dict[str, object]]:
     """Classify many texts against one label set, embedding the labels once and the texts in batches.
+
+    Zero-shot, each text goes to the label whose text ("label: description" where described) is nearest. With
+    labelled examples (passed in the call, or learnt from a higher tier's answers), each label's vector is pulled
+    toward the centroid of its examples (see `prototypes`). Confidence is the calibrated P(right) of
+    `local_calibration.confidence`.
 
     Args:
         embedder: gives unit-length sentence embeddings.
@@ -122,12 +225,16 @@ def classify_many(
         multi_label: when true, also keep every other label whose score reaches `threshold`: its softmax share for
             the whole text, or for one sentence weighted by that sentence's cosine to the whole text.
         threshold: the multi-label score (0..1) a label needs; default 0.3.
+        examples: labelled examples given in the call, each {"text": ..., "label": one of labels}.
+        stored: (embeddings, labels) of examples kept from earlier answers.
+        text_vectors: the texts' embeddings when the caller has them already (skips embedding the texts).
 
     Returns:
         One `classify` result per text, in order.
 
     Raises:
-        ValueError: fewer than two labels, repeated labels, an empty text, or a threshold outside 0..1.
+        ValueError: fewer than two labels, repeated labels, an empty text, a threshold outside 0..1, or an example
+            whose label is not one of the labels.
     """
     import numpy as np
 
@@ -137,10 +244,24 @@ def classify_many(
         raise ValueError("threshold must be between 0 and 1")
     if any(not text.strip() for text in texts):
         raise ValueError("text is empty")
+    given = _check_examples(examples, labels)
     descriptions = descriptions or {}
-    label_vectors = _unit(embedder.embed([_label_text(label, descriptions.get(label)) for label in labels]))
-    text_vectors = _unit(embedder.embed(list(texts)))
-    similarities = text_vectors @ label_vectors.T
+    label_texts = [_label_text(label, descriptions.get(label)) for label in labels]
+    own = [] if text_vectors is not None else list(texts)
+    vectors = _unit(embedder.embed(label_texts + [e["text"] for e in given] + own))
+    label_vectors = vectors[: len(labels)]
+    given_vectors = vectors[len(labels) : len(labels) + len(given)]
+    text_vectors = _unit(text_vectors) if text_vectors is not None else vectors[len(labels) + len(given) :]
+
+    example_parts = [given_vectors] if len(given) else []
+    example_labels = [e["label"] for e in given]
+    if stored is not None and len(stored[1]):
+        example_parts.insert(0, _unit(stored[0]))
+        example_labels = list(stored[1]) + example_labels
+    example_vectors = np.concatenate(example_parts) if example_parts else None
+    scored = score_texts(text_vectors, label_vectors, labels, example_vectors, example_labels,
+                         getattr(embedder, "calibration", "use"))
+    similarities, label_vectors = scored["similarities"], scored["prototypes"]
 
     sentence_scores: list[np.ndarray | None] = [None] * len(texts)
     if multi_label:
@@ -160,9 +281,11 @@ def classify_many(
                     weight = np.clip(flat_vectors[start:end] @ text_vectors[i], 0.0, 1.0)
                     sentence_scores[i] = flat_scores[start:end] * weight[:, None]
                     start = end
+    n_examples = len(example_labels)
     return [
-        _decide(list(labels), similarities[i], sentence_scores[i], text, multi_label, threshold)
-        for i, text in enumerate(texts)
+        _decide(list(labels), similarities[i], sentence_scores[i], multi_label, threshold,
+                float(scored["confidence"][i]), n_examples)
+        for i in range(len(texts))
     ]
 
 
@@ -173,12 +296,13 @@ def classify(
     descriptions: dict[str, str] | None = None,
     multi_label: bool = False,
     threshold: float | None = None,
+    examples: Sequence[dict[str, str]] | None = None,
+    stored: tuple[np.ndarray, Sequence[str]] | None = None,
 ) -> dict[str, object]:
-    """Label a text zero-shot by its embedding's similarity to each label's.
+    """Label a text by its embedding's similarity to each label's (zero-shot, or pulled toward labelled examples).
 
-    Confidence is the softmax of the best two cosine similarities (temperature 0.05, fitted on the eval set): a
-    margin of 0 reads 0.5, a clear winner reads above 0.9. A text with a negation is capped at 0.5, because sentence
-    embeddings barely register "not".
+    Confidence is a calibrated probability that the label is right (see `local_calibration`), fitted on public
+    labelled data held out from the sets the benchmarks report on.
 
     Args:
         embedder: gives unit-length sentence embeddings.
@@ -187,18 +311,64 @@ def classify(
         descriptions: optional label -> what it means; used instead of the bare label where given.
         multi_label: also keep other labels whose score reaches `threshold` (see `classify_many`).
         threshold: multi-label score (0..1) a label needs; default 0.3.
+        examples: labelled examples, each {"text": ..., "label": ...}.
+        stored: (embeddings, labels) of examples kept from earlier answers.
 
     Returns:
         {"label": best label, "labels": [chosen labels, best first], "confidence": 0..1, "reason": short text}.
 
     Raises:
-        ValueError: fewer than two labels, repeated labels, an empty text, or a threshold outside 0..1.
+        ValueError: fewer than two labels, repeated labels, an empty text, a threshold outside 0..1, or a bad example.
     """
-    return classify_many(embedder, [text], labels, descriptions, multi_label, threshold)[0]
+    return classify_many(embedder, [text], labels, descriptions, multi_label, threshold, examples, stored)[0]
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+# Function words carry no topic; with the few items of a typical rank call their BM25 weight would be large.
+_STOPWORDS = frozenset(
+    """a an and are as at be been but by can could did do does for from had has have how i if in into is it its
+    me my no not of on or our so than that the their them then there these they this to was we were what when where
+    which who why will with would you your
+    le la les un une des et est en du au aux pour pas par sur qui que dans ce il elle je vous nous
+    der die das ein eine und ist nicht zu den dem des mit von im auf für wie ich sie es
+    el los las una y es en del por para con que se lo como""".split()
+)
+
+
+def _terms(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text.lower()) if (len(w) > 1 or w.isdigit()) and w not in _STOPWORDS]
+
+
+def lexical_scores(query: str, items: Sequence[str], k1: float = 1.2, b: float = 0.75) -> np.ndarray:
+    """Okapi BM25 of each item for the query, with document frequencies taken from the items themselves."""
+    import numpy as np
+
+    docs = [_terms(item) for item in items]
+    n = len(docs)
+    avg = max(1.0, sum(len(d) for d in docs) / max(1, n))
+    df: dict[str, int] = {}
+    for d in docs:
+        for term in set(d):
+            df[term] = df.get(term, 0) + 1
+    scores = np.zeros(n, dtype=np.float32)
+    for term in set(_terms(query)):
+        if term not in df:
+            continue
+        idf = np.log(1.0 + (n - df[term] + 0.5) / (df[term] + 0.5))
+        for i, d in enumerate(docs):
+            tf = d.count(term)
+            if tf:
+                scores[i] += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(d) / avg))
+    return scores
 
 
 def rank(embedder: SupportsEmbed, query: str, items: list[str], top_k: int | None = None) -> dict[str, object]:
-    """Order items by the cosine similarity of their embeddings to the query's.
+    """Order items by the cosine of their embeddings to the query's, blended with a BM25 score.
+
+    The score is (1 - LEXICAL_WEIGHT) * cosine + LEXICAL_WEIGHT * BM25 / (the best BM25 in the list): words the
+    query shares with an item (names, rare terms) count beside what the embeddings see.
 
     Args:
         embedder: gives unit-length sentence embeddings.
@@ -207,8 +377,7 @@ def rank(embedder: SupportsEmbed, query: str, items: list[str], top_k: int | Non
         top_k: keep only this many (default all).
 
     Returns:
-        {"ranked": [{"index": position in items, "score": cosine clipped to 0..1}]}, best first;
-        equal scores keep their input order.
+        {"ranked": [{"index": position in items, "score": 0..1}]}, best first; equal scores keep their input order.
 
     Raises:
         ValueError: top_k below 1.
@@ -221,6 +390,10 @@ def rank(embedder: SupportsEmbed, query: str, items: list[str], top_k: int | Non
         return {"ranked": []}
     vectors = _unit(embedder.embed([query, *items]))
     scores = np.clip(vectors[1:] @ vectors[0], 0.0, 1.0)
+    if LEXICAL_WEIGHT > 0 and len(items) > 1:
+        lexical = lexical_scores(query, items)
+        if lexical.max() > 0:
+            scores = (1 - LEXICAL_WEIGHT) * scores + LEXICAL_WEIGHT * lexical / lexical.max()
     order = np.argsort(-scores, kind="stable")[: top_k or len(items)]
     return {"ranked": [{"index": int(i), "score": round(float(scores[i]), 4)} for i in order]}
 
@@ -369,8 +542,10 @@ def summarize(
     sentence_vectors = vectors[: len(sentences)]
     centre = _unit(sentence_vectors.mean(axis=0))
     if len(embedded) > len(sentences):
-        centre = _unit(centre + vectors[-1])
-    closeness = sentence_vectors @ centre
+        centre = _unit(centre + FOCUS_WEIGHT * vectors[-1])
+    # Documents put their point first: an early sentence gets a bonus that fades with its position.
+    position = np.arange(len(sentences), dtype=np.float32)
+    closeness = sentence_vectors @ centre + LEAD_BONUS / (1.0 + position / LEAD_SPAN)
     by_closeness = [int(i) for i in np.argsort(-closeness, kind="stable")]
 
     if style == "headline":

