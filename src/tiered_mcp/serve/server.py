@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any, AsyncIterator, Mapping
@@ -21,7 +22,7 @@ from tiered_mcp import __version__
 from tiered_mcp.call.options import parse_options
 from tiered_mcp.call.routing import Usable, ladder_for
 from tiered_mcp.call.runner import Runner, UnknownTool
-from tiered_mcp.core.config import LOCAL, TIERS, Config, load_config
+from tiered_mcp.core.config import LOCAL, TIERS, Config, load_config, spec_dirs, unexpanded_variables
 from tiered_mcp.core.errors import CallError, ConfigError
 from tiered_mcp.core.prices import price_of
 from tiered_mcp.core.receipts import RECEIPT_META_KEY
@@ -236,6 +237,43 @@ def check_tool_settings(config: Config, specs: Specs) -> None:
                               f"serve {name} (it serves tools with a local_task: classify, rank, summarize)")
 
 
+def warn_unexpanded(config: Config, env: Mapping[str, str]) -> list[str]:
+    """Log a warning for each variable a host passed through as literal `${NAME}` text (it counts as unset)."""
+    names = unexpanded_variables(config, env)
+    for name in names:
+        log.warning("%s is the literal text %r: the host did not expand it, so it counts as unset "
+                    "(export %s before starting the host, or put the value in the host's entry)", name, env[name], name)
+    return names
+
+
+def load_checked_specs(config: Config, cli_dirs: tuple[str, ...] = (), env: Mapping[str, str] | None = None) -> Specs:
+    """The specs `serve` loads (the config's `specs`, TIERED_MCP_SPECS, then --specs), checked against the config's
+    [tools.X] tables exactly as at start-up.
+
+    Raises:
+        SetupError: a bad spec file, or a [tools.X] table the specs contradict.
+    """
+    specs = load_specs(spec_dirs(config, cli_dirs, env))
+    check_tool_settings(config, specs)
+    return specs
+
+
+def usable_tiers(config: Config, env: Mapping[str, str], local_installed: bool | None = None) -> Usable:
+    """`usable(tier)` exactly as the server's runner decides it (key set and expanded; local tier installed)."""
+    from tiered_mcp.models.local import LocalEngine
+
+    installed = LocalEngine.installed() if local_installed is None else local_installed
+
+    def usable(tier: str) -> bool:
+        settings = config.tiers.get(tier)
+        if settings is None:
+            return False
+        provider = config.providers[settings.provider]
+        return installed if provider.kind == "embedded" else provider.has_key(env)
+
+    return usable
+
+
 def build_runner(
     config_path: str | None = None,
     spec_dirs: tuple[str, ...] = (),
@@ -251,9 +289,15 @@ def build_runner(
     """
     env = os.environ if env is None else env
     config = load_config(config_path, env)
-    specs: Specs = load_specs(spec_dirs)
-    check_tool_settings(config, specs)
-    ledger = open_ledger(ledger_path or config.ledger_target(env), store_inputs=config.store_inputs)
+    warn_unexpanded(config, env)
+    specs = load_checked_specs(config, spec_dirs, env)
+    target = ledger_path or config.ledger_target(env)
+    try:
+        ledger = open_ledger(target, store_inputs=config.store_inputs)
+    except (OSError, sqlite3.Error) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        raise ConfigError(f"cannot open the ledger {target}: {why} (set --ledger or `ledger` in the "
+                          "config to a writable file)") from None
     # The runner tells which tiers can run from the same environment the model takes its keys from.
     return Runner(config, specs, model if model is not None else LazyOpenAI(env), ledger, env=env,
                   observers=(run_shadow,))
