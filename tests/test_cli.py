@@ -114,7 +114,8 @@ def test_config_masks_keys(tmp_path, capsys, monkeypatch):
     assert SECRET not in out and "hunter2" not in out and ":pw@" not in out
 
 
-def test_tools_table_lists_every_tool(capsys):
+def test_tools_table_lists_every_tool(capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     assert main(["tools"]) == 0
     out = capsys.readouterr().out
     for name in ("classify", "extract", "summarize", "review_code", "rank", "draft"):

@@ -29,7 +29,9 @@ def add_parsers(sub: Any, common: Any) -> None:
     p.add_argument("--ledger", metavar="PATH")
     p.add_argument("--tiers", default="nano,mini,flagship", help="comma-separated tiers (default nano,mini,flagship)")
     p.add_argument("--min-quality", type=float, metavar="Q", help="name the cheapest tier reaching Q per tool")
-    p.add_argument("--write-config", metavar="PATH", help="write [tools.X] tier = ... for those tiers (needs --min-quality)")
+    p.add_argument("--write-config", metavar="PATH",
+                   help="set [tools.X] tier = ... for those tiers in PATH, keeping the rest of it (needs --min-quality)")
+    p.add_argument("--force", action="store_true", help="with --write-config: replace PATH instead of merging")
     p.add_argument("--from-ledger", action="store_true", help="replay stored calls (needs store_inputs = true)")
     p.add_argument("--limit", type=int, default=200, help="with --from-ledger: at most this many calls")
     p.add_argument("--concurrency", type=int, default=8)
@@ -88,7 +90,9 @@ def report(args: argparse.Namespace) -> int:
 
 
 def _money(x: float | None) -> str:
-    return "unknown" if x is None else f"${x:.6f}"
+    from tiered_mcp.cli.output import money
+
+    return money(x)
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -105,6 +109,14 @@ def eval_command(args: argparse.Namespace) -> int:
     if bool(args.cases) == bool(args.from_ledger):
         print("tiered-mcp: give a CASES.jsonl file or --from-ledger (one of them)", file=sys.stderr)
         return USAGE
+    tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
+    configured = load_config(args.config).tiers
+    wrong = [t for t in tiers if t not in configured]
+    if wrong or not tiers:
+        print(f"tiered-mcp: --tiers: {', '.join(map(repr, wrong)) or 'none given'} "
+              f"{'is not a configured tier' if len(wrong) == 1 else 'are not configured tiers'}; "
+              f"configured: {', '.join(configured)}", file=sys.stderr)
+        return USAGE
     runner = build_runner(args.config, tuple(args.specs), args.ledger)
     try:
         if args.from_ledger:
@@ -118,14 +130,18 @@ def eval_command(args: argparse.Namespace) -> int:
                 return FAILED
         else:
             cases = load_cases(args.cases)
-        tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
         scores = anyio.run(_with_progress, runner, cases, tiers, args.concurrency)
     except ArgumentsError as e:
         print(f"tiered-mcp: {e}", file=sys.stderr)
         return USAGE
     choice = cheapest_meeting(scores, args.min_quality) if args.min_quality is not None else None
+    wrote = None
     if args.write_config and choice is not None:
-        Path(args.write_config).write_text(config_snippet(choice, args.min_quality), encoding="utf-8")
+        from tiered_mcp.cli.config_edit import write_tool_tiers
+
+        chosen = {tool: tier for tool, tier in choice.items() if tier}
+        wrote = write_tool_tiers(Path(args.write_config).expanduser(), chosen, config_snippet(choice, args.min_quality),
+                                 f"cheapest tier meeting {args.min_quality:g} in `tiered-mcp eval`", args.force)
     if args.html:
         from tiered_mcp.cli.html_report import render_html
 
@@ -135,6 +151,8 @@ def eval_command(args: argparse.Namespace) -> int:
         print(json.dumps({"scores": [asdict(s) for s in scores], "cheapest": choice}, indent=2))
         return 0
     _print_scores(scores, choice, args)
+    if wrote:
+        _console().print(wrote)
     return 0
 
 
@@ -169,5 +187,3 @@ def _print_scores(scores: Any, choice: dict[str, str | None] | None, args: argpa
         for tool, tier in sorted(choice.items()):
             con.print(f"{tool}: " + (f"cheapest tier meeting {args.min_quality:g} is {tier}" if tier
                                      else f"no tier meets {args.min_quality:g}"))
-        if args.write_config:
-            con.print(f"wrote {args.write_config}")
