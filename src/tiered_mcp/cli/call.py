@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tiered_mcp.cli.output import FAILED, OK, UNREACHABLE, USAGE, console, fail, first_leaf, money
+from tiered_mcp.cli.output import FAILED, OK, UNREACHABLE, USAGE, console, fail, first_leaf, fitted_table, money
 
 
 def read_arguments(raw: str, stdin: Any = None) -> dict[str, Any]:
@@ -84,7 +84,8 @@ class _Progress:
             self.say(f"  [{elapsed:5.1f}s] {int(done)}/{int(total)} {msg}")
             return
         self.say(f"  [{elapsed:5.1f}s] attempt {int(done)}: {msg}")
-        if msg.startswith("local") and "not loaded" in msg and not self.said_local:
+        # Each `call` starts a fresh server, so its first local attempt loads the model.
+        if msg.startswith("local") and not self.said_local:
             self.said_local = True
             self.say("           loading the local model (a few seconds on the first call)…")
 
@@ -187,22 +188,18 @@ def receipt_line(r: dict[str, Any]) -> str:
 def print_receipt(con: Any, r: dict[str, Any]) -> None:
     """The receipt as a line and a table of attempts (for a batch: a line and a table of items)."""
     from rich.markup import escape
-    from rich.table import Table
 
     if r.get("batch"):
         con.print(f"[bold]receipt[/]: {escape(receipt_line(r))}")
-        table = Table(show_header=True, header_style="dim", box=None)
-        for col, kw in (("item", {"no_wrap": True}), ("tier", {"no_wrap": True}), ("attempts", {}),
-                        ("cost", {"no_wrap": True}), ("saved", {"no_wrap": True}), ("ms", {}),
-                        ("error", {"overflow": "ellipsis", "ratio": 1})):
-            table.add_column(col, **kw)
+        cells = []
         for i, item in enumerate(r.get("per_item") or []):
             item = item or {}
-            table.add_row(str(i), ("cache " if item.get("cached") else "") + (item.get("tier") or "-"),
+            cells.append([str(i), ("cache " if item.get("cached") else "") + (item.get("tier") or "-"),
                           str(len(item.get("attempts") or [])), money(item.get("cost_usd")),
                           money(item.get("saved_usd")), f"{item.get('latency_ms', 0):.0f}",
-                          escape(item.get("error") or ""))
-        con.print(table)
+                          escape(item.get("error") or "")])
+        con.print(fitted_table(con, ["item", "tier", "attempts", "cost", "saved", "ms", "error"], cells,
+                               flex="error", right=("cost", "saved", "ms")))
         return
     if r.get("cached"):
         con.print(f"[bold]receipt[/]: {r['tool']} answered from the cache (first answered on {r.get('tier')}, "
@@ -211,16 +208,13 @@ def print_receipt(con: Any, r: dict[str, Any]) -> None:
     if not r.get("attempts"):
         return  # the call failed before any model was asked: the error says why
     con.print(f"[bold]receipt[/]: {escape(receipt_line(r))}")
-    table = Table(show_header=True, header_style="dim", box=None)
-    for col, kw in (("#", {}), ("tier", {"no_wrap": True}), ("model", {"no_wrap": True}), ("reason", {}),
-                    ("outcome", {"no_wrap": True}), ("tokens", {"no_wrap": True}), ("cost", {"no_wrap": True}),
-                    ("ms", {"no_wrap": True}), ("detail", {"overflow": "ellipsis", "ratio": 1, "no_wrap": True})):
-        table.add_column(col, **kw)
+    cells = []
     for i, a in enumerate(r["attempts"], 1):
         reason = a["reason"] + (f" ({a['trigger']})" if a.get("trigger") else "")
-        table.add_row(str(i), a["tier"], a["model"], reason, a["outcome"],
-                      f"{a['input_tokens']}/{a['output_tokens']}", money(a["cost_usd"]),
-                      f"{a['latency_ms']:.0f}", escape(a["detail"][:300]))
-    con.print(table)
+        cells.append([str(i), a["tier"], escape(a["model"]), reason, a["outcome"],
+                      f"{a['input_tokens']}/{a['output_tokens']}", money(a["cost_usd"]), f"{a['latency_ms']:.0f}",
+                      escape(a["detail"][:300])])
+    con.print(fitted_table(con, ["#", "tier", "model", "reason", "outcome", "tokens", "cost", "ms", "detail"], cells,
+                           flex="detail", right=("cost", "ms")))
     if r.get("call_id") is not None:
         con.print(f"[dim]call {r['call_id']}: `tiered-mcp logs {r['call_id']}` shows it again[/]")

@@ -116,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     try:
-        return int(_COMMANDS[args.command](args) or OK)
+        code = int(_COMMANDS[args.command](args) or OK)
+        sys.stdout.flush()  # a closed pipe shows here, where it is handled, not at interpreter exit
+        return code
     except SetupError as e:
         print(f"tiered-mcp: {e}", file=sys.stderr)
         return USAGE
