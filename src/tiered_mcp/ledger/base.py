@@ -110,6 +110,9 @@ class LedgerStore(Protocol):
     def calls(self) -> list[dict[str, Any]]: ...
     def attempts(self, call_id: int) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...
+    def recent_calls(self, limit: int = 20, tool: str | None = None, outcome: str | None = None,
+                     since: str | None = None) -> list[dict[str, Any]]: ...
+    def call_detail(self, call_id: int) -> dict[str, Any] | None: ...
 
 
 def open_ledger(target: str | Path, store_inputs: bool = False) -> LedgerStore:
@@ -295,6 +298,64 @@ class SqlLedger:
     def attempts(self, call_id: int) -> list[dict[str, Any]]:
         """The attempt rows of one call, in order."""
         return self._dicts("SELECT * FROM attempts WHERE call_id = ? ORDER BY n", (call_id,))
+
+
+    # ---- reading calls back (`tiered-mcp logs`) -------------------------------------------------------------------
+
+    _LOG_COLUMNS = ("id, ts, tool, tier, model, ok, error, attempts, input_tokens, output_tokens, cost_usd,"
+                    " flagship_cost_usd, latency_ms, kind, session, batch, cached")
+    OUTCOMES = ("ok", "failed", "cached")
+
+    def recent_calls(self, limit: int = 20, tool: str | None = None, outcome: str | None = None,
+                     since: str | None = None) -> list[dict[str, Any]]:
+        """The newest calls first, without stored arguments or outputs.
+
+        Args:
+            limit: at most this many.
+            tool: only this tool's calls.
+            outcome: "ok", "failed" or "cached".
+            since: an ISO date or timestamp (UTC).
+
+        Returns:
+            One dict per call: the `calls` columns above plus `saved_usd` (None when a cost is unknown).
+        """
+        if outcome is not None and outcome not in self.OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(self.OUTCOMES)}")
+        clauses, params = [], []
+        if tool:
+            clauses.append("tool = ?")
+            params.append(tool)
+        if since:
+            clauses.append("ts >= ?")
+            params.append(since)
+        if outcome == "ok":
+            clauses.append("ok = 1")
+        elif outcome == "failed":
+            clauses.append("ok = 0")
+        elif outcome == "cached":
+            clauses.append("cached = 1")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._dicts(f"SELECT {self._LOG_COLUMNS} FROM calls {where} ORDER BY id DESC LIMIT ?", [*params, limit])
+        return [_log_row(r) for r in rows]
+
+    def call_detail(self, call_id: int) -> dict[str, Any] | None:
+        """One call with its attempts in order (and its arguments and output when store_inputs kept them)."""
+        rows = self._dicts(f"SELECT {self._LOG_COLUMNS}, arguments, output FROM calls WHERE id = ?", (call_id,))
+        if not rows:
+            return None
+        row = _log_row(rows[0])
+        for key in ("arguments", "output"):
+            row[key] = json.loads(row[key]) if row.get(key) else None
+        row["attempt_rows"] = self.attempts(call_id)
+        return row
+
+
+def _log_row(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    out["ok"], out["cached"] = bool(out["ok"]), bool(out["cached"])
+    cost, flagship = out.get("cost_usd"), out.get("flagship_cost_usd")
+    out["saved_usd"] = None if cost is None or flagship is None else float(flagship) - float(cost)
+    return out
 
 
 def _usage_row(row: Sequence[Any]) -> UsageRow:
