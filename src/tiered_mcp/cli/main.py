@@ -103,9 +103,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("spec-schema", help="print the JSON Schema of tool spec files")
 
+    from tiered_mcp.cli.logs import add_parser as add_logs
     from tiered_mcp.cli.reports import add_parsers
 
     add_parsers(sub, _common)
+    add_logs(sub, _common)
     return parser
 
 
@@ -375,5 +377,11 @@ def _eval(args: argparse.Namespace) -> int:
     return eval_command(args)
 
 
-_COMMANDS = {"report": _report, "eval": _eval, "serve": _serve, "tools": _tools, "call": _call, "usage": _usage, "config": _config,
+def _logs(args: argparse.Namespace) -> int:
+    from tiered_mcp.cli.logs import logs_command
+
+    return logs_command(args)
+
+
+_COMMANDS = {"logs": _logs, "report": _report, "eval": _eval, "serve": _serve, "tools": _tools, "call": _call, "usage": _usage, "config": _config,
              "doctor": _doctor, "spec-schema": _spec_schema}

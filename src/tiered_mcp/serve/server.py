@@ -35,6 +35,10 @@ log = logging.getLogger("tiered_mcp")
 
 TIERS_URI = "tiered://tiers"
 USAGE_URI = "tiered://usage"
+CALL_URI_TEMPLATE = "tiered://calls/{call_id}"
+"""One call from the ledger with its attempts: the id is a receipt's `call_id`."""
+RESOURCE_NOT_FOUND = types.INVALID_PARAMS
+"""An unknown resource is invalid params with `data.uri` (the 2026-07-28 spec retired -32002)."""
 
 
 def _dumps(value: Any) -> str:
@@ -187,8 +191,34 @@ def build_server(runner: Runner) -> Server[Any]:
                            description="Calls, tokens, cost, flagship baseline and savings per tool, from the ledger."),
         ])
 
+    async def list_resource_templates(ctx: Any, params: types.PaginatedRequestParams | None
+                                      ) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=[
+            types.ResourceTemplate(uri_template=CALL_URI_TEMPLATE, name="call", title="One call's receipt",
+                                   mime_type="application/json",
+                                   description="A call from the ledger by its receipt's call_id: tier, model, cost, "
+                                               "saving and every attempt."),
+        ])
+
+    def not_found(uri: str, why: str) -> MCPError:
+        return MCPError(RESOURCE_NOT_FOUND, why, {"uri": uri})
+
     async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         uri = str(params.uri)
+        prefix = CALL_URI_TEMPLATE.split("{")[0]
+        if uri.startswith(prefix):
+            raw = uri[len(prefix):]
+            if not raw.isdigit():
+                raise not_found(uri, f"resource {uri!r}: the call id must be a number ({CALL_URI_TEMPLATE})")
+            if runner.ledger is None:
+                raise not_found(uri, "no ledger configured")
+            import anyio
+
+            detail = await anyio.to_thread.run_sync(runner.ledger.call_detail, int(raw))
+            if detail is None:
+                raise not_found(uri, f"resource {uri!r}: no call {raw} in the ledger")
+            return types.ReadResourceResult(contents=[
+                types.TextResourceContents(uri=uri, mime_type="application/json", text=_dumps(detail))])
         if uri == TIERS_URI:
             body: Any = tier_table(runner.config, runner.specs, runner.usable)
         elif uri == USAGE_URI:
@@ -199,7 +229,7 @@ def build_server(runner: Runner) -> Server[Any]:
                 body = {"by_tool": [{**asdict(r), "saved_usd": r.saved_usd} for r in rows],
                         "total": {**asdict(total), "saved_usd": total.saved_usd}}
         else:
-            raise MCPError(types.INVALID_PARAMS, f"unknown resource {uri!r}; known: {TIERS_URI}, {USAGE_URI}")
+            raise not_found(uri, f"unknown resource {uri!r}; known: {TIERS_URI}, {USAGE_URI}, {CALL_URI_TEMPLATE}")
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=_dumps(body))]
         )
@@ -217,6 +247,7 @@ def build_server(runner: Runner) -> Server[Any]:
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         on_list_resources=list_resources,
+        on_list_resource_templates=list_resource_templates,
         on_read_resource=read_resource,
     )
 
