@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_parsers(sub, _common)
     add_logs(sub, _common)
+    from tiered_mcp.cli.install import add_parser as add_install
+
+    add_install(sub)
     return parser
 
 
@@ -383,5 +386,11 @@ def _logs(args: argparse.Namespace) -> int:
     return logs_command(args)
 
 
-_COMMANDS = {"logs": _logs, "report": _report, "eval": _eval, "serve": _serve, "tools": _tools, "call": _call, "usage": _usage, "config": _config,
+def _install(args: argparse.Namespace) -> int:
+    from tiered_mcp.cli.install import install_command
+
+    return install_command(args)
+
+
+_COMMANDS = {"install": _install, "logs": _logs, "report": _report, "eval": _eval, "serve": _serve, "tools": _tools, "call": _call, "usage": _usage, "config": _config,
              "doctor": _doctor, "spec-schema": _spec_schema}
