@@ -101,3 +101,10 @@ def test_write_config_merges_and_keeps_the_rest(tmp_path):
         set_tool_tiers('tools = { classify = { tier = "mini" } }\n', {"classify": "nano"}, "n")
     assert write_tool_tiers(cfg, {"classify": "nano"}, "# new\n", "n", force=True).startswith("replaced")
     assert cfg.read_text() == "# new\n"
+
+
+def test_demo_runs_real_calls_and_totals_the_saving(upstream, tmp_path):
+    out = run_cli("demo", env=server_env(upstream, tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "on the flagship they would have cost" in out.stdout and "saved" in out.stdout
+    assert not (tmp_path / "state" / "tiered-mcp" / "ledger.sqlite3").exists()  # a throwaway ledger

@@ -180,7 +180,8 @@ def receipt_line(r: dict[str, Any]) -> str:
         return (f"{r['tool']} batch: {r['ok']}/{r['items']} ok ({tiers}); {r['input_tokens']} in / "
                 f"{r['output_tokens']} out tokens; cost {money(r.get('cost_usd'))}; flagship would cost "
                 f"{money(flagship)}; saved {money(saved)}{pct}; {r.get('latency_ms', 0):.0f} ms")
-    return (f"{r['tool']} on {r.get('tier') or '-'} ({r.get('model') or '-'}); {r['input_tokens']} in / "
+    model = (r.get("model") or "-").split(" (")[0]  # the local model's name carries its package in parentheses
+    return (f"{r['tool']} on {r.get('tier') or '-'} ({model}); {r['input_tokens']} in / "
             f"{r['output_tokens']} out tokens; cost {money(r.get('cost_usd'))}; flagship would cost {money(flagship)}; "
             f"saved {money(saved)}{pct}; {r.get('latency_ms', 0):.0f} ms")
 

@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     from tiered_mcp.cli.install import add_parser as add_install
 
     add_install(sub)
+    from tiered_mcp.cli.demo import add_parser as add_demo
+
+    add_demo(sub, _common)
     return parser
 
 
@@ -392,5 +395,11 @@ def _install(args: argparse.Namespace) -> int:
     return install_command(args)
 
 
-_COMMANDS = {"install": _install, "logs": _logs, "report": _report, "eval": _eval, "serve": _serve, "tools": _tools, "call": _call, "usage": _usage, "config": _config,
+def _demo(args: argparse.Namespace) -> int:
+    from tiered_mcp.cli.demo import demo_command
+
+    return demo_command(args)
+
+
+_COMMANDS = {"demo": _demo, "install": _install, "logs": _logs, "report": _report, "eval": _eval, "serve": _serve, "tools": _tools, "call": _call, "usage": _usage, "config": _config,
              "doctor": _doctor, "spec-schema": _spec_schema}
