@@ -170,6 +170,10 @@ def _serve(args: argparse.Namespace) -> int:
     from tiered_mcp.serve.server import build_runner, build_server, serve_stdio
 
     if args.transport == "stdio":
+        if sys.stdin.isatty():
+            print("tiered-mcp serve speaks MCP on stdin/stdout and is meant to be started by a host "
+                  "(`tiered-mcp install HOST`); to try a tool, run `tiered-mcp call` or `tiered-mcp demo`. "
+                  "Ctrl-D or Ctrl-C stops it.", file=sys.stderr)
         configure_logging(args.log_level or "WARNING", args.log_format)
         configure_tracing()
         runner = build_runner(args.config, tuple(args.specs), args.ledger)
