@@ -62,11 +62,22 @@ def report(args: argparse.Namespace) -> int:
     ledger = open_ledger(target)
     try:
         reports = build_report(ledger, args.since, args.keep_at)
+        calls = [c for c in ledger.calls() if not args.since or str(c.get("ts")) >= args.since] if args.html else []
     finally:
         ledger.close()
     path = ledger.location  # a URL's password masked
     if args.html:
-        Path(args.html).write_text(render_html(reports), encoding="utf-8")
+        from datetime import datetime, timezone
+
+        from tiered_mcp.specs.spec import load_specs
+
+        try:
+            tools = [s.name for s in load_specs(config.specs)]
+        except Exception:  # the page still helps without the tool list
+            tools = []
+        page = render_html(reports, calls=calls, ledger=path, tools=tools,
+                           generated=datetime.now(timezone.utc).isoformat())
+        Path(args.html).write_text(page, encoding="utf-8")
     if args.json:
         print(json.dumps([r.as_dict() for r in reports], indent=2))
         return 0
@@ -83,7 +94,8 @@ def report(args: argparse.Namespace) -> int:
     for r in reports:
         con.print(escape(r.recommendation))
     if not reports:
-        con.print(escape("No shadow comparisons yet: set shadow_rate under [tools.NAME] in the config."))
+        con.print(escape("No shadow comparisons yet: set shadow_rate = 0.05 under [tools.NAME] in the config to "
+                         "compare a share of real calls with the flagship, or run a bake-off with `tiered-mcp eval`."))
     if args.html:
         con.print(f"wrote {args.html}")
     return 0
@@ -143,10 +155,13 @@ def eval_command(args: argparse.Namespace) -> int:
         wrote = write_tool_tiers(Path(args.write_config).expanduser(), chosen, config_snippet(choice, args.min_quality),
                                  f"cheapest tier meeting {args.min_quality:g} in `tiered-mcp eval`", args.force)
     if args.html:
+        from datetime import datetime, timezone
+
         from tiered_mcp.cli.html_report import render_html
 
-        Path(args.html).write_text(render_html([], [asdict(s) for s in scores], "tiered-mcp bake-off"),
-                                   encoding="utf-8")
+        Path(args.html).write_text(render_html([], [asdict(s) for s in scores], "tiered-mcp bake-off",
+                                               ledger=runner.ledger.location if runner.ledger else None,
+                                               generated=datetime.now(timezone.utc).isoformat()), encoding="utf-8")
     if args.json:
         print(json.dumps({"scores": [asdict(s) for s in scores], "cheapest": choice}, indent=2))
         return 0
