@@ -47,7 +47,7 @@ def test_call_exit_codes(upstream, tmp_path):
     for model in ("gpt-5.4-nano", "gpt-5.4-mini", "gpt-5.4"):
         upstream.push(model, FakeResponse(status=401, json_body={"error": {"message": f"bad key {SECRET}"}}))
     failed = run_cli("call", "classify", "--args", ARGS, env=env)
-    assert failed.returncode == 1 and "HTTP 401" in failed.stdout and SECRET not in failed.stdout + failed.stderr
+    assert failed.returncode == 1 and "HTTP 401" in failed.stderr and SECRET not in failed.stdout + failed.stderr
     unknown = run_cli("call", "nope", "--args", "{}", env=env)
     assert unknown.returncode == 2 and "unknown tool 'nope'" in unknown.stderr
     not_json = run_cli("call", "classify", "--args", "{text: x}", env=env)

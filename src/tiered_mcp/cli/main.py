@@ -251,8 +251,6 @@ def _call(args: argparse.Namespace) -> int:
 def _usage(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from rich.table import Table
-
     from tiered_mcp.core.config import is_postgres_url, load_config
     from tiered_mcp.ledger.base import open_ledger
 
@@ -280,15 +278,17 @@ def _usage(args: argparse.Namespace) -> int:
         out = [{**asdict(r), "saved_usd": r.saved_usd} for r in [*rows, total]]
         print(json.dumps(out, indent=2))
         return OK
-    table = Table(title=f"usage by {args.by}" + (f" since {since}" if since else "") + f" ({path})")
-    for col in (args.by, "calls", "failed", "tokens in", "tokens out", "cost", "flagship cost", "saved", "saved %"):
-        table.add_column(col, justify="left" if col == args.by else "right")
+    cells = []
     for r in [*rows, total]:
         pct = f"{100 * r.saved_usd / r.flagship_cost_usd:.0f}%" if r.flagship_cost_usd else "-"
-        table.add_row(r.key, str(r.calls), str(r.failed), f"{r.input_tokens:,}", f"{r.output_tokens:,}",
-                      _money(r.cost_usd), _money(r.flagship_cost_usd), _money(r.saved_usd), pct,
-                      style="bold" if r is total else None)
+        row = [r.key, str(r.calls), str(r.failed), f"{r.input_tokens:,}", f"{r.output_tokens:,}",
+               _money(r.cost_usd), _money(r.flagship_cost_usd), _money(r.saved_usd), pct]
+        cells.append([f"[bold]{c}[/]" for c in row] if r is total else row)
     con = _console()
+    table = fitted_table(con, [args.by, "calls", "failed", "tokens in", "tokens out", "cost", "flagship cost", "saved",
+                               "saved %"], cells, right=("calls", "failed", "tokens in", "tokens out", "cost",
+                                                         "flagship cost", "saved", "saved %"),
+                         title=f"usage by {args.by}" + (f" since {since}" if since else "") + f" ({path})")
     con.print(table)
     if total.unpriced_calls:
         con.print(f"{total.unpriced_calls} call(s) used a model with no known price; their cost is not in the totals.")

@@ -47,7 +47,6 @@ def _console() -> Any:
 
 def report(args: argparse.Namespace) -> int:
     from rich.markup import escape
-    from rich.table import Table
 
     from tiered_mcp.cli.html_report import render_html
     from tiered_mcp.core.config import is_postgres_url, load_config
@@ -81,15 +80,15 @@ def report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.as_dict() for r in reports], indent=2))
         return 0
+    from tiered_mcp.cli.output import fitted_table
+
     con = _console()
-    table = Table(title=f"shadow comparisons ({path})")
-    for col in ("tool", "tier", "vs", "calls", "shadowed", "agreement", "95% interval", "cost/call", "vs cost/call"):
-        table.add_column(col)
-    for r in reports:
-        table.add_row(r.tool, r.tier, r.comparison_tier, str(r.calls), str(r.shadowed),
-                      "-" if r.agreement is None else f"{100 * r.agreement:.0f}%",
-                      "-" if r.interval is None else f"{100 * r.interval[0]:.0f}–{100 * r.interval[1]:.0f}%",
-                      _money(r.cost_per_call), _money(r.comparison_cost_per_call))
+    cells = [[r.tool, r.tier, r.comparison_tier, str(r.calls), str(r.shadowed),
+              "-" if r.agreement is None else f"{100 * r.agreement:.0f}%",
+              "-" if r.interval is None else f"{100 * r.interval[0]:.0f}–{100 * r.interval[1]:.0f}%",
+              _money(r.cost_per_call), _money(r.comparison_cost_per_call)] for r in reports]
+    table = fitted_table(con, ["tool", "tier", "vs", "calls", "shadowed", "agreement", "95% interval", "cost/call",
+                               "vs cost/call"], cells, title=f"shadow comparisons ({path})")
     con.print(table)
     for r in reports:
         con.print(escape(r.recommendation))
@@ -188,15 +187,14 @@ async def _with_progress(runner: Any, cases: Any, tiers: list[str], concurrency:
 
 
 def _print_scores(scores: Any, choice: dict[str, str | None] | None, args: argparse.Namespace) -> None:
-    from rich.table import Table
+
+    from tiered_mcp.cli.output import fitted_table
 
     con = _console()
-    table = Table(title="bake-off")
-    for col in ("tool", "tier", "cases", "quality", "basis", "schema-valid", "cost", "p50 ms", "p95 ms"):
-        table.add_column(col)
-    for s in scores:
-        table.add_row(s.tool, s.tier, str(s.cases), "-" if s.quality is None else f"{100 * s.quality:.0f}%", s.basis,
-                      f"{100 * s.valid_rate:.0f}%", _money(s.cost_usd), f"{s.p50_ms:.0f}", f"{s.p95_ms:.0f}")
+    cells = [[s.tool, s.tier, str(s.cases), "-" if s.quality is None else f"{100 * s.quality:.0f}%", s.basis,
+              f"{100 * s.valid_rate:.0f}%", _money(s.cost_usd), f"{s.p50_ms:.0f}", f"{s.p95_ms:.0f}"] for s in scores]
+    table = fitted_table(con, ["tool", "tier", "cases", "quality", "basis", "schema-valid", "cost", "p50 ms", "p95 ms"],
+                         cells, title="bake-off")
     con.print(table)
     if choice is not None:
         for tool, tier in sorted(choice.items()):
