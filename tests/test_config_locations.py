@@ -80,3 +80,12 @@ def test_the_tier_table_routes_like_the_runner(specs):
     keyed = {"OPENAI_API_KEY": "sk-test"}
     rows = {r["tool"]: r for r in tier_table(config, specs, usable_tiers(config, keyed, local_installed=True))}
     assert rows["classify"]["tier"] == "nano"
+
+
+def test_the_local_tier_hint_names_a_command_that_works_from_this_checkout():
+    from tiered_mcp.core.config import INSTALL_LOCAL
+
+    # Tests run from an editable install of the checkout: the hint is pip with the checkout's own path (the package
+    # is not on PyPI, so `pip install 'tiered-mcp[local]'` would fail).
+    assert "-m pip install -e '" in INSTALL_LOCAL and INSTALL_LOCAL.endswith("[local]'")
+    assert "tiered-mcp[local]" not in INSTALL_LOCAL

@@ -25,6 +25,7 @@ async def test_resource_templates_are_listed_and_a_call_reads_back(make_runner, 
         call_id = result.meta[RECEIPT_META_KEY]["call_id"]
         detail = json.loads((await client.read_resource(f"tiered://calls/{call_id}")).contents[0].text)
         assert detail["tool"] == "classify" and detail["attempt_rows"][0]["tier"] == "nano"
+        assert (await client.list_prompts()).prompts == []
         for uri in ("tiered://nope", "tiered://calls/999", "tiered://calls/x"):
             with pytest.raises(MCPError) as err:
                 await client.read_resource(uri)

@@ -234,6 +234,14 @@ def build_server(runner: Runner) -> Server[Any]:
             contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=_dumps(body))]
         )
 
+    # No prompts are offered; answering the list (empty) rather than "method not found" keeps clients that list
+    # every primitive, and the conformance suite's caching scenario, from treating the server as broken.
+    async def list_prompts(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=[])
+
+    async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        raise MCPError(types.INVALID_PARAMS, f"unknown prompt {params.name!r}: tiered-mcp offers tools, not prompts")
+
     @asynccontextmanager
     async def lifespan(server: Any) -> AsyncIterator[Runner]:
         async with runner.running():
@@ -249,6 +257,8 @@ def build_server(runner: Runner) -> Server[Any]:
         on_list_resources=list_resources,
         on_list_resource_templates=list_resource_templates,
         on_read_resource=read_resource,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
     )
 
 
