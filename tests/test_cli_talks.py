@@ -108,3 +108,15 @@ def test_demo_runs_real_calls_and_totals_the_saving(upstream, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "on the flagship they would have cost" in out.stdout and "saved" in out.stdout
     assert not (tmp_path / "state" / "tiered-mcp" / "ledger.sqlite3").exists()  # a throwaway ledger
+
+
+def test_an_unexpanded_key_is_reported_as_unset_by_config_tools_and_doctor(monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", "${OPENAI_API_KEY}")
+    assert main(["config", "--json"]) == 0
+    assert "NOT SET (unexpanded '${OPENAI_API_KEY}')" in json.loads(capsys.readouterr().out)["providers"]["openai"]["api_key"]
+    assert main(["tools", "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = {r["tool"]: r for r in json.loads(captured.out)}
+    assert rows["extract"]["ladder"] == [] and "literal text" in captured.err
+    main(["doctor"])
+    assert "unexpanded" in capsys.readouterr().out

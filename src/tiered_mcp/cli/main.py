@@ -206,12 +206,12 @@ def _tools(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from tiered_mcp.core.config import load_config
-    from tiered_mcp.serve.server import load_checked_specs, tier_table, usable_tiers, warn_unexpanded
+    from tiered_mcp.serve.server import load_checked_specs, tier_table, usable_tiers
 
     # Exactly what `serve` would publish and do now: the same spec folders and checks, the same routing (with no
     # key set, the tools the local tier serves start there).
     config = load_config(args.config)
-    _warn_unexpanded(config, warn_unexpanded)
+    _warn_unexpanded(config)
     rows = tier_table(config, load_checked_specs(config, tuple(args.specs)), usable_tiers(config, os.environ))
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -234,12 +234,13 @@ def _tools(args: argparse.Namespace) -> int:
     return OK
 
 
-def _warn_unexpanded(config: Any, warn: Any) -> None:
-    import logging
+def _warn_unexpanded(config: Any) -> None:
+    """One warning line on stderr per variable that holds its own unexpanded `${NAME}` text (it counts as unset)."""
+    from tiered_mcp.core.config import unexpanded_variables
 
-    if not logging.getLogger("tiered_mcp").handlers and not logging.getLogger().handlers:
-        logging.basicConfig(format="tiered-mcp: warning: %(message)s", level=logging.WARNING)
-    warn(config, os.environ)
+    for name in unexpanded_variables(config, os.environ):
+        print(f"tiered-mcp: warning: {name} is the literal text {os.environ[name]!r} (a host passed it through "
+              "unexpanded); it counts as unset", file=sys.stderr)
 
 
 def _call(args: argparse.Namespace) -> int:
@@ -348,9 +349,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
     from tiered_mcp.cli.doctor import run_checks
     from tiered_mcp.core.config import load_config
-    from tiered_mcp.serve.server import warn_unexpanded
 
-    _warn_unexpanded(load_config(args.config), warn_unexpanded)
+    _warn_unexpanded(load_config(args.config))
     checks, blocked = anyio.run(run_checks, args.config, tuple(args.specs))
     from rich.markup import escape
 
