@@ -87,6 +87,15 @@ def demo_command(args: argparse.Namespace) -> int:
         child += ["--specs", d]
     totals = {"cost": 0.0, "flagship": 0.0, "calls": 0, "failed": 0}
 
+    def answer_of(tool: str, arguments: dict[str, Any], out: dict[str, Any]) -> str:
+        if tool == "rank":
+            items = arguments.get("items") or []
+            return ", ".join(f"{items[r['index']]!r} ({r['score']:.2f})" for r in out.get("ranked") or []
+                             if 0 <= r.get("index", -1) < len(items))
+        return str(out.get("label") or out.get("summary") or out.get("data") or out)
+
+    args_of = dict(calls)
+
     def on_result(tool: str, result: Any) -> None:
         from rich.markup import escape
 
@@ -97,8 +106,7 @@ def demo_command(args: argparse.Namespace) -> int:
             con.print(f"[red]✗ {tool}[/]: {escape(text[:200])}")
             return
         out = result.structured_content or {}
-        answer = out.get("label") or out.get("ranked") or out.get("summary") or out.get("data") or out
-        con.print(f"[green]✓ {tool}[/] → {escape(str(answer)[:90])}")
+        con.print(f"[green]✓ {tool}[/] → {escape(answer_of(tool, args_of.get(tool, {}), out)[:90])}")
         con.print(f"  [dim]{escape(receipt_line(r))}[/]")
         totals["calls"] += 1
         totals["cost"] += r.get("cost_usd") or 0.0
@@ -121,7 +129,8 @@ def demo_command(args: argparse.Namespace) -> int:
     con.print(f"\n[bold]{totals['calls']} calls cost {money(totals['cost'])}; on the flagship they would have cost "
               f"{money(totals['flagship'])}: saved {money(saved)}{pct}.[/]")
     if skipped:
-        con.print(f"[dim]Skipped {', '.join(skipped)}: no tier can run them here (set OPENAI_API_KEY).[/]")
+        con.print(f"[dim]Skipped {', '.join(skipped)}: no tier can run {'it' if len(skipped) == 1 else 'them'} here "
+                  "(set OPENAI_API_KEY).[/]")
     if totals["calls"] and saved > 0:
         con.print(f"At 1,000 calls a day like these, that is {money(saved / totals['calls'] * 1000)} a day.")
     con.print("[dim]Next: connect a host (`tiered-mcp install claude-code`), then `tiered-mcp usage` and "
