@@ -101,7 +101,15 @@ def test_install_writes_each_file_host(tmp_path, monkeypatch, capsys):
     assert data["mcp_servers"]["tiered"]["args"] == ["serve"]
     assert main(["install", "codex", "--file", str(codex)]) == 1
     assert "--force" in capsys.readouterr().err
+    assert main(["install", "codex", "--file", str(codex), "--force", "--config", "c.toml"]) == 2  # no such file
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "c.toml").write_text('[providers.openrouter]\napi_key_env = "OPENROUTER_API_KEY"\n'
+                                     '[tiers.nano]\nprovider = "openrouter"\nmodel = "openai/gpt-5.4-nano"\n',
+                                     encoding="utf-8")
     assert main(["install", "codex", "--file", str(codex), "--force", "--config", "c.toml"]) == 0
+    # The entry passes the key variables the config's providers read.
+    assert tomllib.loads(codex.read_text())["mcp_servers"]["tiered"]["env_vars"] == ["OPENROUTER_API_KEY",
+                                                                                      "OPENAI_API_KEY"]
     assert tomllib.loads(codex.read_text())["mcp_servers"]["tiered"]["args"][-1] == str(tmp_path / "c.toml")
     capsys.readouterr()
     assert main(["install", "claude-code", "--print"]) == 0

@@ -64,21 +64,50 @@ def server_command() -> list[str]:
     return [str(exe), "-m", "tiered_mcp", "serve"]
 
 
-def entry_for(host: str, config: str | None = None, copy_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The server's entry as the host's file holds it (for codex, the TOML table as a dict)."""
+def needed_variables(config: Any) -> tuple[list[str], list[str]]:
+    """The key variables and base-URL variables of the providers the config's tiers use (for the default config:
+    OPENAI_API_KEY and OPENAI_BASE_URL)."""
+    keys, urls = [], []
+    for tier in config.tiers.values():
+        p = config.providers[tier.provider]
+        if p.api_key_env and p.api_key_env not in keys:
+            keys.append(p.api_key_env)
+        if p.base_url_env and p.base_url_env not in urls:
+            urls.append(p.base_url_env)
+    return keys, urls
+
+
+def _input_id(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def entry_for(host: str, config: str | None = None, copy_env: dict[str, str] | None = None,
+              keys: list[str] | None = None, urls: list[str] | None = None) -> dict[str, Any]:
+    """The server's entry as the host's file holds it (for codex, the TOML table as a dict).
+
+    Args:
+        host: one of HOSTS.
+        config: a config file to pass with --config (made absolute).
+        copy_env: variables whose values are written into the entry as they are now.
+        keys: key variables to pass through (default OPENAI_API_KEY); each arrives empty or absent when unset.
+        urls: base-URL variables to pass through, only those set now (a host's own environment decides the rest).
+    """
     command, *args = server_command()
     if config:
         args += ["--config", str(Path(config).expanduser().resolve())]
+    keys = [KEY_ENV] if keys is None else keys
+    urls = urls or []
     env: dict[str, str] = {}
-    if host == "claude-code":
-        env[KEY_ENV] = "${" + KEY_ENV + ":-}"  # empty when unset: no "missing variable" warning
-    elif host == "cursor":
-        env[KEY_ENV] = "${env:" + KEY_ENV + "}"
-    elif host == "vscode":
-        env[KEY_ENV] = "${input:openai-api-key}"
+    for name in [*keys, *urls]:
+        if host == "claude-code":
+            env[name] = "${" + name + ":-}"  # empty when unset: no "missing variable" warning
+        elif host == "cursor":
+            env[name] = "${env:" + name + "}"
+        elif host == "vscode":
+            env[name] = "${input:" + _input_id(name) + "}" if name in keys else "${env:" + name + "}"
     env.update(copy_env or {})
     if host == "codex":
-        out: dict[str, Any] = {"command": command, "args": args, "env_vars": [KEY_ENV],
+        out: dict[str, Any] = {"command": command, "args": args, "env_vars": [*keys, *urls],
                                "startup_timeout_sec": 30, "tool_timeout_sec": 180}
         if copy_env:
             out["env"] = dict(copy_env)
@@ -199,7 +228,12 @@ def install_command(args: argparse.Namespace) -> int:
         if not os.environ.get(var):
             return fail(f"--copy-env {var}: the variable is not set here", USAGE)
         copy[var] = os.environ[var]
-    entry = entry_for(args.host, args.config, copy)
+    from tiered_mcp.core.config import CONFIG_ENV, env_value, load_config
+
+    # The host will not have this shell's TIERED_MCP_CONFIG: a config named here goes into the entry as --config.
+    config_path = args.config or env_value(os.environ, CONFIG_ENV)
+    keys, urls = needed_variables(load_config(config_path))
+    entry = entry_for(args.host, config_path, copy, keys, [u for u in urls if env_value(os.environ, u)])
     if args.host == "claude-code":
         return _claude_code(args, entry)
     if args.scope == "local" or (args.scope and args.host in ("claude-desktop", "codex", "vscode")):
@@ -218,17 +252,17 @@ def install_command(args: argparse.Namespace) -> int:
         if args.host == "codex":
             said = merge_codex(path, args.name, entry, args.force)
         elif args.host == "vscode":
-            inputs = [{"type": "promptString", "id": "openai-api-key", "description": "OpenAI API key (empty: "
-                       "local tier only)", "password": True}]
+            inputs = [{"type": "promptString", "id": _input_id(k), "description": f"{k} for tiered-mcp (empty: "
+                       "local tier only)", "password": True} for k in keys]
             said = merge_json(path, "servers", args.name, entry, args.force, {"inputs": inputs})
         else:
             said = merge_json(path, "mcpServers", args.name, entry, args.force)
     except (ValueError, OSError) as e:
         return fail(str(e), FAILED)
     print(said)
-    if args.host == "claude-desktop" and KEY_ENV not in copy:
+    if args.host == "claude-desktop" and keys and not set(keys) & set(copy):
         print(f"Claude Desktop expands no variables: the server runs on the local tier until the entry has a key "
-              f"(re-run with --copy-env {KEY_ENV} --force). Restart Claude Desktop to load it.")
+              f"(re-run with --copy-env {keys[0]} --force). Restart Claude Desktop to load it.")
     return OK
 
 
