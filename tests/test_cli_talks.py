@@ -120,3 +120,23 @@ def test_an_unexpanded_key_is_reported_as_unset_by_config_tools_and_doctor(monke
     assert rows["extract"]["ladder"] == [] and "literal text" in captured.err
     main(["doctor"])
     assert "unexpanded" in capsys.readouterr().out
+
+
+def test_progress_lines_say_each_attempt_and_the_local_model_load(capsys):
+    import anyio
+
+    from tiered_mcp.cli.call import _Progress
+
+    progress = _Progress(enabled=True)
+
+    async def go():
+        await progress(1, None, "local (use-multilingual-v3): first")
+        await progress(2, None, "nano (gpt-5.4-nano): escalation")
+        await progress(1, 3, "item 0: ok on nano")
+    anyio.run(go)
+    err = capsys.readouterr().err
+    assert "attempt 1: local" in err and "loading the local model" in err and "attempt 2: nano" in err
+    assert "1/3 item 0: ok on nano" in err
+    quiet = _Progress(enabled=False)
+    anyio.run(quiet, 1, None, "x")
+    assert capsys.readouterr().err == ""
