@@ -31,21 +31,27 @@ SPECS_ENV = "TIERED_MCP_SPECS"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def install_local_hint() -> str:
-    """The command that adds the embedded local tier to this installation (the package is not on PyPI yet).
+def install_extra_hint(extra: str) -> str:
+    """The command that adds an optional extra (`local`, `postgres`, `otel`) to this installation; the package is
+    not on PyPI yet, so `pip install 'tiered-mcp[X]'` would fail.
 
-    From a source checkout (an editable install) it is pip with the checkout's path; otherwise a reinstall from
-    the clone with the `local` extra, by whichever tool installed this copy.
+    From a source checkout (an editable install) it is this Python's pip with the checkout's path; otherwise a
+    reinstall from the clone with the extra, by whichever tool installed this copy.
     """
     root = Path(__file__).resolve().parents[3]
     if (root / "pyproject.toml").is_file() and (root / "src" / "tiered_mcp").is_dir():
-        return f"{Path(sys.executable)} -m pip install -e '{root}[local]'"
+        return f"{Path(sys.executable)} -m pip install -e '{root}[{extra}]'"
     prefix = sys.prefix.replace("\\", "/")
     if "/uv/tools/" in prefix:
-        return "uv tool install --force 'PATH-TO-CLONE[local]'"
+        return f"uv tool install --force 'PATH-TO-CLONE[{extra}]'"
     if "/pipx/venvs/" in prefix:
-        return "pipx install --force 'PATH-TO-CLONE[local]'"
-    return f"{Path(sys.executable)} -m pip install 'PATH-TO-CLONE[local]' (or the wheel: 'tiered_mcp-*.whl[local]')"
+        return f"pipx install --force 'PATH-TO-CLONE[{extra}]'"
+    return f"{Path(sys.executable)} -m pip install 'PATH-TO-CLONE[{extra}]' (or the wheel: 'tiered_mcp-*.whl[{extra}]')"
+
+
+def install_local_hint() -> str:
+    """`install_extra_hint("local")`: how to add the embedded local tier."""
+    return install_extra_hint("local")
 
 
 INSTALL_LOCAL = install_local_hint()
