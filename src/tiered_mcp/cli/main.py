@@ -212,7 +212,8 @@ def _tools(args: argparse.Namespace) -> int:
     # key set, the tools the local tier serves start there).
     config = load_config(args.config)
     _warn_unexpanded(config)
-    rows = tier_table(config, load_checked_specs(config, tuple(args.specs)), usable_tiers(config, os.environ))
+    specs = load_checked_specs(config, tuple(args.specs))
+    rows = tier_table(config, specs, usable_tiers(config, os.environ))
     if args.json:
         print(json.dumps(rows, indent=2))
         return OK
@@ -229,8 +230,17 @@ def _tools(args: argparse.Namespace) -> int:
     table = fitted_table(con, ["tool", "starts on", "escalates to", "model", "$/M in/out", "description"], cells,
                          flex="description", title=f"tools (config: {config.source})")
     con.print(table)
+    # Tools blocked only for want of a key get one line between them; other reasons are shown as they are.
+    keyless = [r["tool"] for r in blocked if specs.get(r["tool"]).local_task is None]
+    keys = sorted({config.providers[t.provider].api_key_env for t in config.tiers.values()
+                   if config.providers[t.provider].api_key_env})
+    if keyless:
+        con.print(f"[red]{', '.join(keyless)}[/]: {'needs' if len(keyless) == 1 else 'need'} a model tier: set "
+                  f"{' or '.join(keys) or 'a provider key'}, or point their tiers at a provider you have "
+                  "(examples/config.*.toml); `tiered-mcp doctor` says what each tier lacks")
     for row in blocked:
-        con.print(f"[red]{row['tool']}[/]: {escape(row.get('problem') or '')}")
+        if row["tool"] not in keyless:
+            con.print(f"[red]{row['tool']}[/]: {escape(row.get('problem') or '')}")
     return OK
 
 
