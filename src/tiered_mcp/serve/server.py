@@ -74,7 +74,9 @@ def published_input_schema(spec: ToolSpec, config: Config) -> dict[str, Any]:
         props["items"] = {"type": "array", "items": item, "maxItems": spec.batch.max_items,
                           "description": f"Batch of {name} values instead of {name}"}
         schema["required"] = [r for r in spec.input_schema.get("required", []) if r != name]
-        schema["anyOf"] = [{"required": [name]}, {"required": ["items"]}]
+        # Each branch names its property, so validators in full strict mode (ajv strictRequired) accept it.
+        schema["anyOf"] = [{"required": [name], "properties": {name: {}}},
+                           {"required": ["items"], "properties": {"items": {}}}]
     props["tier"] = {"type": "string", "enum": allowed}
     schema["properties"] = props
     return compact(schema)
