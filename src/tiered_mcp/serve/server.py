@@ -74,9 +74,11 @@ def published_input_schema(spec: ToolSpec, config: Config) -> dict[str, Any]:
         props["items"] = {"type": "array", "items": item, "maxItems": spec.batch.max_items,
                           "description": f"Batch of {name} values instead of {name}"}
         schema["required"] = [r for r in spec.input_schema.get("required", []) if r != name]
-        # Each branch names its property, so validators in full strict mode (ajv strictRequired) accept it.
-        schema["anyOf"] = [{"required": [name], "properties": {name: {}}},
-                           {"required": ["items"], "properties": {"items": {}}}]
+        # Each branch names its property with its type: ajv in full strict mode (strictRequired) wants required
+        # properties defined in the same branch, and Inspector's --strict warns on an empty schema.
+        kind = item.get("type", "string")
+        schema["anyOf"] = [{"required": [name], "properties": {name: {"type": kind}}},
+                           {"required": ["items"], "properties": {"items": {"type": "array"}}}]
     props["tier"] = {"type": "string", "enum": allowed}
     schema["properties"] = props
     return compact(schema)
