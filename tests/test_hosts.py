@@ -169,5 +169,11 @@ def test_codex_reads_the_example_and_the_installed_entry(tmp_path):
     assert entry["transport"]["env_vars"] == ["OPENAI_API_KEY"] and entry["startup_timeout_sec"] == 30
     done = run([sys.executable, "-m", "tiered_mcp", "install", "codex", "--name", "t2"], env, project)
     assert done.returncode == 0, done.stdout + done.stderr
+    added = run([codex, "mcp", "add", "t3", "--", "tiered-mcp", "serve"], env, project)
+    assert added.returncode == 0, added.stdout + added.stderr
     listed = run([codex, "mcp", "list"], env, project)
-    assert listed.returncode == 0 and "t2" in listed.stdout and "tiered" in listed.stdout, listed.stdout + listed.stderr
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert all(name in listed.stdout for name in ("tiered", "t2", "t3"))
+    # codex rewrote the file it shares with us; what `install` wrote is still there and still parses.
+    data = tomllib.loads((home / "config.toml").read_text(encoding="utf-8"))
+    assert data["mcp_servers"]["t2"]["env_vars"] == ["OPENAI_API_KEY"]
