@@ -336,26 +336,26 @@ class SqlLedger:
             clauses.append("cached = 1")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._dicts(f"SELECT {self._LOG_COLUMNS} FROM calls {where} ORDER BY id DESC LIMIT ?", [*params, limit])
-        return [_log_row(r) for r in rows]
+        return [self._log_row(r) for r in rows]
 
     def call_detail(self, call_id: int) -> dict[str, Any] | None:
         """One call with its attempts in order (and its arguments and output when store_inputs kept them)."""
         rows = self._dicts(f"SELECT {self._LOG_COLUMNS}, arguments, output FROM calls WHERE id = ?", (call_id,))
         if not rows:
             return None
-        row = _log_row(rows[0])
+        row = self._log_row(rows[0])
         for key in ("arguments", "output"):
             row[key] = json.loads(row[key]) if row.get(key) else None
         row["attempt_rows"] = self.attempts(call_id)
         return row
 
-
-def _log_row(row: dict[str, Any]) -> dict[str, Any]:
-    out = dict(row)
-    out["ok"], out["cached"] = bool(out["ok"]), bool(out["cached"])
-    cost, flagship = out.get("cost_usd"), out.get("flagship_cost_usd")
-    out["saved_usd"] = None if cost is None or flagship is None else float(flagship) - float(cost)
-    return out
+    @staticmethod
+    def _log_row(row: dict[str, Any]) -> dict[str, Any]:
+        out = dict(row)
+        out["ok"], out["cached"] = bool(out["ok"]), bool(out["cached"])
+        cost, flagship = out.get("cost_usd"), out.get("flagship_cost_usd")
+        out["saved_usd"] = None if cost is None or flagship is None else float(flagship) - float(cost)
+        return out
 
 
 def _usage_row(row: Sequence[Any]) -> UsageRow:
