@@ -31,14 +31,22 @@ __all__ = ["main", "OK", "FAILED", "USAGE", "UNREACHABLE"]
 
 
 def _common(p: argparse.ArgumentParser, specs: bool = True) -> None:
-    p.add_argument("--config", metavar="PATH", help="TOML config file (default: $TIERED_MCP_CONFIG, else built-in)")
+    p.add_argument("--config", metavar="PATH", help="TOML config file (default: $TIERED_MCP_CONFIG, else "
+                   "~/.config/tiered-mcp/config.toml or the platform's equivalent if it exists, else built-in)")
     if specs:
         p.add_argument("--specs", metavar="DIR", action="append", default=[],
-                       help="extra folder of tool spec files (repeatable); same name replaces a shipped tool")
+                       help="extra folder of tool spec files (repeatable; after the config's specs and "
+                            "$TIERED_MCP_SPECS); same name replaces a shipped tool")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tiered-mcp", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="tiered-mcp", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="An MCP server that hands routine steps to cheaper model tiers and shows what that saves.",
+        epilog="Start here:\n  tiered-mcp demo                  a few real calls and what they saved\n"
+               "  tiered-mcp install claude-code   connect a host (or codex, cursor, vscode, claude-desktop)\n"
+               "  tiered-mcp logs                  what your host's calls did\n"
+               "Exit codes: 0 ok, 1 the tool failed, 2 bad usage/config/spec, 3 server unreachable, 130 Ctrl-C.")
     parser.add_argument("--version", action="version", version=f"tiered-mcp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -415,5 +423,6 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_command(args)
 
 
-_COMMANDS = {"demo": _demo, "install": _install, "logs": _logs, "report": _report, "eval": _eval, "serve": _serve, "tools": _tools, "call": _call, "usage": _usage, "config": _config,
-             "doctor": _doctor, "spec-schema": _spec_schema}
+_COMMANDS = {"serve": _serve, "demo": _demo, "install": _install, "tools": _tools, "call": _call, "logs": _logs,
+             "usage": _usage, "report": _report, "eval": _eval, "config": _config, "doctor": _doctor,
+             "spec-schema": _spec_schema}
