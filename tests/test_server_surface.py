@@ -72,3 +72,26 @@ def test_logs_command_lists_and_shows_one_call(upstream, tmp_path, monkeypatch, 
     assert main(["logs", "--ledger", ledger, "--outcome", "failed", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert main(["logs", "999", "--ledger", ledger]) == 1
+
+
+def test_logs_follow_prints_new_calls_as_they_arrive(ledger, make_runner, capsys):
+    import argparse
+    import threading
+
+    import anyio
+
+    from tiered_mcp.cli.logs import follow
+
+    runner = make_runner()
+
+    async def one():
+        async with runner.running():
+            await runner.call("classify", ARGS)
+    anyio.run(one)
+    args = argparse.Namespace(json=False, tool=None, outcome=None)
+    later = threading.Timer(0.05, lambda: anyio.run(one))
+    later.start()
+    assert follow(ledger, ledger.recent_calls(5), args, polls=3, interval_s=0.1) == 0
+    later.join()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("classify" in ln and "nano" in ln for ln in lines)

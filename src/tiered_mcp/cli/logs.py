@@ -21,6 +21,8 @@ def add_parser(sub: Any, common: Any) -> None:
     p.add_argument("--outcome", choices=["ok", "failed", "cached"], help="only calls with this outcome")
     p.add_argument("--since", metavar="DATE", help="only calls on or after this date (YYYY-MM-DD, UTC)")
     p.add_argument("--json", action="store_true", help="JSON (one array, or one object with `logs ID`)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new calls as they arrive (one line each; JSON lines with --json); Ctrl-C stops")
 
 
 def logs_command(args: argparse.Namespace) -> int:
@@ -49,6 +51,8 @@ def logs_command(args: argparse.Namespace) -> int:
                 return fail(f"no call {args.id} in {ledger.location}", FAILED)
             return _show_one(detail, args.json)
         rows = ledger.recent_calls(args.limit, tool=args.tool, outcome=args.outcome, since=since)
+        if args.follow:
+            return follow(ledger, rows, args)
     finally:
         ledger.close()
     if args.json:
@@ -65,6 +69,38 @@ def logs_command(args: argparse.Namespace) -> int:
                            cells, flex="model", right=("cost", "saved", "ms"),
                            title=f"{len(rows)} most recent calls ({ledger.location})"))
     con.print("[dim]`tiered-mcp logs ID` shows one call's attempts[/]")
+    return OK
+
+
+def line(r: dict[str, Any]) -> str:
+    """One call on one line, for --follow."""
+    return (f"{r['id']:>6}  {_when(r['ts'])}  {r['tool']:<12} {_tier(r):<9} "
+            f"{'cached' if r.get('cached') else 'ok' if r['ok'] else 'FAILED':<7} {money(r['cost_usd']):>10}  "
+            f"saved {money(r['saved_usd']):>10}  {r['latency_ms']:>6.0f} ms  {r.get('model') or '-'}")
+
+
+def follow(ledger: Any, rows: list[dict[str, Any]], args: argparse.Namespace, polls: int | None = None,
+           interval_s: float = 1.0) -> int:
+    """Print `rows` oldest first, then each new call as it is written, until Ctrl-C (or `polls` polls, for tests)."""
+    import time
+
+    def show(r: dict[str, Any]) -> None:
+        print(json.dumps(r, default=str) if args.json else line(r), flush=True)
+
+    for r in reversed(rows):
+        show(r)
+    last = max((r["id"] for r in rows), default=0)
+    n = 0
+    try:
+        while polls is None or n < polls:
+            n += 1
+            time.sleep(interval_s)
+            new = [r for r in ledger.recent_calls(200, tool=args.tool, outcome=args.outcome) if r["id"] > last]
+            for r in reversed(new):
+                show(r)
+            last = max([last, *(r["id"] for r in new)])
+    except KeyboardInterrupt:
+        pass
     return OK
 
 
