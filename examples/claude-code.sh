@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # Register tiered-mcp with Claude Code as a stdio server named "tiered" (https://code.claude.com/docs/en/mcp).
-# Options (--transport, --env/-e, --scope) must come before the server name; everything after `--` is the command.
+# Simplest: `tiered-mcp install claude-code` does the same with this machine's absolute command path.
+#
+# The server's NAME comes first: since Claude Code 2.1, -e/--env takes several values and would swallow a name
+# placed after it ("Invalid environment variable format: tiered"). Everything after `--` is the command.
 set -euo pipefail
 
 # For you only (local scope, stored in ~/.claude.json). The single quotes keep ${OPENAI_API_KEY} unexpanded, so the
-# key itself is never written to disk: Claude Code expands ${VAR} from its own environment each time it starts the
-# server. Export OPENAI_API_KEY (and optionally TIERED_MCP_CONFIG) in the shell you start `claude` from.
-claude mcp add --transport stdio --scope local \
-  --env 'OPENAI_API_KEY=${OPENAI_API_KEY}' \
-  --env 'TIERED_MCP_CONFIG=${TIERED_MCP_CONFIG:-}' \
-  tiered -- tiered-mcp serve
+# key itself is never written to disk: Claude Code expands it from its own environment each time it starts the
+# server. `:-` makes an unset key expand to nothing (the server then runs the tools the local tier serves); written
+# as plain ${OPENAI_API_KEY}, an unset key arrives as literal text, which tiered-mcp also treats as unset, with a
+# warning. The config is read from its default location (~/.config/tiered-mcp/config.toml), so the entry
+# needs no TIERED_MCP_CONFIG.
+claude mcp add tiered --scope local -e 'OPENAI_API_KEY=${OPENAI_API_KEY:-}' -- tiered-mcp serve
 
 # Shared with the team instead: --scope project writes the same entry to ./.mcp.json (see claude-code.mcp.json);
 # teammates are asked to approve project servers the first time.
-#   claude mcp add --transport stdio --scope project --env 'OPENAI_API_KEY=${OPENAI_API_KEY}' tiered -- tiered-mcp serve
+#   claude mcp add tiered --scope project -e 'OPENAI_API_KEY=${OPENAI_API_KEY:-}' -- tiered-mcp serve
 #
-# Without installing the package (uv fetches and caches it):
-#   claude mcp add --transport stdio --env 'OPENAI_API_KEY=${OPENAI_API_KEY}' tiered -- uvx tiered-mcp serve
-#
-# Check it: `claude mcp list`, `claude mcp get tiered`, or /mcp inside a session. Remove: `claude mcp remove tiered`.
+# Check it: `claude mcp get tiered` (starts the server: "✔ Connected"), `claude mcp list`, or /mcp in a session.
+# Remove: `claude mcp remove tiered`.

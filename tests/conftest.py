@@ -22,9 +22,11 @@ SECRET = "sk-test-DoNotLeak-0123456789abcdef"
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     # A real key or endpoint from the developer's shell must never reach a test.
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TIERED_MCP_CONFIG", "OPENROUTER_API_KEY"):
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TIERED_MCP_CONFIG", "TIERED_MCP_SPECS", "OPENROUTER_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    # Nor may the developer's own config file (the default location is looked up when no config is named).
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     with network_guard() as blocked:
         yield
     assert not blocked, f"a test tried to reach the network: {blocked}"
@@ -131,7 +133,7 @@ def upstream() -> FakeUpstream:
 def server_env(upstream: FakeUpstream, tmp_path: Path, **extra: str) -> dict[str, str]:
     """Environment for a server child process talking to the fake upstream."""
     return {"OPENAI_API_KEY": SECRET, "OPENAI_BASE_URL": upstream.base_url,
-            "XDG_STATE_HOME": str(tmp_path / "state"), **extra}
+            "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CONFIG_HOME": str(tmp_path / "config"), **extra}
 
 
 PYTHON = sys.executable

@@ -47,7 +47,7 @@ def test_call_exit_codes(upstream, tmp_path):
     for model in ("gpt-5.4-nano", "gpt-5.4-mini", "gpt-5.4"):
         upstream.push(model, FakeResponse(status=401, json_body={"error": {"message": f"bad key {SECRET}"}}))
     failed = run_cli("call", "classify", "--args", ARGS, env=env)
-    assert failed.returncode == 1 and "HTTP 401" in failed.stdout and SECRET not in failed.stdout + failed.stderr
+    assert failed.returncode == 1 and "HTTP 401" in failed.stderr and SECRET not in failed.stdout + failed.stderr
     unknown = run_cli("call", "nope", "--args", "{}", env=env)
     assert unknown.returncode == 2 and "unknown tool 'nope'" in unknown.stderr
     not_json = run_cli("call", "classify", "--args", "{text: x}", env=env)
@@ -115,7 +115,8 @@ def test_config_masks_keys(tmp_path, capsys, monkeypatch):
     assert SECRET not in out and "hunter2" not in out and ":pw@" not in out
 
 
-def test_tools_table_lists_every_tool(capsys):
+def test_tools_table_lists_every_tool(capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     assert main(["tools"]) == 0
     out = capsys.readouterr().out
     for name in ("classify", "extract", "summarize", "review_code", "rank", "draft"):

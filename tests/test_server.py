@@ -26,7 +26,8 @@ async def test_tools_list_publishes_every_tool_with_both_schemas(make_runner):
     assert sorted(tools) == sorted(SHIPPED)
     cls = tools["classify"]
     assert cls.input_schema["required"] == ["labels"]
-    assert cls.input_schema["anyOf"] == [{"required": ["text"]}, {"required": ["items"]}]
+    assert cls.input_schema["anyOf"] == [{"required": ["text"], "properties": {"text": {"type": "string"}}},
+                                         {"required": ["items"], "properties": {"items": {"type": "array"}}}]
     assert cls.input_schema["properties"]["items"]["maxItems"] == 1000
     assert "items" not in tools["draft"].input_schema["properties"]  # draft takes no batch
     assert cls.input_schema["properties"]["tier"]["enum"] == ["local", "nano", "mini"]  # capped by call_tier_ceiling

@@ -75,6 +75,13 @@ GOOD = Path(default_specs_dir() / "draft.yaml").read_text(encoding="utf-8")
          "reserved"),
         (lambda s: s.replace("name: draft", "name: Draft Tool"), "name", "pattern"),
         (lambda s: s.replace("title: Draft text", "title: [unclosed"), "line", "not valid YAML"),
+        # An unquoted description in a flow mapping splits at its commas into keywords.
+        (lambda s: s.replace('"e.g. friendly, formal, terse."', "e.g. friendly, formal, terse."),
+         "input_schema.properties.tone.formal", "not a JSON Schema keyword"),
+        (lambda s: s.replace("text: {type: string}", "text: {type: [string, \"null\"]}"),
+         "output_schema.properties.text.type", "anyOf"),
+        (lambda s: s.replace("max_words: {type: integer,", "max_words: {type: integer, maxiumum: 3,"),
+         "input_schema.properties.max_words.maxiumum", "not a JSON Schema keyword"),
     ],
 )
 def test_a_broken_spec_names_file_field_and_problem(edit, field, words):
@@ -112,3 +119,14 @@ def test_bindings_put_the_callers_schema_and_labels_in_place(specs):
     assert cls["properties"]["label"]["enum"] == ["x", "y"]
     assert cls["properties"]["labels"]["items"]["enum"] == ["x", "y"]
     assert "enum" not in specs.get("classify").output_schema["properties"]["label"]
+
+
+def test_every_shipped_schema_is_portable(specs):
+    from tiered_mcp.core.config import load_config
+    from tiered_mcp.serve.server import published_input_schema, published_output_schema
+    from tiered_mcp.specs.spec import schema_portability_problems
+
+    config = load_config(None, env={})
+    for spec in specs:
+        assert schema_portability_problems(published_input_schema(spec, config)) == [], spec.name
+        assert schema_portability_problems(published_output_schema(spec)) == [], spec.name

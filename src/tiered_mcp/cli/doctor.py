@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from tiered_mcp.call.routing import ladder_for
-from tiered_mcp.core.config import INSTALL_LOCAL, load_config
+from tiered_mcp.core.config import INSTALL_LOCAL, env_value, is_unexpanded, load_config
 from tiered_mcp.core.errors import CallError, ModelError
 from tiered_mcp.models.local import LocalEngine
-from tiered_mcp.specs.spec import load_specs
+from tiered_mcp.serve.server import load_checked_specs, usable_tiers
 
 
 @dataclass
@@ -32,19 +32,22 @@ async def run_checks(config_path: str | None, spec_dirs: tuple[str, ...],
                      env: Mapping[str, str] | None = None) -> tuple[list[TierCheck], dict[str, str]]:
     """Check every configured tier; each endpoint is asked once for its model list (5 s timeout).
 
+    The config and specs are loaded and checked exactly as `serve` does (the same [tools.X] checks, the same
+    spec folders, the same idea of which tiers can run), so a config doctor passes is one serve accepts.
+
     Returns:
         The check of each tier, and the tools that cannot run on any tier, with why.
+
+    Raises:
+        SetupError: the config or specs `serve` would refuse.
     """
     from tiered_mcp.models._openai import OpenAIModels
 
     env = os.environ if env is None else env
     config = load_config(config_path, env)
-    specs = load_specs(spec_dirs)
+    specs = load_checked_specs(config, spec_dirs, env)
     local_installed = LocalEngine.installed()
-
-    def usable(tier: str) -> bool:
-        provider = config.providers[config.tiers[tier].provider]
-        return local_installed if provider.kind == "embedded" else provider.has_key(env)
+    usable = usable_tiers(config, env, local_installed)
 
     starts: dict[str, list[str]] = {}
     blocked: dict[str, str] = {}
@@ -66,12 +69,16 @@ async def run_checks(config_path: str | None, spec_dirs: tuple[str, ...],
                 checks.append(await _check_local(name, tier.provider, starts.get(name, []), local_installed))
                 continue
             key = "not needed"
+            raw = env.get(provider.api_key_env) if provider.api_key_env else None
             if provider.api_key_env:
-                key = f"{provider.api_key_env} set" if env.get(provider.api_key_env) else f"{provider.api_key_env} NOT SET"
+                key = f"{provider.api_key_env} set" if env_value(env, provider.api_key_env) else (
+                    f"{provider.api_key_env} unexpanded {raw!r}" if is_unexpanded(raw) else f"{provider.api_key_env} NOT SET")
             check = TierCheck(name, tier.provider, tier.model, key, tools=starts.get(name, []))
             checks.append(check)
-            if provider.api_key_env and not env.get(provider.api_key_env):
-                check.problem = f"export {provider.api_key_env}=<your key>"
+            if provider.api_key_env and not env_value(env, provider.api_key_env):
+                check.problem = f"export {provider.api_key_env}=<your key>" + (
+                    " (the host passed the text through unexpanded: the variable was unset when it started)"
+                    if is_unexpanded(raw) else "")
                 continue
             if tier.provider not in listed:
                 try:

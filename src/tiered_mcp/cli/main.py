@@ -1,7 +1,7 @@
 """The `tiered-mcp` command: argument parsing and printing only.
 
 Exit codes: 0 success; 1 the tool (or a doctor check) failed; 2 bad usage, config or spec; 3 the server could not
-be started or reached.
+be started or reached; 130 interrupted (Ctrl-C); 141 stdout closed early (`| head`), without a message.
 """
 
 from __future__ import annotations
@@ -13,20 +13,40 @@ import sys
 from typing import Any, Sequence
 
 from tiered_mcp import __version__
+from tiered_mcp.cli.output import (
+    CLOSED_PIPE,
+    FAILED,
+    INTERRUPTED,
+    OK,
+    UNREACHABLE,
+    USAGE,
+    console,
+    first_leaf,
+    fitted_table,
+    money,
+)
 from tiered_mcp.core.errors import SetupError
 
-OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
+__all__ = ["main", "OK", "FAILED", "USAGE", "UNREACHABLE"]
 
 
 def _common(p: argparse.ArgumentParser, specs: bool = True) -> None:
-    p.add_argument("--config", metavar="PATH", help="TOML config file (default: $TIERED_MCP_CONFIG, else built-in)")
+    p.add_argument("--config", metavar="PATH", help="TOML config file (default: $TIERED_MCP_CONFIG, else "
+                   "~/.config/tiered-mcp/config.toml or the platform's equivalent if it exists, else built-in)")
     if specs:
         p.add_argument("--specs", metavar="DIR", action="append", default=[],
-                       help="extra folder of tool spec files (repeatable); same name replaces a shipped tool")
+                       help="extra folder of tool spec files (repeatable; after the config's specs and "
+                            "$TIERED_MCP_SPECS); same name replaces a shipped tool")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tiered-mcp", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="tiered-mcp", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="An MCP server that hands routine steps to cheaper model tiers and shows what that saves.",
+        epilog="Start here:\n  tiered-mcp demo                  a few real calls and what they saved\n"
+               "  tiered-mcp install claude-code   connect a host (or codex, cursor, vscode, claude-desktop)\n"
+               "  tiered-mcp logs                  what your host's calls did\n"
+               "Exit codes: 0 ok, 1 the tool failed, 2 bad usage/config/spec, 3 server unreachable, 130 Ctrl-C.")
     parser.add_argument("--version", action="version", version=f"tiered-mcp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -56,15 +76,22 @@ def _parser() -> argparse.ArgumentParser:
     http.add_argument("--json-response", action="store_true",
                       help="answer with plain JSON instead of SSE streams (no progress notifications)")
 
-    p = sub.add_parser("tools", help="list the tools with their tier, model and price")
+    p = sub.add_parser("tools", help="list the tools with the tier each starts on now, its model and price")
     _common(p)
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("call", help="call one tool through a real MCP client over stdio; prints result and receipt")
     p.add_argument("tool")
-    p.add_argument("--args", default="{}", metavar="JSON", help="the tool's arguments as a JSON object")
+    p.add_argument("--args", default="{}", metavar="JSON|@FILE|-",
+                   help="the tool's arguments: a JSON object, @file.json, or - to read them from stdin")
     _common(p)
     p.add_argument("--ledger", metavar="PATH|URL")
-    p.add_argument("--json", action="store_true", help="print one JSON object (result, receipt, is_error)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON object (result, receipt, is_error)")
+    out.add_argument("--text", action="store_true",
+                     help="print only the answer's text (draft, summarize); the receipt goes to stderr")
+    p.add_argument("--no-receipt", action="store_true", help="do not print the receipt")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--options", metavar="JSON", help='per-call routing options, e.g. \'{"cache": false}\' '
                    "(sent in the request's _meta)")
 
@@ -84,21 +111,60 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("spec-schema", help="print the JSON Schema of tool spec files")
 
+    from tiered_mcp.cli.logs import add_parser as add_logs
     from tiered_mcp.cli.reports import add_parsers
 
     add_parsers(sub, _common)
+    add_logs(sub, _common)
+    from tiered_mcp.cli.install import add_parser as add_install
+
+    add_install(sub)
+    from tiered_mcp.cli.demo import add_parser as add_demo
+
+    add_demo(sub, _common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure is one line on stderr and an exit code (see the module docstring).
+
+    Set TIERED_MCP_DEBUG=1 to see the traceback of an unexpected error.
+    """
     args = _parser().parse_args(argv)
     try:
-        return int(_COMMANDS[args.command](args) or OK)
+        code = int(_COMMANDS[args.command](args) or OK)
+        sys.stdout.flush()  # a closed pipe shows here, where it is handled, not at interpreter exit
+        return code
     except SetupError as e:
         print(f"tiered-mcp: {e}", file=sys.stderr)
         return USAGE
     except KeyboardInterrupt:
+        print("tiered-mcp: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:
+        return _closed_pipe()
+    except Exception as e:
+        leaf = first_leaf(e)
+        if isinstance(leaf, SetupError):
+            print(f"tiered-mcp: {leaf}", file=sys.stderr)
+            return USAGE
+        if isinstance(leaf, BrokenPipeError):
+            return _closed_pipe()
+        if os.environ.get("TIERED_MCP_DEBUG"):
+            raise
+        print(f"tiered-mcp: {args.command} failed: {type(leaf).__name__}: {leaf} "
+              "(TIERED_MCP_DEBUG=1 shows the traceback)", file=sys.stderr)
         return FAILED
+
+
+def _closed_pipe() -> int:
+    # The reader went away (`| head`): say nothing, and keep Python from complaining again when it flushes at exit.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return CLOSED_PIPE
 
 
 # ---- commands ----------------------------------------------------------------------------------------------------
@@ -112,6 +178,10 @@ def _serve(args: argparse.Namespace) -> int:
     from tiered_mcp.serve.server import build_runner, build_server, serve_stdio
 
     if args.transport == "stdio":
+        if sys.stdin.isatty():
+            print("tiered-mcp serve speaks MCP on stdin/stdout and is meant to be started by a host "
+                  "(`tiered-mcp install HOST`); to try a tool, run `tiered-mcp call` or `tiered-mcp demo`. "
+                  "Ctrl-D or Ctrl-C stops it.", file=sys.stderr)
         configure_logging(args.log_level or "WARNING", args.log_format)
         configure_tracing()
         runner = build_runner(args.config, tuple(args.specs), args.ledger)
@@ -133,148 +203,71 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _console() -> Any:
-    import shutil
-
-    from rich.console import Console
-
-    # Piped output would otherwise wrap at 80 columns, which folds every table into unreadable slivers.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else max(140, shutil.get_terminal_size().columns))
+    return console()
 
 
 def _money(x: float | None) -> str:
-    if x is None:
-        return "unknown"
-    sign, x = ("-" if x < 0 else ""), abs(x)
-    return f"{sign}${x:,.6f}" if x < 0.01 else f"{sign}${x:,.4f}"
+    return money(x)
 
 
 def _tools(args: argparse.Namespace) -> int:
-    from rich.table import Table
+    from rich.markup import escape
 
     from tiered_mcp.core.config import load_config
-    from tiered_mcp.serve.server import tier_table
-    from tiered_mcp.specs.spec import load_specs
+    from tiered_mcp.serve.server import load_checked_specs, tier_table, usable_tiers
 
+    # Exactly what `serve` would publish and do now: the same spec folders and checks, the same routing (with no
+    # key set, the tools the local tier serves start there).
     config = load_config(args.config)
-    table = Table(title=f"tiered-mcp tools (config: {config.source})")
-    for col in ("tool", "tier", "ladder", "model", "$/M in", "$/M out", "description"):
-        table.add_column(col, overflow="fold")
-    for row in tier_table(config, load_specs(args.specs)):
-        price = lambda v: "unknown" if v is None else f"{v:g}"  # noqa: E731
-        table.add_row(row["tool"], row["tier"] or "-", " > ".join(row["ladder"]), row["model"] or "-",
-                      price(row["input_price"]), price(row["output_price"]), row["description"])
-    _console().print(table)
+    _warn_unexpanded(config)
+    specs = load_checked_specs(config, tuple(args.specs))
+    rows = tier_table(config, specs, usable_tiers(config, os.environ))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return OK
+    price = lambda v: "?" if v is None else f"{v:g}"  # noqa: E731
+    blocked, cells = [], []
+    for row in rows:
+        if not row["ladder"]:
+            blocked.append(row)
+            cells.append([row["tool"], "[red]cannot run[/]", "-", "-", "-", escape(row["description"])])
+            continue
+        cells.append([row["tool"], row["tier"], " > ".join(row["ladder"][1:]) or "-", row["model"] or "-",
+                      f"{price(row['input_price'])}/{price(row['output_price'])}", escape(row["description"])])
+    con = _console()
+    table = fitted_table(con, ["tool", "starts on", "escalates to", "model", "$/M in/out", "description"], cells,
+                         flex="description", title=f"tools (config: {config.source})")
+    con.print(table)
+    # Tools blocked only for want of a key get one line between them; other reasons are shown as they are.
+    keyless = [r["tool"] for r in blocked if specs.get(r["tool"]).local_task is None]
+    keys = sorted({config.providers[t.provider].api_key_env for t in config.tiers.values()
+                   if config.providers[t.provider].api_key_env})
+    if keyless:
+        con.print(f"[red]{', '.join(keyless)}[/]: {'needs' if len(keyless) == 1 else 'need'} a model tier: set "
+                  f"{' or '.join(keys) or 'a provider key'}, or point their tiers at a provider you have "
+                  "(examples/config.*.toml); `tiered-mcp doctor` says what each tier lacks")
+    for row in blocked:
+        if row["tool"] not in keyless:
+            con.print(f"[red]{row['tool']}[/]: {escape(row.get('problem') or '')}")
     return OK
 
 
-def _child_env(config_path: str | None) -> dict[str, str]:
-    from tiered_mcp.core.config import CONFIG_ENV, load_config
+def _warn_unexpanded(config: Any) -> None:
+    """One warning line on stderr per variable that holds its own unexpanded `${NAME}` text (it counts as unset)."""
+    from tiered_mcp.core.config import unexpanded_variables
 
-    config = load_config(config_path)
-    names = {CONFIG_ENV, "XDG_STATE_HOME", "LOCALAPPDATA"}
-    for p in config.providers.values():
-        names.update(n for n in (p.api_key_env, p.base_url_env) if n)
-    return {n: os.environ[n] for n in names if n in os.environ}
+    for name in unexpanded_variables(config, os.environ):
+        print(f"tiered-mcp: warning: {name} is the literal text {os.environ[name]!r} (a host passed it through "
+              "unexpanded); it counts as unset", file=sys.stderr)
 
 
 def _call(args: argparse.Namespace) -> int:
-    import anyio
+    from tiered_mcp.cli.call import call_command
 
-    from tiered_mcp.core.config import load_config
-    from tiered_mcp.specs.spec import load_specs
-
-    try:
-        arguments = json.loads(args.args)
-        if not isinstance(arguments, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as e:
-        print(f"tiered-mcp: --args must be a JSON object of the tool's arguments ({e})", file=sys.stderr)
-        return USAGE
-    from tiered_mcp.call.options import OPTIONS_META_KEY, parse_options
-    from tiered_mcp.core.errors import ArgumentsError
-
-    try:
-        meta = {OPTIONS_META_KEY: json.loads(args.options)} if args.options else None
-        parse_options(meta)
-    except (ValueError, ArgumentsError) as e:
-        print(f"tiered-mcp: --options: {e}", file=sys.stderr)
-        return USAGE
-    load_config(args.config)  # fail here, readably, rather than in the child
-    specs = load_specs(args.specs)
-    if specs.get(args.tool) is None:
-        print(f"tiered-mcp: unknown tool {args.tool!r}; tools: {', '.join(sorted(specs.tools))}", file=sys.stderr)
-        return USAGE
-    child = [sys.executable, "-m", "tiered_mcp", "serve"]
-    if args.config:
-        child += ["--config", args.config]
-    for d in args.specs:
-        child += ["--specs", d]
-    if args.ledger:
-        child += ["--ledger", args.ledger]
-    try:
-        result = anyio.run(_call_over_stdio, child, _child_env(args.config), args.tool, arguments, meta)
-    except Exception as e:  # the child died or never spoke MCP
-        print(f"tiered-mcp: could not run the server: {type(e).__name__}: {e}", file=sys.stderr)
-        return UNREACHABLE
-    from tiered_mcp.core.receipts import RECEIPT_META_KEY
-
-    receipt = (result.meta or {}).get(RECEIPT_META_KEY)
-    text = "".join(getattr(c, "text", "") for c in result.content)
-    if args.json:
-        print(json.dumps({"is_error": result.is_error, "result": result.structured_content,
-                          "error": text if result.is_error else None, "receipt": receipt}, indent=2))
-    else:
-        con = _console()
-        if result.is_error:
-            from rich.markup import escape
-
-            con.print(f"[bold red]error[/]: {escape(text)}")
-        else:
-            con.print_json(json.dumps(result.structured_content))
-        if receipt:
-            _print_receipt(con, receipt)
-    return FAILED if result.is_error else OK
-
-
-async def _call_over_stdio(command: list[str], env: dict[str, str], tool: str, arguments: dict[str, Any],
-                           meta: dict[str, Any] | None = None) -> Any:
-    from mcp import Client, StdioServerParameters
-
-    params = StdioServerParameters(command=command[0], args=command[1:], env=env)
-    async with Client(params) as client:
-        return await client.call_tool(tool, arguments, meta=meta)
-
-
-def _print_receipt(con: Any, r: dict[str, Any]) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    saved = r.get("saved_usd")
-    if r.get("cached"):
-        con.print(f"[bold]receipt[/]: {r['tool']} answered from the cache (first answered on {r.get('tier')}, "
-                  f"{r.get('model')}); cost {_money(r['cost_usd'])}")
-        return
-    if not r.get("attempts"):
-        return  # the call failed before any model was asked: the error says why
-    con.print(
-        f"[bold]receipt[/]: {r['tool']} on {r.get('tier') or '-'} ({r.get('model') or '-'}); "
-        f"{r['input_tokens']} in / {r['output_tokens']} out tokens; cost {_money(r['cost_usd'])}; "
-        f"baseline (flagship alone) {_money(r.get('baseline_usd'))}; saved {_money(saved)}"
-        f"{' (estimated)' if r.get('estimated') else ''}; {r['latency_ms']:.0f} ms"
-    )
-    table = Table(show_header=True, header_style="dim")
-    for col in ("#", "tier", "model", "reason", "outcome", "tokens in/out", "cost", "ms", "detail"):
-        table.add_column(col, overflow="fold")
-    for i, a in enumerate(r["attempts"], 1):
-        reason = a["reason"] + (f" ({a['trigger']})" if a.get("trigger") else "")
-        table.add_row(str(i), a["tier"], a["model"], reason, a["outcome"],
-                      f"{a['input_tokens']}/{a['output_tokens']}", _money(a["cost_usd"]),
-                      f"{a['latency_ms']:.0f}", escape(a["detail"][:300]))
-    con.print(table)
+    return call_command(args)
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from rich.table import Table
 
     from tiered_mcp.core.config import is_postgres_url, load_config
     from tiered_mcp.ledger.base import open_ledger
@@ -303,18 +296,20 @@ def _usage(args: argparse.Namespace) -> int:
         print(json.dumps(usage.as_dict(args.by), indent=2))
         return OK
     rows, total = usage.rows, usage.total
-    table = Table(title=f"usage by {args.by}" + (f" since {since}" if since else "") + f" ({path})")
-    for col in (args.by, "calls", "failed", "tokens in", "tokens out", "spent", "baseline", "saved", "saved %"):
-        table.add_column(col, justify="left" if col == args.by else "right")
+    cells = []
     for r in [*rows, total]:
         pct = f"{100 * r.saved_usd / r.baseline_usd:.0f}%" if r.baseline_usd else "-"
-        table.add_row(r.key, str(r.calls), str(r.failed), f"{r.input_tokens:,}", f"{r.output_tokens:,}",
-                      _money(r.cost_usd), _money(r.baseline_usd), _money(r.saved_usd), pct,
-                      style="bold" if r is total else None)
+        row = [r.key, str(r.calls), str(r.failed), f"{r.input_tokens:,}", f"{r.output_tokens:,}",
+               _money(r.cost_usd), _money(r.baseline_usd), _money(r.saved_usd), pct]
+        cells.append([f"[bold]{c}[/]" for c in row] if r is total else row)
     for e in usage.evidence:
-        table.add_row(f"evidence: {e.key}", str(e.calls), str(e.failed), f"{e.input_tokens:,}",
-                      f"{e.output_tokens:,}", _money(e.cost_usd), "-", _money(-e.cost_usd), "-", style="dim")
+        cells.append([f"evidence: {e.key}", str(e.calls), str(e.failed), f"{e.input_tokens:,}", f"{e.output_tokens:,}",
+                      _money(e.cost_usd), "-", "-", "-"])
     con = _console()
+    table = fitted_table(con, [args.by, "calls", "failed", "tokens in", "tokens out", "spent", "baseline", "saved",
+                               "saved %"], cells, right=("calls", "failed", "tokens in", "tokens out", "spent",
+                                                         "baseline", "saved", "saved %"),
+                         title=f"usage by {args.by}" + (f" since {since}" if since else "") + f" ({path})")
     con.print(table)
     con.print(f"net saving after evidence spend: {_money(usage.net_saved_usd)}"
               + (f"; estimated (local tier, or no usage reported), not in the saving: "
@@ -332,6 +327,7 @@ def masked_config(config: Any, env: Any = None) -> dict[str, Any]:
     """The config as a dict, with secret-looking header values masked and the state of each key variable."""
     from urllib.parse import urlsplit, urlunsplit
 
+    from tiered_mcp.core.config import env_value, is_unexpanded
     from tiered_mcp.ledger.base import mask_dsn
 
     def mask_url(raw: str) -> str:
@@ -349,7 +345,10 @@ def masked_config(config: Any, env: Any = None) -> dict[str, Any]:
         out["default_headers"] = {k: ("***" if any(w in k.lower() for w in _SECRET_WORDS) else v)
                                   for k, v in p.default_headers.items()}
         if p.api_key_env:
-            out["api_key"] = "set (hidden)" if env.get(p.api_key_env) else f"NOT SET: export {p.api_key_env}=..."
+            raw = env.get(p.api_key_env)
+            out["api_key"] = ("set (hidden)" if env_value(env, p.api_key_env) else
+                              f"NOT SET (unexpanded {raw!r}): export {p.api_key_env}=..." if is_unexpanded(raw) else
+                              f"NOT SET: export {p.api_key_env}=...")
         else:
             out["api_key"] = "not needed"
     data["ledger"] = mask_dsn(config.ledger_target(env))
@@ -373,19 +372,20 @@ def _doctor(args: argparse.Namespace) -> int:
     import anyio
 
     from tiered_mcp.cli.doctor import run_checks
+    from tiered_mcp.core.config import load_config
 
+    _warn_unexpanded(load_config(args.config))
     checks, blocked = anyio.run(run_checks, args.config, tuple(args.specs))
     from rich.markup import escape
-    from rich.table import Table
 
-    table = Table(title="tiered-mcp doctor")
-    for col in ("tier", "provider", "model", "key", "endpoint", "tools starting here", "status"):
-        table.add_column(col, overflow="fold")
-    for c in checks:
-        table.add_row(c.tier, c.provider, c.model, c.key, c.endpoint, ", ".join(c.tools) or "-",
-                      "[green]ok[/]" if c.ok else f"[red]{escape(c.problem or '')}[/]")
+    cells = [[c.tier, "[green]ok[/]" if c.ok else ("[red]problem[/]" if c.tools else "[yellow]unused[/]"),
+              c.model, escape(c.key), escape(c.endpoint), ", ".join(c.tools) or "-"] for c in checks]
     con = _console()
-    con.print(table)
+    con.print(fitted_table(con, ["tier", "status", "model", "key", "endpoint", "tools starting here"], cells,
+                           flex="tools starting here", title="tiered-mcp doctor"))
+    for c in checks:
+        if not c.ok:
+            con.print(f"[{'red' if c.tools else 'yellow'}]{c.tier}[/]: {escape(c.problem or '')}")
     for tool, why in blocked.items():
         con.print(f"[red]{tool} cannot run[/]: {escape(why)}")
     # A tier with a problem fails the check only if a tool starts there (the local tier is optional).
@@ -411,5 +411,24 @@ def _eval(args: argparse.Namespace) -> int:
     return eval_command(args)
 
 
-_COMMANDS = {"report": _report, "eval": _eval, "serve": _serve, "tools": _tools, "call": _call, "usage": _usage, "config": _config,
-             "doctor": _doctor, "spec-schema": _spec_schema}
+def _logs(args: argparse.Namespace) -> int:
+    from tiered_mcp.cli.logs import logs_command
+
+    return logs_command(args)
+
+
+def _install(args: argparse.Namespace) -> int:
+    from tiered_mcp.cli.install import install_command
+
+    return install_command(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tiered_mcp.cli.demo import demo_command
+
+    return demo_command(args)
+
+
+_COMMANDS = {"serve": _serve, "demo": _demo, "install": _install, "tools": _tools, "call": _call, "logs": _logs,
+             "usage": _usage, "report": _report, "eval": _eval, "config": _config, "doctor": _doctor,
+             "spec-schema": _spec_schema}

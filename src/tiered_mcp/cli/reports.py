@@ -29,7 +29,9 @@ def add_parsers(sub: Any, common: Any) -> None:
     p.add_argument("--ledger", metavar="PATH")
     p.add_argument("--tiers", default="nano,mini,flagship", help="comma-separated tiers (default nano,mini,flagship)")
     p.add_argument("--min-quality", type=float, metavar="Q", help="name the cheapest tier reaching Q per tool")
-    p.add_argument("--write-config", metavar="PATH", help="write [tools.X] tier = ... for those tiers (needs --min-quality)")
+    p.add_argument("--write-config", metavar="PATH",
+                   help="set [tools.X] tier = ... for those tiers in PATH, keeping the rest of it (needs --min-quality)")
+    p.add_argument("--force", action="store_true", help="with --write-config: replace PATH instead of merging")
     p.add_argument("--from-ledger", action="store_true", help="replay stored calls (needs store_inputs = true)")
     p.add_argument("--limit", type=int, default=200, help="with --from-ledger: at most this many calls")
     p.add_argument("--concurrency", type=int, default=8)
@@ -45,7 +47,6 @@ def _console() -> Any:
 
 def report(args: argparse.Namespace) -> int:
     from rich.markup import escape
-    from rich.table import Table
 
     from tiered_mcp.cli.html_report import render_html
     from tiered_mcp.core.config import is_postgres_url, load_config
@@ -60,36 +61,50 @@ def report(args: argparse.Namespace) -> int:
         return FAILED
     ledger = open_ledger(target)
     try:
-        reports = build_report(ledger, args.since, args.keep_at, config, load_specs(getattr(args, 'specs', ()) or ()))
+        reports = build_report(ledger, args.since, args.keep_at, config, load_specs((*config.specs, *(getattr(args, 'specs', ()) or ()))))
+        calls = [c for c in ledger.calls() if not args.since or str(c.get("ts")) >= args.since] if args.html else []
     finally:
         ledger.close()
     path = ledger.location  # a URL's password masked
     if args.html:
-        Path(args.html).write_text(render_html(reports), encoding="utf-8")
+        from datetime import datetime, timezone
+
+        from tiered_mcp.specs.spec import load_specs
+
+        try:
+            tools = [s.name for s in load_specs(config.specs)]
+        except Exception:  # the page still helps without the tool list
+            tools = []
+        page = render_html(reports, calls=calls, ledger=path, tools=tools,
+                           generated=datetime.now(timezone.utc).isoformat())
+        Path(args.html).write_text(page, encoding="utf-8")
     if args.json:
         print(json.dumps([r.as_dict() for r in reports], indent=2))
         return 0
+    from tiered_mcp.cli.output import fitted_table
+
     con = _console()
-    table = Table(title=f"shadow comparisons ({path})")
-    for col in ("tool", "tier", "vs", "calls", "shadowed", "agreement", "95% interval", "cost/call", "vs cost/call"):
-        table.add_column(col)
-    for r in reports:
-        table.add_row(r.tool, r.tier, r.comparison_tier, str(r.calls), str(r.shadowed),
-                      "-" if r.agreement is None else f"{100 * r.agreement:.0f}%",
-                      "-" if r.interval is None else f"{100 * r.interval[0]:.0f}–{100 * r.interval[1]:.0f}%",
-                      _money(r.cost_per_call), _money(r.comparison_cost_per_call))
+    cells = [[r.tool, r.tier, r.comparison_tier, str(r.calls), str(r.shadowed),
+              "-" if r.agreement is None else f"{100 * r.agreement:.0f}%",
+              "-" if r.interval is None else f"{100 * r.interval[0]:.0f}–{100 * r.interval[1]:.0f}%",
+              _money(r.cost_per_call), _money(r.comparison_cost_per_call)] for r in reports]
+    table = fitted_table(con, ["tool", "tier", "vs", "calls", "shadowed", "agreement", "95% interval", "cost/call",
+                               "vs cost/call"], cells, title=f"shadow comparisons ({path})")
     con.print(table)
     for r in reports:
         con.print(escape(r.recommendation))
     if not reports:
-        con.print(escape("No shadow comparisons yet: set shadow_rate under [tools.NAME] in the config."))
+        con.print(escape("No shadow comparisons yet: set shadow_rate = 0.05 under [tools.NAME] in the config to "
+                         "compare a share of real calls with the flagship, or run a bake-off with `tiered-mcp eval`."))
     if args.html:
         con.print(f"wrote {args.html}")
     return 0
 
 
 def _money(x: float | None) -> str:
-    return "unknown" if x is None else f"${x:.6f}"
+    from tiered_mcp.cli.output import money
+
+    return money(x)
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -106,6 +121,14 @@ def eval_command(args: argparse.Namespace) -> int:
     if bool(args.cases) == bool(args.from_ledger):
         print("tiered-mcp: give a CASES.jsonl file or --from-ledger (one of them)", file=sys.stderr)
         return USAGE
+    tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
+    configured = load_config(args.config).tiers
+    wrong = [t for t in tiers if t not in configured]
+    if wrong or not tiers:
+        print(f"tiered-mcp: --tiers: {', '.join(map(repr, wrong)) or 'none given'} "
+              f"{'is not a configured tier' if len(wrong) == 1 else 'are not configured tiers'}; "
+              f"configured: {', '.join(configured)}", file=sys.stderr)
+        return USAGE
     runner = build_runner(args.config, tuple(args.specs), args.ledger)
     try:
         if args.from_ledger:
@@ -119,23 +142,32 @@ def eval_command(args: argparse.Namespace) -> int:
                 return FAILED
         else:
             cases = load_cases(args.cases)
-        tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
         scores = anyio.run(_with_progress, runner, cases, tiers, args.concurrency)
     except ArgumentsError as e:
         print(f"tiered-mcp: {e}", file=sys.stderr)
         return USAGE
     choice = cheapest_meeting(scores, args.min_quality) if args.min_quality is not None else None
+    wrote = None
     if args.write_config and choice is not None:
-        Path(args.write_config).write_text(config_snippet(choice, args.min_quality), encoding="utf-8")
+        from tiered_mcp.cli.config_edit import write_tool_tiers
+
+        chosen = {tool: tier for tool, tier in choice.items() if tier}
+        wrote = write_tool_tiers(Path(args.write_config).expanduser(), chosen, config_snippet(choice, args.min_quality),
+                                 f"cheapest tier meeting {args.min_quality:g} in `tiered-mcp eval`", args.force)
     if args.html:
+        from datetime import datetime, timezone
+
         from tiered_mcp.cli.html_report import render_html
 
-        Path(args.html).write_text(render_html([], [asdict(s) for s in scores], "tiered-mcp bake-off"),
-                                   encoding="utf-8")
+        Path(args.html).write_text(render_html([], [asdict(s) for s in scores], "tiered-mcp bake-off",
+                                               ledger=runner.ledger.location if runner.ledger else None,
+                                               generated=datetime.now(timezone.utc).isoformat()), encoding="utf-8")
     if args.json:
         print(json.dumps({"scores": [asdict(s) for s in scores], "cheapest": choice}, indent=2))
         return 0
     _print_scores(scores, choice, args)
+    if wrote:
+        _console().print(wrote)
     return 0
 
 
@@ -156,19 +188,16 @@ async def _with_progress(runner: Any, cases: Any, tiers: list[str], concurrency:
 
 
 def _print_scores(scores: Any, choice: dict[str, str | None] | None, args: argparse.Namespace) -> None:
-    from rich.table import Table
+
+    from tiered_mcp.cli.output import fitted_table
 
     con = _console()
-    table = Table(title="bake-off")
-    for col in ("tool", "tier", "cases", "quality", "basis", "schema-valid", "cost", "p50 ms", "p95 ms"):
-        table.add_column(col)
-    for s in scores:
-        table.add_row(s.tool, s.tier, str(s.cases), "-" if s.quality is None else f"{100 * s.quality:.0f}%", s.basis,
-                      f"{100 * s.valid_rate:.0f}%", _money(s.cost_usd), f"{s.p50_ms:.0f}", f"{s.p95_ms:.0f}")
+    cells = [[s.tool, s.tier, str(s.cases), "-" if s.quality is None else f"{100 * s.quality:.0f}%", s.basis,
+              f"{100 * s.valid_rate:.0f}%", _money(s.cost_usd), f"{s.p50_ms:.0f}", f"{s.p95_ms:.0f}"] for s in scores]
+    table = fitted_table(con, ["tool", "tier", "cases", "quality", "basis", "schema-valid", "cost", "p50 ms", "p95 ms"],
+                         cells, title="bake-off")
     con.print(table)
     if choice is not None:
         for tool, tier in sorted(choice.items()):
             con.print(f"{tool}: " + (f"cheapest tier meeting {args.min_quality:g} is {tier}" if tier
                                      else f"no tier meets {args.min_quality:g}"))
-        if args.write_config:
-            con.print(f"wrote {args.write_config}")

@@ -7,6 +7,7 @@ files only; it creates nothing and reads no API key (keys are read from the envi
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -25,9 +26,61 @@ Trigger = Literal["invalid", "low_confidence", "refused", "truncated", "validato
 TRIGGERS: tuple[str, ...] = ("invalid", "low_confidence", "refused", "truncated", "validator")
 """What makes a call climb to the next tier. Transport failures (429, 5xx, timeouts) always move on."""
 CONFIG_ENV = "TIERED_MCP_CONFIG"
+SPECS_ENV = "TIERED_MCP_SPECS"
+"""Extra spec folders, separated like PATH (os.pathsep), loaded after the config's `specs` and before --specs."""
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-INSTALL_LOCAL = "pip install 'tiered-mcp[local]'"
+
+
+def install_extra_hint(extra: str) -> str:
+    """The command that adds an optional extra (`local`, `postgres`, `otel`) to this installation; the package is
+    not on PyPI yet, so `pip install 'tiered-mcp[X]'` would fail.
+
+    From a source checkout (an editable install) it is this Python's pip with the checkout's path; otherwise a
+    reinstall from the clone with the extra, by whichever tool installed this copy.
+    """
+    root = Path(__file__).resolve().parents[3]
+    if (root / "pyproject.toml").is_file() and (root / "src" / "tiered_mcp").is_dir():
+        return f"{Path(sys.executable)} -m pip install -e '{root}[{extra}]'"
+    prefix = sys.prefix.replace("\\", "/")
+    if "/uv/tools/" in prefix:
+        return f"uv tool install --force 'PATH-TO-CLONE[{extra}]'"
+    if "/pipx/venvs/" in prefix:
+        return f"pipx install --force 'PATH-TO-CLONE[{extra}]'"
+    return f"{Path(sys.executable)} -m pip install 'PATH-TO-CLONE[{extra}]' (or the wheel: 'tiered_mcp-*.whl[{extra}]')"
+
+
+def install_local_hint() -> str:
+    """`install_extra_hint("local")`: how to add the embedded local tier."""
+    return install_extra_hint("local")
+
+
+INSTALL_LOCAL = install_local_hint()
 """How to add the embedded local tier (named in messages that need it)."""
+
+_UNEXPANDED = re.compile(r"^\$(\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}|[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def is_unexpanded(value: str | None) -> bool:
+    """Whether `value` is a variable reference a host passed through unexpanded (`${OPENAI_API_KEY}`, `$KEY`).
+
+    Hosts hand the literal text to the server when the variable is unset; such a value is no key and no URL.
+    """
+    return value is not None and bool(_UNEXPANDED.match(value.strip()))
+
+
+def env_value(env: Mapping[str, str], name: str | None) -> str | None:
+    """The variable's value, or None when it is unset, empty, or an unexpanded `${...}` reference."""
+    if not name:
+        return None
+    value = env.get(name)
+    return None if not value or is_unexpanded(value) else value
+
+
+def unexpanded_variables(config: Config, env: Mapping[str, str]) -> list[str]:
+    """Names of the config's key and URL variables whose values are unexpanded `${...}` references (warn on these)."""
+    names = {n for p in config.providers.values() for n in (p.api_key_env, p.base_url_env) if n}
+    names |= {CONFIG_ENV, SPECS_ENV}
+    return sorted(n for n in names if is_unexpanded(env.get(n)))
 
 
 def is_postgres_url(target: str | Path | None) -> bool:
@@ -63,17 +116,16 @@ class Provider(_Frozen):
 
     def effective_base_url(self, env: Mapping[str, str]) -> str:
         """The base URL, taking `base_url_env` from `env` when that variable is set."""
-        if self.base_url_env and env.get(self.base_url_env):
-            return env[self.base_url_env]
-        return self.base_url
+        return env_value(env, self.base_url_env) or self.base_url
 
     def has_key(self, env: Mapping[str, str]) -> bool:
-        """Whether a call could authenticate: the provider needs no key, or its variable is set."""
-        return not self.api_key_env or bool(env.get(self.api_key_env))
+        """Whether a call could authenticate: the provider needs no key, or its variable is set (an unexpanded
+        `${...}` counts as unset)."""
+        return not self.api_key_env or env_value(env, self.api_key_env) is not None
 
     def api_key(self, env: Mapping[str, str]) -> str | None:
-        """The key from `env`, or None when the provider needs none or it is not set."""
-        return env.get(self.api_key_env) or None if self.api_key_env else None
+        """The key from `env`, or None when the provider needs none or it is not set (or is an unexpanded `${...}`)."""
+        return env_value(env, self.api_key_env)
 
 
 class Tier(_Frozen):
@@ -139,6 +191,7 @@ class Config(_Frozen):
     providers: dict[str, Provider]
     tiers: dict[TierName, Tier]
     tools: dict[str, ToolSettings] = Field(default_factory=dict)
+    specs: list[str] = Field(default_factory=list, description="Extra spec folders (relative to the config file).")
     source: str = "built-in defaults"
 
     @model_validator(mode="after")
@@ -203,6 +256,29 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
     return Path(base) / "tiered-mcp"
 
 
+def default_config_path(env: Mapping[str, str]) -> Path:
+    """Where the config is looked for when neither --config nor TIERED_MCP_CONFIG names one.
+
+    Linux and other Unix: $XDG_CONFIG_HOME/tiered-mcp/config.toml (~/.config/...); macOS:
+    ~/Library/Application Support/tiered-mcp/config.toml; Windows: %APPDATA%\\tiered-mcp\\config.toml.
+    """
+    if sys.platform == "win32":
+        base = env.get("APPDATA") or str(Path.home() / "AppData" / "Roaming")
+        return Path(base) / "tiered-mcp" / "config.toml"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "tiered-mcp" / "config.toml"
+    base = env_value(env, "XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "tiered-mcp" / "config.toml"
+
+
+def spec_dirs(config: Config, cli_dirs: tuple[str, ...] | list[str] = (), env: Mapping[str, str] | None = None
+              ) -> tuple[str, ...]:
+    """Every extra spec folder, in loading order: the config's `specs`, then TIERED_MCP_SPECS, then --specs."""
+    env = os.environ if env is None else env
+    from_env = [d for d in (env_value(env, SPECS_ENV) or "").split(os.pathsep) if d.strip()]
+    return (*config.specs, *from_env, *cli_dirs)
+
+
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
@@ -239,14 +315,17 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     """Load the effective config.
 
     Args:
-        path: a TOML file; when None, `TIERED_MCP_CONFIG` from `env` if set, else built-in defaults only.
+        path: a TOML file; when None, `TIERED_MCP_CONFIG` from `env` if set, else the default location
+            (`default_config_path`) if that file exists, else built-in defaults only.
         env: the environment to read `TIERED_MCP_CONFIG` from (defaults to os.environ).
 
     Raises:
         ConfigError: the file is missing, is not TOML, or breaks the config schema; the message names the key.
     """
     env = os.environ if env is None else env
-    path = path or env.get(CONFIG_ENV) or None
+    path = path or env_value(env, CONFIG_ENV) or None
+    if path is None and default_config_path(env).is_file():
+        path = default_config_path(env)
     data: dict[str, Any] = {}
     source = "built-in defaults"
     if path is not None:
@@ -258,6 +337,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
         source = str(p)
+        if isinstance(data.get("specs"), list):  # relative folders are relative to the config file
+            data["specs"] = [str((p.parent / Path(d).expanduser()) if isinstance(d, str) else d) for d in data["specs"]]
     return config_from_dict(data, source=source)
 
 

@@ -267,6 +267,70 @@ class SqlLedger:
     def applied_migrations(self) -> list[str]:
         return [r[0] for r in self._rows("SELECT name FROM _migrations ORDER BY applied, name")]
 
+    # ---- reading calls back (`tiered-mcp logs`) -------------------------------------------------------------------
+
+    _LOG_COLUMNS = ("id, uid, ts, tool, tier, model, ok, error, attempts, input_tokens, output_tokens, cost_usd,"
+                    " baseline_usd, estimated, latency_ms, kind, session, batch, cached, caller, spec_version,"
+                    " unverified")
+    OUTCOMES = ("ok", "failed", "cached")
+
+    def recent_calls(self, limit: int = 20, tool: str | None = None, outcome: str | None = None,
+                     since: str | None = None) -> list[dict[str, Any]]:
+        """The newest calls first, without stored arguments or outputs.
+
+        Args:
+            limit: at most this many.
+            tool: only this tool's calls.
+            outcome: "ok", "failed" or "cached".
+            since: an ISO date or timestamp (UTC).
+
+        Returns:
+            One dict per call: the `calls` columns above plus `saved_usd` (see docs/accounting.md; None for
+            evidence work and where a figure is unknown).
+        """
+        if outcome is not None and outcome not in self.OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(self.OUTCOMES)}")
+        clauses, params = [], []
+        if tool:
+            clauses.append("tool = ?")
+            params.append(tool)
+        if since:
+            clauses.append("ts >= ?")
+            params.append(since)
+        if outcome == "ok":
+            clauses.append("ok = 1")
+        elif outcome == "failed":
+            clauses.append("ok = 0")
+        elif outcome == "cached":
+            clauses.append("cached = 1")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._dicts(f"SELECT {self._LOG_COLUMNS} FROM calls {where} ORDER BY id DESC LIMIT ?", [*params, limit])
+        return [self._log_row(r) for r in rows]
+
+    def call_detail(self, call: int | str) -> dict[str, Any] | None:
+        """One call (by its call id, or its row number) with its attempts in order, and its arguments and output
+        when store_inputs kept them."""
+        column = "uid" if isinstance(call, str) and not call.isdigit() else "id"
+        key: Any = call if column == "uid" else int(call)
+        rows = self._dicts(f"SELECT {self._LOG_COLUMNS}, arguments, output FROM calls WHERE {column} = ?", (key,))
+        if not rows:
+            return None
+        row = self._log_row(rows[0])
+        for name in ("arguments", "output"):
+            row[name] = json.loads(row[name]) if row.get(name) else None
+        row["attempt_rows"] = self.attempts(int(row["id"]))
+        return row
+
+    @staticmethod
+    def _log_row(row: dict[str, Any]) -> dict[str, Any]:
+        out = dict(row)
+        out["ok"], out["cached"], out["estimated"] = bool(out["ok"]), bool(out["cached"]), bool(out["estimated"])
+        out["unverified"] = json.loads(out["unverified"]) if out.get("unverified") else None
+        cost, baseline = out.get("cost_usd"), out.get("baseline_usd")
+        out["saved_usd"] = (None if out["kind"] != "call" or cost is None or baseline is None
+                            else float(baseline) - float(cost))
+        return out
+
 
 def _usage_row(row: Sequence[Any]) -> UsageRow:
     # Sums come back as Decimal or int depending on the database; the row's types do not.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Mapping
 
@@ -20,7 +21,7 @@ from tiered_mcp import __version__
 from tiered_mcp.call.options import parse_options
 from tiered_mcp.call.routing import Usable, ladder_for
 from tiered_mcp.call.runner import Runner, UnknownTool
-from tiered_mcp.core.config import LOCAL, TIERS, Config, load_config
+from tiered_mcp.core.config import LOCAL, TIERS, Config, load_config, spec_dirs, unexpanded_variables
 from tiered_mcp.core.errors import CallError, ConfigError
 from tiered_mcp.core.identity import current_caller
 from tiered_mcp.core.prices import price_of
@@ -34,6 +35,10 @@ log = logging.getLogger("tiered_mcp")
 
 TIERS_URI = "tiered://tiers"
 USAGE_URI = "tiered://usage"
+CALL_URI_TEMPLATE = "tiered://calls/{call_id}"
+"""One call from the ledger with its attempts: the id is a receipt's `call_id`."""
+RESOURCE_NOT_FOUND = types.INVALID_PARAMS
+"""An unknown resource is invalid params with `data.uri` (the 2026-07-28 spec retired -32002)."""
 
 
 def _dumps(value: Any) -> str:
@@ -69,7 +74,11 @@ def published_input_schema(spec: ToolSpec, config: Config) -> dict[str, Any]:
         props["items"] = {"type": "array", "items": item, "maxItems": spec.batch.max_items,
                           "description": f"Batch of {name} values instead of {name}"}
         schema["required"] = [r for r in spec.input_schema.get("required", []) if r != name]
-        schema["anyOf"] = [{"required": [name]}, {"required": ["items"]}]
+        # Each branch names its property with its type: ajv in full strict mode (strictRequired) wants required
+        # properties defined in the same branch, and Inspector's --strict warns on an empty schema.
+        kind = item.get("type", "string")
+        schema["anyOf"] = [{"required": [name], "properties": {name: {"type": kind}}},
+                           {"required": ["items"], "properties": {"items": {"type": "array"}}}]
     props["tier"] = {"type": "string", "enum": allowed}
     schema["properties"] = props
     return compact(schema)
@@ -191,8 +200,33 @@ def build_server(runner: Runner) -> Server[Any]:
                            description="Calls, tokens, cost, flagship baseline and savings per tool, from the ledger."),
         ])
 
+    async def list_resource_templates(ctx: Any, params: types.PaginatedRequestParams | None
+                                      ) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=[
+            types.ResourceTemplate(uri_template=CALL_URI_TEMPLATE, name="call", title="One call's receipt",
+                                   mime_type="application/json",
+                                   description="A call from the ledger by its receipt's call_id: tier, model, cost, "
+                                               "saving and every attempt."),
+        ])
+
+    def not_found(uri: str, why: str) -> MCPError:
+        return MCPError(RESOURCE_NOT_FOUND, why, {"uri": uri})
+
     async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         uri = str(params.uri)
+        prefix = CALL_URI_TEMPLATE.split("{")[0]
+        if uri.startswith(prefix):
+            raw = uri[len(prefix):]
+            if not raw or len(raw) > 64 or not raw.replace("-", "").isalnum():
+                raise not_found(uri, f"resource {uri[:100]!r}: not a call id ({CALL_URI_TEMPLATE})")
+            if runner.ledger is None:
+                raise not_found(uri, "no ledger configured")
+            await runner.writer.flush(timeout_s=2.0)  # a call just answered may still be queued
+            detail = await off_loop(runner.ledger.call_detail, raw)
+            if detail is None:
+                raise not_found(uri, f"resource {uri!r}: no call {raw} in the ledger")
+            return types.ReadResourceResult(contents=[
+                types.TextResourceContents(uri=uri, mime_type="application/json", text=_dumps(detail))])
         if uri == TIERS_URI:
             body: Any = tier_table(runner.config, runner.specs, runner.usable)
         elif uri == USAGE_URI:
@@ -204,10 +238,18 @@ def build_server(runner: Runner) -> Server[Any]:
                 usage = await off_loop(runner.ledger.usage, None, "tool", caller.name if caller else None)
                 body = usage.as_dict()
         else:
-            raise MCPError(types.INVALID_PARAMS, f"unknown resource {uri!r}; known: {TIERS_URI}, {USAGE_URI}")
+            raise not_found(uri, f"unknown resource {uri!r}; known: {TIERS_URI}, {USAGE_URI}, {CALL_URI_TEMPLATE}")
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=_dumps(body))]
         )
+
+    # No prompts are offered; answering the list (empty) rather than "method not found" keeps clients that list
+    # every primitive, and the conformance suite's caching scenario, from treating the server as broken.
+    async def list_prompts(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=[])
+
+    async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        raise MCPError(types.INVALID_PARAMS, f"unknown prompt {params.name!r}: tiered-mcp offers tools, not prompts")
 
     @asynccontextmanager
     async def lifespan(server: Any) -> AsyncIterator[Runner]:
@@ -222,7 +264,10 @@ def build_server(runner: Runner) -> Server[Any]:
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         on_list_resources=list_resources,
+        on_list_resource_templates=list_resource_templates,
         on_read_resource=read_resource,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
     )
 
 
@@ -242,6 +287,43 @@ def check_tool_settings(config: Config, specs: Specs) -> None:
                               f"serve {name} (it serves tools with a local_task: classify, rank, summarize)")
 
 
+def warn_unexpanded(config: Config, env: Mapping[str, str]) -> list[str]:
+    """Log a warning for each variable a host passed through as literal `${NAME}` text (it counts as unset)."""
+    names = unexpanded_variables(config, env)
+    for name in names:
+        log.warning("%s is the literal text %r: the host did not expand it, so it counts as unset "
+                    "(export %s before starting the host, or put the value in the host's entry)", name, env[name], name)
+    return names
+
+
+def load_checked_specs(config: Config, cli_dirs: tuple[str, ...] = (), env: Mapping[str, str] | None = None) -> Specs:
+    """The specs `serve` loads (the config's `specs`, TIERED_MCP_SPECS, then --specs), checked against the config's
+    [tools.X] tables exactly as at start-up.
+
+    Raises:
+        SetupError: a bad spec file, or a [tools.X] table the specs contradict.
+    """
+    specs = load_specs(spec_dirs(config, cli_dirs, env))
+    check_tool_settings(config, specs)
+    return specs
+
+
+def usable_tiers(config: Config, env: Mapping[str, str], local_installed: bool | None = None) -> Usable:
+    """`usable(tier)` exactly as the server's runner decides it (key set and expanded; local tier installed)."""
+    from tiered_mcp.models.local import LocalEngine
+
+    installed = LocalEngine.installed() if local_installed is None else local_installed
+
+    def usable(tier: str) -> bool:
+        settings = config.tiers.get(tier)
+        if settings is None:
+            return False
+        provider = config.providers[settings.provider]
+        return installed if provider.kind == "embedded" else provider.has_key(env)
+
+    return usable
+
+
 def build_runner(
     config_path: str | None = None,
     spec_dirs: tuple[str, ...] = (),
@@ -257,9 +339,15 @@ def build_runner(
     """
     env = os.environ if env is None else env
     config = load_config(config_path, env)
-    specs: Specs = load_specs(spec_dirs)
-    check_tool_settings(config, specs)
-    ledger = open_ledger(ledger_path or config.ledger_target(env), store_inputs=config.store_inputs)
+    warn_unexpanded(config, env)
+    specs = load_checked_specs(config, spec_dirs, env)
+    target = ledger_path or config.ledger_target(env)
+    try:
+        ledger = open_ledger(target, store_inputs=config.store_inputs)
+    except (OSError, sqlite3.Error) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        raise ConfigError(f"cannot open the ledger {target}: {why} (set --ledger or `ledger` in the "
+                          "config to a writable file)") from None
     # The runner tells which tiers can run from the same environment the model takes its keys from.
     return Runner(config, specs, model if model is not None else LazyOpenAI(env), ledger, env=env,
                   observers=(Shadows(),))

@@ -255,6 +255,58 @@ def _check_schema(source: str, field_name: str, schema: dict[str, Any]) -> None:
         raise SpecError(source, f"{field_name}{'.' + where if where else ''}", f"not a valid JSON Schema: {e.message}") from None
     if schema.get("type") != "object":
         raise SpecError(source, f"{field_name}.type", 'must be "object" (MCP requires an object at the root)')
+    problems = schema_portability_problems(schema, field_name)
+    if problems:
+        raise SpecError(source, problems[0][0], problems[0][1])
+
+
+# JSON Schema 2020-12 keywords a spec's schemas may use. Anything else is an error: a YAML slip such as
+# `{description: e.g. friendly, formal}` turns words into keywords, and strict validators (ajv) reject the tool.
+_KEYWORDS = frozenset({
+    "$schema", "$id", "$ref", "$defs", "$comment", "$anchor", "$dynamicRef", "$dynamicAnchor", "$vocabulary",
+    "type", "enum", "const", "title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly",
+    "format", "contentMediaType", "contentEncoding", "contentSchema",
+    "properties", "required", "additionalProperties", "patternProperties", "propertyNames", "minProperties",
+    "maxProperties", "dependentRequired", "dependentSchemas", "unevaluatedProperties",
+    "items", "prefixItems", "contains", "minContains", "maxContains", "minItems", "maxItems", "uniqueItems",
+    "unevaluatedItems", "minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum",
+    "exclusiveMaximum", "multipleOf", "anyOf", "oneOf", "allOf", "not", "if", "then", "else",
+})
+_ONE_SCHEMA = ("additionalProperties", "propertyNames", "items", "contains", "unevaluatedItems",
+               "unevaluatedProperties", "not", "if", "then", "else", "contentSchema")
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "dependentSchemas")
+_SCHEMA_LISTS = ("prefixItems", "anyOf", "oneOf", "allOf")
+
+
+def schema_portability_problems(schema: Any, where: str = "") -> list[tuple[str, str]]:
+    """Problems hosts would have with a published schema: unknown keywords, and `type` lists (some hosts and
+    Inspector's strict mode handle `["integer", "null"]` badly; `anyOf` says the same portably).
+
+    Returns:
+        (path, problem) pairs, in document order.
+    """
+    if not isinstance(schema, dict):
+        return []
+    out: list[tuple[str, str]] = []
+    here = where + "." if where else ""
+    for key, value in schema.items():
+        if key not in _KEYWORDS:
+            hint = " (a YAML flow mapping splits text at commas: quote the description)" if value is None else ""
+            out.append((f"{here}{key}", f"is not a JSON Schema keyword{hint}"))
+        elif key == "type" and isinstance(value, list):
+            alts = ", ".join("{type: %s}" % json.dumps(t) for t in value)
+            out.append((f"{here}type", f"a list of types is handled badly by some hosts; write anyOf: [{alts}]"))
+        elif key == "description" and not isinstance(value, str):
+            out.append((f"{here}description", "must be text"))
+        elif key in _ONE_SCHEMA:
+            out += schema_portability_problems(value, f"{here}{key}")
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            for name, sub in value.items():
+                out += schema_portability_problems(sub, f"{here}{key}.{name}")
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            for i, sub in enumerate(value):
+                out += schema_portability_problems(sub, f"{here}{key}.{i}")
+    return out
 
 
 def check_spec(spec: ToolSpec, source: str) -> None:
