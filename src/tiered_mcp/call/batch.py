@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from tiered_mcp.call.options import CallOptions
+from tiered_mcp.call.options import CallOptions, effective
 from tiered_mcp.core.errors import ArgumentsError, CallError, ToolFailed
 from tiered_mcp.ledger.base import CallWrite
 from tiered_mcp.specs.spec import ToolSpec
@@ -69,7 +69,7 @@ async def run_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], progre
     # The shared arguments are checked once, with the first item standing in; items were checked above.
     shared = runner.check_arguments(spec, {**args, name: items[0]})
     shared.pop(name)
-    ladder = runner.ladder(spec, requested, options.escalation_ceiling)
+    ladder = runner.ladder(spec, requested, effective(runner.config, spec, options).ceiling)
     batch_id = uuid.uuid4().hex[:12]
     started = time.perf_counter()
     results: list[dict[str, Any]] = [{} for _ in items]

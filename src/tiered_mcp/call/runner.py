@@ -30,16 +30,17 @@ from tiered_mcp.call.path import ModelPath, Progress
 from tiered_mcp.call.routing import ladder_for
 from tiered_mcp.call.writer import LedgerWriter
 from tiered_mcp.core import tracing
-from tiered_mcp.core.config import FLAGSHIP, TRIGGERS, Config
+from tiered_mcp.core.config import FLAGSHIP, LOCAL, TRIGGERS, Config
 from tiered_mcp.core.errors import ArgumentsError, BudgetExceeded, CallError, TierNotAllowed, ToolFailed
 from tiered_mcp.core.identity import current_caller
 from tiered_mcp.core.receipts import Receipt
+from tiered_mcp.core.secrets import Scrubber
 from tiered_mcp.ledger.base import CacheEntry, CallWrite, LedgerStore, ShadowRow, off_loop
 from tiered_mcp.models.base import Model, ModelReply, ModelRequest, Models
 from tiered_mcp.models.embedded import EmbeddedModel
 from tiered_mcp.models.local import LocalEngine
 from tiered_mcp.specs.schema_safety import caller_schema_problem as _meta_schema_problem
-from tiered_mcp.specs.schema_safety import schema_problems
+from tiered_mcp.specs.schema_safety import excerpt, schema_problems
 from tiered_mcp.specs.spec import Specs, ToolSpec, strict_compatible
 from tiered_mcp.specs.validators import Candidate, Verdict, best_answer, check
 
@@ -132,7 +133,7 @@ class Runner:
         clock: now, as an aware UTC datetime (budget days, cache expiry).
         session: this server session's id (default: a fresh one); budgets per session use it.
         observers: offered each answered host call (see `Observer`).
-        scrub: removes secrets from error text.
+        scrubber: removes every secret the config knows from error text (default: built from config and env).
     """
 
     def __init__(
@@ -149,7 +150,7 @@ class Runner:
         clock: Clock = utc_now,
         session: str | None = None,
         observers: tuple[Observer, ...] = (),
-        scrub: Callable[[str], str] = lambda text: text,
+        scrubber: Scrubber | None = None,
     ) -> None:
         self.config, self.specs, self.ledger = config, specs, ledger
         self.local = local if local is not None else LocalEngine()
@@ -157,10 +158,11 @@ class Runner:
         self.session = session or uuid.uuid4().hex[:12]
         self.clock = clock
         self.budget = Budget(config, ledger, self.session, clock)
-        self.path = ModelPath(config, self.model, self.budget, sleep=sleep, jitter=jitter, scrub=scrub)
+        self._env = os.environ if env is None else env
+        self.scrubber = scrubber if scrubber is not None else Scrubber.from_config(config, self._env)
+        self.path = ModelPath(config, self.model, self.budget, sleep=sleep, jitter=jitter, scrub=self.scrubber.scrub)
         self.cache = Cache(ledger)
         self.writer = LedgerWriter(ledger, config)
-        self._env = os.environ if env is None else env
         self._observers = observers
         self._background: TaskGroup | None = None
         self.background_pending = 0
@@ -231,6 +233,19 @@ class Runner:
         self._background.start_soon(run)
         return True
 
+    def teach_local(self, spec: ToolSpec, args: dict[str, Any], output: dict[str, Any]) -> None:
+        """Keep a higher tier's answer as a labelled example for the local tier (in the background; an escalation
+        from local, or a shadow run of a tool answered on local). The evidence (shadow, report) then measures the
+        local tier like any other, so it decides when local is good enough."""
+        if spec.local_task is not None and self.local.is_installed:
+            self.spawn(self._learn, spec.local_task, args, output)
+
+    async def _learn(self, task: str, args: dict[str, Any], output: dict[str, Any]) -> None:
+        try:
+            await self.local.learn(task, args, output)
+        except CallError:
+            pass  # the local model could not load: nothing to teach
+
     def spawn_write(self, row: ShadowRow) -> None:
         """Queue a shadow row from sync code (an observer) without waiting for it."""
         self.spawn(self.writer.put, [], [row])
@@ -251,7 +266,7 @@ class Runner:
         """
         spec = self.specs.get(tool)
         if spec is None:
-            raise UnknownTool(f"unknown tool {tool!r}; available: {', '.join(sorted(self.specs.tools))}")
+            raise UnknownTool(f"unknown tool {excerpt(tool)}; available: {', '.join(sorted(self.specs.tools))}")
         args = dict(arguments or {})
         options = options or CallOptions()
         if spec.batch is not None and "items" in args:
@@ -259,10 +274,14 @@ class Runner:
 
             return await run_batch(self, spec, args, progress, options)
         receipt = self._receipt(spec, "call")
-        with self._failing(receipt):
-            requested = args.pop("tier", None)
-            args = self.check_arguments(spec, args)
-            ladder = self.ladder(spec, requested, options.escalation_ceiling)
+        try:
+            with self._failing(receipt):
+                requested = args.pop("tier", None)
+                args = self.check_arguments(spec, args)
+                ladder = self.ladder(spec, requested, effective(self.config, spec, options).ceiling)
+        except CallError:
+            await self.writer.put([CallWrite(receipt, args)])  # refused before any model was asked: still a call
+            raise
         plan = _Plan(spec, args, ladder, "call", options)
         result, write = await self._run(plan, receipt, progress)
         await self.writer.put([write])
@@ -378,6 +397,8 @@ class Runner:
             if plan.kind == "call" and not receipt.cached:
                 for observer in self._observers:
                     observer(self, spec, args, receipt, output)
+                if receipt.tier != LOCAL and any(a.tier == LOCAL for a in receipt.attempts):
+                    self.teach_local(spec, args, output)
         return outcome, CallWrite(receipt, args, output, entry)
 
     # ---- cache -----------------------------------------------------------------------------------------------------

@@ -111,6 +111,7 @@ def demo_command(args: argparse.Namespace) -> int:
         totals["calls"] += 1
         totals["cost"] += r.get("cost_usd") or 0.0
         totals["flagship"] += r.get("baseline_usd") or 0.0
+        totals["estimated"] = totals.get("estimated", 0.0) or float(bool(r.get("estimated")))
 
     con.print(f"[bold]tiered-mcp demo[/]: {len(calls)} calls through the real server over stdio "
               f"(config: {config.source})\n")
@@ -126,13 +127,16 @@ def demo_command(args: argparse.Namespace) -> int:
             tmp.cleanup()
     saved = totals["flagship"] - totals["cost"]
     pct = f" ({100 * saved / totals['flagship']:.0f}%)" if totals["flagship"] else ""
+    estimated = " (estimated: local-tier answers send no request, so their tokens are counted, not reported)" \
+        if totals.get("estimated") else ""
     con.print(f"\n[bold]{totals['calls']} calls cost {money(totals['cost'])}; on the flagship they would have cost "
-              f"{money(totals['flagship'])}: saved {money(saved)}{pct}.[/]")
+              f"{money(totals['flagship'])}: saved {money(saved)}{pct}{estimated}.[/]")
     if skipped:
         con.print(f"[dim]Skipped {', '.join(skipped)}: no tier can run {'it' if len(skipped) == 1 else 'them'} here "
                   "(set OPENAI_API_KEY).[/]")
     if totals["calls"] and saved > 0:
-        con.print(f"At 1,000 calls a day like these, that is {money(saved / totals['calls'] * 1000)} a day.")
+        con.print(f"At 1,000 calls a day like these, that is {money(saved / totals['calls'] * 1000)} a day"
+                  + (" (estimated)." if totals.get("estimated") else "."))
     con.print("[dim]Next: connect a host (`tiered-mcp install claude-code`), then `tiered-mcp usage` and "
               "`tiered-mcp logs` show your own calls.[/]")
     if args.svg:

@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from tiered_mcp.cli.output import money
 from tiered_mcp.evidence.report import ToolReport, wilson
 
 _COLORS = {"local": "#2ca02c", "nano": "#1f77b4", "mini": "#9467bd", "flagship": "#d62728"}
@@ -21,11 +22,7 @@ _OTHER = "#555"
 
 
 def _money(x: float | None) -> str:
-    if x is None:
-        return "unknown"
-    if x == 0:
-        return "$0"
-    return f"${x:,.6f}" if abs(x) < 0.01 else f"${x:,.4f}"
+    return money(x)
 
 
 def _pct(x: float | None) -> str:

@@ -108,7 +108,7 @@ def entry_for(host: str, config: str | None = None, copy_env: dict[str, str] | N
     env.update(copy_env or {})
     if host == "codex":
         out: dict[str, Any] = {"command": command, "args": args, "env_vars": [*keys, *urls],
-                               "startup_timeout_sec": 30, "tool_timeout_sec": 180}
+                               "startup_timeout_sec": 30, "tool_timeout_sec": 300}
         if copy_env:
             out["env"] = dict(copy_env)
         return out

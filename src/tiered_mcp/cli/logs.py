@@ -64,10 +64,13 @@ def logs_command(args: argparse.Namespace) -> int:
                   "No calls yet: they appear here after a host (or `tiered-mcp call`) uses a tool.")
         return OK
     cells = [[str(r["uid"]), _when(r["ts"]), r["tool"], _tier(r), _outcome(r), money(r["cost_usd"]),
-              money(r["saved_usd"]), f"{r['latency_ms']:.0f}", r.get("model") or "-"] for r in rows]
+              money(r["saved_usd"]) + ("~" if r.get("estimated") else ""), f"{r['latency_ms']:.0f}", r.get("model") or "-"] for r in rows]
     con.print(fitted_table(con, ["id", "when (UTC)", "tool", "tier", "outcome", "cost", "saved", "ms", "model"],
                            cells, flex="model", right=("cost", "saved", "ms"),
                            title=f"{len(rows)} most recent calls ({ledger.location})"))
+    if any(r.get("estimated") for r in rows):
+        con.print("[dim]~ estimated: the tokens were counted here, not reported by a provider (the local tier); "
+                  "`usage` shows such savings apart[/]")
     con.print("[dim]`tiered-mcp logs ID` shows one call's attempts[/]")
     return OK
 

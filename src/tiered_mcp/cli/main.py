@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     http.add_argument("--host", default="127.0.0.1",
                       help="address to bind (default 127.0.0.1); beyond loopback a token is required")
     http.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    http.add_argument("--tokens-file", metavar="PATH",
+                      help="named tokens, one per caller (docs/security.md); reloaded when it changes")
     http.add_argument("--token-file", metavar="PATH",
                       help="file holding the bearer token clients must send (default: $TIERED_MCP_TOKEN)")
     http.add_argument("--allowed-host", metavar="HOST[:PORT]", action="append", default=[],
@@ -182,22 +184,24 @@ def _serve(args: argparse.Namespace) -> int:
             print("tiered-mcp serve speaks MCP on stdin/stdout and is meant to be started by a host "
                   "(`tiered-mcp install HOST`); to try a tool, run `tiered-mcp call` or `tiered-mcp demo`. "
                   "Ctrl-D or Ctrl-C stops it.", file=sys.stderr)
-        configure_logging(args.log_level or "WARNING", args.log_format)
-        configure_tracing()
         runner = build_runner(args.config, tuple(args.specs), args.ledger)
+        configure_logging(args.log_level or "WARNING", args.log_format, redact=runner.scrubber.secrets)
+        configure_tracing()
         anyio.run(serve_stdio, build_server(runner))
         return OK
 
     from tiered_mcp.serve.http_app import HttpOptions, build_http_app, resolve_token, serve_http
 
     # Checked before anything is set up: a refused start leaves no ledger file and binds nothing.
-    token = resolve_token(os.environ, args.token_file)
-    options = HttpOptions(host=args.host, port=args.port, token=token, allowed_hosts=tuple(args.allowed_host),
+    token = None if args.tokens_file else resolve_token(os.environ, args.token_file)
+    options = HttpOptions(host=args.host, port=args.port, token=token, tokens_file=args.tokens_file,
+                          allowed_hosts=tuple(args.allowed_host),
                           allowed_origins=tuple(args.allowed_origin), max_body_bytes=args.max_body_bytes,
                           stateless=args.stateless, json_response=args.json_response)
-    configure_logging(args.log_level or "INFO", args.log_format, redact=[token] if token else [])
-    configure_tracing()
     runner = build_runner(args.config, tuple(args.specs), args.ledger)
+    configure_logging(args.log_level or "INFO", args.log_format, redact=[*runner.scrubber.secrets,
+                                                                          *([token] if token else [])])
+    configure_tracing()
     anyio.run(serve_http, build_http_app(build_server(runner), options, tools=len(runner.specs)), options)
     return OK
 

@@ -97,6 +97,10 @@ async def run_eval(runner: Runner, cases: list[Case], tiers: Iterable[str], conc
     for t in tiers:
         if t not in runner.config.tiers:
             raise ArgumentsError(f"--tiers: {t!r} is not configured (configured: {', '.join(runner.config.tiers)})")
+    idle = [t for t in tiers if not runner.usable(t)]
+    if idle:
+        raise ArgumentsError(f"--tiers: {', '.join(idle)} cannot run here (no key for its provider, or the local "
+                             "extra is not installed); `tiered-mcp doctor` says what each tier lacks")
     for c in cases:
         if runner.specs.get(c.tool) is None:
             raise ArgumentsError(f"unknown tool {c.tool!r} in the cases; tools: {', '.join(sorted(runner.specs.tools))}")

@@ -161,6 +161,8 @@ class Shadows:
                                                             row.spec_version or ""):
                 return  # these arguments were compared already (by another process, or before a restart)
             shadow = await runner.run_shadow(spec, args, row.comparison_tier)
+            if primary.tier == "local" and not runner.embedded(row.comparison_tier):
+                runner.teach_local(spec, args, shadow.output)
             value, detail = await compare_answers(runner, spec, row.comparison_tier, args, answer, shadow.output)
             agree_at = spec.compare.agree_at if spec.compare else 0.8
             fields.update(shadow_call_id=shadow.receipt.get("call_id"), score=value, detail=detail,

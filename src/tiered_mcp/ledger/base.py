@@ -117,8 +117,9 @@ class UsageRow:
     """Totals for one group of answered calls (a tool, tier, model or caller; "all" for the grand total), or for
     one kind of evidence work (key "shadow", "judge" or "eval").
 
-    `saved_usd` counts only calls whose figures rest on reported tokens; `estimated_saved_usd` is the rest (the
-    local tier, providers that send no usage), shown apart.
+    `baseline_usd` and `saved_usd` count only calls whose figures rest on reported tokens; `estimated_baseline_usd`
+    and `estimated_saved_usd` are the rest (the local tier, providers that send no usage), shown apart. `cost_usd` is
+    every call's spend: spend is never understated.
     """
 
     key: str
@@ -132,6 +133,7 @@ class UsageRow:
     estimated_saved_usd: float
     estimated_calls: int
     unpriced_calls: int
+    estimated_baseline_usd: float = 0.0
 
 
 @dataclass(frozen=True)

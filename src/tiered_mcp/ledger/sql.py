@@ -8,12 +8,14 @@ PostgreSQL; SQLite's write transaction already excludes other writers). Timestam
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from tiered_mcp.core.secrets import redact
 from tiered_mcp.ledger.base import GROUPS, CallWrite, ShadowRow, Usage, UsageRow, now_iso, spend_key
 from tiered_mcp.ledger.migrations import Cursor
 
@@ -28,6 +30,10 @@ _ATTEMPT_COLUMNS = ("call_id, n, tier, model, reason, trigger, outcome, detail, 
                     " cached_input_tokens, reasoning_tokens, cost_usd, estimated, latency_ms")
 _SHADOW_COLUMNS = ("ts, tool, call_uid, shadow_call_uid, tier, comparison_tier, score, agree, detail, cost_usd,"
                    " comparison_cost_usd, model, comparison_model, spec_version, confidence, args_key, status")
+
+
+def _kept(text: str, arguments: Any = None) -> str:
+    return text
 
 
 def _marks(columns: str) -> str:
@@ -70,11 +76,14 @@ class SqlLedger:
         with self._transaction() as cur:
             for c in calls:
                 r = c.receipt
+                # With store_inputs off, no argument value is kept anywhere: not in errors, not in attempt details.
+                hide = functools.partial(_kept if keep else redact, arguments=c.arguments)
                 if r.call_id is None:
                     r.call_id = uuid.uuid4().hex[:16]
                 call_id = self._insert_call(
                     cur, f"INSERT INTO calls ({_CALL_COLUMNS}) VALUES ({_marks(_CALL_COLUMNS)})",
-                    (r.call_id, now_iso(), r.tool, r.tier, r.model, int(r.ok), r.error, len(r.attempts),
+                    (r.call_id, now_iso(), r.tool, r.tier, r.model, int(r.ok), r.error and hide(r.error),
+                     len(r.attempts),
                      r.input_tokens, r.output_tokens, sum(a.cached_input_tokens for a in r.attempts),
                      sum(a.reasoning_tokens for a in r.attempts), r.cost_usd, r.baseline_usd(config),
                      int(r.estimated), r.latency_ms, _json(c.arguments) if keep else None,
@@ -84,7 +93,7 @@ class SqlLedger:
                 if r.attempts:
                     cur.executemany(
                         f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES ({_marks(_ATTEMPT_COLUMNS)})",
-                        [(call_id, n, a.tier, a.model, a.reason, a.trigger, a.outcome, a.detail, a.input_tokens,
+                        [(call_id, n, a.tier, a.model, a.reason, a.trigger, a.outcome, hide(a.detail), a.input_tokens,
                           a.output_tokens, a.cached_input_tokens, a.reasoning_tokens, a.cost_usd, int(a.estimated),
                           a.latency_ms) for n, a in enumerate(r.attempts, 1)],
                     )
@@ -188,10 +197,11 @@ class SqlLedger:
         known = "kind = 'call' AND cost_usd IS NOT NULL AND baseline_usd IS NOT NULL"
         measured = f"estimated = 0 AND {known}"
         cols = ("count(*), coalesce(sum(1 - ok), 0), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),"
-                " coalesce(sum(cost_usd), 0), coalesce(sum(baseline_usd), 0),"
+                f" coalesce(sum(cost_usd), 0), coalesce(sum(CASE WHEN {measured} THEN baseline_usd ELSE 0 END), 0),"
                 f" coalesce(sum(CASE WHEN {measured} THEN baseline_usd - cost_usd ELSE 0 END), 0),"
                 f" coalesce(sum(CASE WHEN estimated = 1 AND {known} THEN baseline_usd - cost_usd ELSE 0 END), 0),"
                 " coalesce(sum(estimated), 0),"
+                f" coalesce(sum(CASE WHEN estimated = 1 AND {known} THEN baseline_usd ELSE 0 END), 0),"
                 " coalesce(sum(CASE WHEN cost_usd IS NULL OR baseline_usd IS NULL THEN 1 ELSE 0 END), 0)")
         groups = self._rows(f"SELECT coalesce({by}, '-'), {cols} FROM calls WHERE kind = 'call' AND {cond}"
                             " GROUP BY 1 ORDER BY 7 DESC, 1", params)
@@ -334,6 +344,6 @@ class SqlLedger:
 
 def _usage_row(row: Sequence[Any]) -> UsageRow:
     # Sums come back as Decimal or int depending on the database; the row's types do not.
-    key, calls, failed, tin, tout, cost, baseline, saved, est_saved, est, unpriced = row
+    key, calls, failed, tin, tout, cost, baseline, saved, est_saved, est, est_baseline, unpriced = row
     return UsageRow(key, int(calls), int(failed), int(tin), int(tout), float(cost), float(baseline), float(saved),
-                    float(est_saved), int(est), int(unpriced))
+                    float(est_saved), int(est), int(unpriced), float(est_baseline))

@@ -310,10 +310,16 @@ def build_http_app(server: Server[Any], options: HttpOptions, tools: int) -> ASG
         # Open, and exempt from the Host check: orchestrators probe by pod IP. It tells nothing secret.
         return Response(health, media_type="application/json", headers={"cache-control": "no-store"})
 
+    from tiered_mcp.serve.events import RETRY_MS, MemoryEventStore
+
+    # Resumable SSE streams (priming event, `retry`) where there are streams to resume: sessions and SSE answers.
+    resumable = {} if options.stateless or options.json_response else {"event_store": MemoryEventStore(),
+                                                                        "retry_interval": RETRY_MS}
     app: ASGIApp = server.streamable_http_app(
         streamable_http_path=MCP_PATH,
         json_response=options.json_response,
         stateless_http=options.stateless,
+        **resumable,
         max_request_body_size=options.max_body_bytes,
         transport_security=transport_security(options),
         host=options.host,

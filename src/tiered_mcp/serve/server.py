@@ -23,12 +23,16 @@ from tiered_mcp.call.routing import Usable, ladder_for
 from tiered_mcp.call.runner import Runner, UnknownTool
 from tiered_mcp.core.config import LOCAL, TIERS, Config, load_config, spec_dirs, unexpanded_variables
 from tiered_mcp.core.errors import CallError, ConfigError
+from tiered_mcp.core.files import private_file
 from tiered_mcp.core.identity import current_caller
 from tiered_mcp.core.prices import price_of
 from tiered_mcp.core.receipts import RECEIPT_META_KEY
 from tiered_mcp.evidence.shadow import Shadows
 from tiered_mcp.ledger.base import off_loop, open_ledger
+from tiered_mcp.ledger.sqlite import Ledger
 from tiered_mcp.models.base import LazyOpenAI, Model
+from tiered_mcp.models.local import LocalEngine
+from tiered_mcp.models.local_examples import SQLiteExampleStore
 from tiered_mcp.specs.spec import Specs, ToolSpec, load_specs
 
 log = logging.getLogger("tiered_mcp")
@@ -349,8 +353,13 @@ def build_runner(
         raise ConfigError(f"cannot open the ledger {target}: {why} (set --ledger or `ledger` in the "
                           "config to a writable file)") from None
     # The runner tells which tiers can run from the same environment the model takes its keys from.
+    local = None
+    if isinstance(ledger, Ledger):
+        # What the local tier learns from higher tiers' answers lives beside a SQLite ledger, as private as it is.
+        examples = private_file(ledger.path.with_name(ledger.path.stem + ".examples.sqlite3"))
+        local = LocalEngine(store=SQLiteExampleStore(examples), store_inputs=config.store_inputs)
     return Runner(config, specs, model if model is not None else LazyOpenAI(env), ledger, env=env,
-                  observers=(Shadows(),))
+                  observers=(Shadows(),), local=local)
 
 
 async def serve_stdio(server: Server[Any]) -> None:
