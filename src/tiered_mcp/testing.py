@@ -51,7 +51,7 @@ def sample_for(schema: Any, defs: dict[str, Any] | None = None) -> Any:
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object" or (kind is None and "properties" in schema):
-        props = schema.get("properties", {})
+        props: dict[str, Any] = schema.get("properties", {})
         return {k: sample_for(v, defs) for k, v in props.items() if k in schema.get("required", props)}
     if kind == "array":
         return [sample_for(schema.get("items", {}), defs) for _ in range(max(1, schema.get("minItems", 1)))]
@@ -59,7 +59,7 @@ def sample_for(schema: Any, defs: dict[str, Any] | None = None) -> Any:
         return "x" * max(1, schema.get("minLength", 1))
     if kind in ("number", "integer"):
         # The top of the range: a confidence or score at its maximum never triggers a confidence escalation.
-        value = schema.get("maximum", schema.get("minimum", 1))
+        value: Any = schema.get("maximum", schema.get("minimum", 1))
         return int(value) if kind == "integer" else float(value)
     if kind == "boolean":
         return True
@@ -585,7 +585,7 @@ def network_guard(allow_loopback: bool = True) -> Iterator[list[str]]:
             check((host.decode() if isinstance(host, bytes) else host,))
         return real_getaddrinfo(host, *args, **kwargs)
 
-    socket.socket.connect, socket.socket.connect_ex = connect, connect_ex  # type: ignore[method-assign]
+    socket.socket.connect, socket.socket.connect_ex = connect, connect_ex  # type: ignore[method-assign, assignment]
     socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]
     try:
         yield blocked

@@ -61,7 +61,7 @@ def ladder_for(config: Config, spec: ToolSpec, requested: str | None = None,
     if requested is not None:
         _check_requested(config, spec, requested)
     start = requested or (settings.tier if settings and settings.tier else spec.tier)
-    ceiling = (settings.escalation_ceiling if settings and settings.escalation_ceiling else None) or (
+    ceiling: str = (settings.escalation_ceiling if settings and settings.escalation_ceiling else None) or (
         config.escalation_ceiling
     )
     if lower_ceiling is not None and TIERS.index(lower_ceiling) < TIERS.index(ceiling):

@@ -39,7 +39,8 @@ class LedgerWriter:
             return
         self._queued += len(calls) + len(shadows)
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
-        for item in [*calls, *shadows]:
+        items: list[CallWrite | ShadowRow] = [*calls, *shadows]
+        for item in items:
             await self._send.send(item)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

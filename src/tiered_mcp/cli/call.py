@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tiered_mcp.cli.output import FAILED, OK, UNREACHABLE, USAGE, console, fail, first_leaf, fitted_table, money
 
@@ -165,10 +165,11 @@ def call_command(args: argparse.Namespace) -> int:
 async def call_over_stdio(command: list[str], env: dict[str, str], tool: str, arguments: dict[str, Any],
                           meta: dict[str, Any] | None = None, progress: Any = None) -> Any:
     from mcp import Client, StdioServerParameters
+    from mcp.types import RequestParamsMeta
 
     params = StdioServerParameters(command=command[0], args=command[1:], env=env)
     async with Client(params) as client:
-        return await client.call_tool(tool, arguments, meta=meta, progress_callback=progress)
+        return await client.call_tool(tool, arguments, meta=cast("RequestParamsMeta | None", meta), progress_callback=progress)
 
 
 def receipt_line(r: dict[str, Any]) -> str:

@@ -243,8 +243,8 @@ def _tools(args: argparse.Namespace) -> int:
                          flex="description", title=f"tools (config: {config.source})")
     con.print(table)
     # Tools blocked only for want of a key get one line between them; other reasons are shown as they are.
-    keyless = [r["tool"] for r in blocked if specs.get(r["tool"]).local_task is None]
-    keys = sorted({config.providers[t.provider].api_key_env for t in config.tiers.values()
+    keyless = [r["tool"] for r in blocked if specs.tools[r["tool"]].local_task is None]
+    keys = sorted({config.providers[t.provider].api_key_env or "" for t in config.tiers.values()
                    if config.providers[t.provider].api_key_env})
     if keyless:
         con.print(f"[red]{', '.join(keyless)}[/]: {'needs' if len(keyless) == 1 else 'need'} a model tier: set "

@@ -11,14 +11,14 @@ import re
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Final, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tiered_mcp.core.errors import ConfigError
 
 TIERS: tuple[str, ...] = ("local", "nano", "mini", "flagship")
-FLAGSHIP = "flagship"
+FLAGSHIP: Final = "flagship"
 """Every tier name, cheapest first; the escalation ladder climbs in this order."""
 
 TierName = Literal["local", "nano", "mini", "flagship"]
@@ -189,7 +189,10 @@ class Config(_Frozen):
     cache_ttl_s: float = Field(default=3600.0, ge=0, description="Identical calls are answered from the cache this long.")
     shadow: Shadow = Field(default_factory=Shadow)
     providers: dict[str, Provider]
-    tiers: dict[TierName, Tier]
+    if TYPE_CHECKING:  # keys are validated as TierName; the code looks tiers up by plain str names (ladders, attempts)
+        tiers: dict[str, Tier]
+    else:
+        tiers: dict[TierName, Tier]
     tools: dict[str, ToolSettings] = Field(default_factory=dict)
     specs: list[str] = Field(default_factory=list, description="Extra spec folders (relative to the config file).")
     source: str = "built-in defaults"
@@ -222,7 +225,7 @@ class Config(_Frozen):
         return str(self.ledger_path(env))
 
 
-LOCAL = "local"
+LOCAL: Final = "local"
 
 DEFAULTS: dict[str, Any] = {
     "providers": {

@@ -316,7 +316,7 @@ class Policy:
             if reason is not None:
                 up = cfg.ladder[idx + 1]
                 key = versions.key(state.tier)
-                ev = {"key": key, "bounds": b.as_dict(), "sentinels": s.as_dict(), "detector": detector,
+                ev: dict[str, Any] = {"key": key, "bounds": b.as_dict(), "sentinels": s.as_dict(), "detector": detector,
                       "discarded": list(evidence.get(key, (0, 0)))}
                 event = self._event(state, "step_up", up, reason, ev)
                 evidence.pop(key, None)
@@ -328,7 +328,7 @@ class Policy:
         b = self.bounds(state, below, versions)
         if b.lower < bar:
             return state, []
-        ev: dict[str, Any] = {"key": versions.key(below), "bounds": b.as_dict()}
+        ev = {"key": versions.key(below), "bounds": b.as_dict()}
         if state.tier == cfg.reference:
             for cheaper in cfg.ladder[:idx - 1]:
                 c = self.bounds(state, cheaper, versions)

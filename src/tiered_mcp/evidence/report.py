@@ -96,7 +96,7 @@ def build_report(ledger: LedgerStore, since: str | None = None, keep_at: float =
     out = []
     for (tool, tier, comparison), rows in sorted(groups.items()):
         if config is not None and tier in config.tiers and comparison in config.tiers:
-            current = (config.tiers[tier].model, config.tiers[comparison].model)
+            current: tuple[str | None, str | None] = (config.tiers[tier].model, config.tiers[comparison].model)
         else:
             current = (rows[-1].model, rows[-1].comparison_model)
         spec = specs.get(tool) if specs is not None else None

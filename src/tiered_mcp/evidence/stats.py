@@ -387,7 +387,7 @@ def pareto_frontier(points: Sequence[CurvePoint]) -> list[CurvePoint]:
     A point is dominated when another costs no more and agrees no less (point estimates, `blended`), one of them
     strictly. Points without a blended agreement (nothing compared) are left out.
     """
-    pts = sorted((p for p in points if p.blended is not None), key=lambda p: (p.cost_per_call, -p.blended))
+    pts = sorted((p for p in points if p.blended is not None), key=lambda p: (p.cost_per_call, -(p.blended or 0.0)))
     out: list[CurvePoint] = []
     best = -math.inf
     for p in pts:

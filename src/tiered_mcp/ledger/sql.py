@@ -187,6 +187,7 @@ class SqlLedger:
         """
         if by not in GROUPS:
             raise ValueError(f"by must be one of {', '.join(GROUPS)}")
+        params: list[Any]
         where, params = ["1 = 1"], []
         if since:
             where, params = [*where, "ts >= ?"], [*params, since]
@@ -231,6 +232,7 @@ class SqlLedger:
             return int(getattr(result, "rowcount", 0) or 0)
 
     def shadows(self, since: str | None = None, tool: str | None = None) -> list[ShadowRow]:
+        params: list[Any]
         where, params = ["1 = 1"], []
         if since:
             where, params = [*where, "ts >= ?"], [*params, since]
@@ -239,7 +241,7 @@ class SqlLedger:
         rows = self._rows("SELECT tool, call_uid, shadow_call_uid, tier, comparison_tier, score, agree, detail,"
                           " cost_usd, comparison_cost_usd, model, comparison_model, spec_version, confidence,"
                           f" args_key, status FROM shadows WHERE {' AND '.join(where)} ORDER BY id", params)
-        return [ShadowRow(*r[:6], None if r[6] is None else bool(r[6]), *r[7:]) for r in rows]
+        return [ShadowRow(*r[:6], None if r[6] is None else bool(r[6]), *r[7:]) for r in rows]  # type: ignore[call-arg]  # mypy miscounts a positional after *r[:6]
 
     def compared(self, tool: str, args_key: str, model: str, comparison_model: str, spec_version: str) -> bool:
         """Whether these arguments were already compared for this model pair and spec version."""

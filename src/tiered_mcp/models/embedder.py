@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -99,7 +99,7 @@ class Embedder:
         # More BLAS threads than cores is catastrophic here, not just wasteful: measured on 2 cores,
         # 4 threads gave 72 texts/s against 1,450 with 2 (the package's own default is 4).
         self.threads = threads or min(4, _usable_cpus())
-        self._model: object | None = None
+        self._model: Any = None
         self._load_seconds: float | None = None
         self._version = ""
         self._load_lock = threading.Lock()
@@ -175,7 +175,7 @@ class Embedder:
         parts = []
         with self._run_lock:
             for start in range(0, len(texts), self.batch_size):
-                parts.append(np.asarray(self._model.encode(list(texts[start : start + self.batch_size]))))  # type: ignore[attr-defined]
+                parts.append(np.asarray(self._model.encode(list(texts[start : start + self.batch_size]))))
         vectors = np.concatenate(parts).astype(np.float32, copy=False)
         # The model normalises already; doing it again keeps the contract if a future version does not,
         # and leaves an all-zero row (empty text) as zeros instead of NaN.
@@ -200,7 +200,7 @@ class E5Embedder:
     def __init__(self, batch_size: int = 32, threads: int | None = None) -> None:
         self.batch_size = batch_size
         self.threads = threads or min(4, _usable_cpus())
-        self._model: object | None = None
+        self._model: Any = None
         self._load_seconds: float | None = None
         self._version = ""
         self._load_lock = threading.Lock()
@@ -262,7 +262,7 @@ class E5Embedder:
         with self._run_lock:
             for start in range(0, len(texts), self.batch_size):
                 chunk = list(texts[start : start + self.batch_size])
-                encoded = self._model.encode(chunk, True)  # type: ignore[attr-defined]
+                encoded = self._model.encode(chunk, True)
                 parts.append(np.asarray(encoded, dtype=np.float32).reshape(len(chunk), -1))
         vectors = np.concatenate(parts)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)

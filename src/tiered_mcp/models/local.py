@@ -189,6 +189,7 @@ class LocalEngine:
                     results[i] = ArgumentsError("arguments: text is empty")
             if not good:
                 continue
+            assert vectors is not None  # `good` texts are non-empty, so they were embedded
             try:
                 out = local_tasks.classify_many(
                     embedder, [texts[i] for i in good], stored=stored, text_vectors=vectors[[row[i] for i in good]],
@@ -219,7 +220,7 @@ class LocalEngine:
             return False
         labels = list(arguments.get("labels") or [])
         label, text = output.get("label"), arguments.get("text")
-        if label not in labels or not isinstance(text, str) or not text.strip():
+        if label not in labels or not isinstance(label, str) or not isinstance(text, str) or not text.strip():
             return False
         embedder = await self.embedder()
 

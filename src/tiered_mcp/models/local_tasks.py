@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     import numpy as np
@@ -158,7 +158,7 @@ def score_texts(
     example_vectors: np.ndarray | None = None,
     example_labels: Sequence[str] = (),
     calibration: str = "use",
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Scores behind a classification: cosines to each label's prototype, the best label, its confidence.
 
     `calibration` names the encoder whose fitted confidence model applies (an embedder's `calibration` attribute).

@@ -185,7 +185,7 @@ def build_server(runner: Runner) -> Server[Any]:
                 is_error=True,
             )
         log_call(result.receipt)
-        content = [types.TextContent(text=_dumps(result.output))]
+        content: list[types.ContentBlock] = [types.TextContent(text=_dumps(result.output))]
         if result.receipt.get("unverified"):
             # Hosts' models read the text, not _meta: say which values no tier could verify against the input.
             content.append(types.TextContent(text="unverified (not found in the input by the tool's validators): "

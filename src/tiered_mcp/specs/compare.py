@@ -76,8 +76,8 @@ def rank_score(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> float:
 
 def score(compare: Compare, candidate: dict[str, Any], reference: dict[str, Any]) -> float:
     """How close `candidate` is to `reference` (1.0 = the same), for every method but judge."""
-    a = candidate.get(compare.field) if compare.field else candidate
-    b = reference.get(compare.field) if compare.field else reference
+    a: Any = candidate.get(compare.field) if compare.field else candidate
+    b: Any = reference.get(compare.field) if compare.field else reference
     if compare.method == "label":
         return label_score(a, b)
     if compare.method == "fields":

@@ -133,7 +133,7 @@ def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
     return f"{text[:limit]}… ({size})"
 
 
-def _message(error: ValidationError) -> str:
+def _message(error: ValidationError | SchemaError) -> str:
     """jsonschema's message with the instance and the rule's value shortened (its own repeats both whole)."""
     msg = error.message
     if len(msg) > 120:
@@ -150,7 +150,7 @@ def _message(error: ValidationError) -> str:
 
 
 def _retrieve_nothing(uri: str) -> Any:
-    raise NoSuchResource(ref=uri)
+    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]  # an attrs class mypy cannot see through
 
 
 REGISTRY: Registry = Registry(retrieve=_retrieve_nothing)  # type: ignore[call-arg]
@@ -443,8 +443,8 @@ def schema_problems(schema: dict[str, Any], instance: Any, what: str, limit: int
     except TooManySteps:
         return [f"{what}: validation took over {MAX_STEPS} steps and was stopped (the schema's refs fan out "
                 "too much for this value)"]
-    except Unresolvable as e:
-        ref = getattr(e, "ref", None) or getattr(getattr(e, "_wrapped", None), "ref", "")
+    except Unresolvable as exc:
+        ref = getattr(exc, "ref", None) or getattr(getattr(exc, "_wrapped", None), "ref", "")
         return [f"{what}: $ref {excerpt(ref)} cannot be resolved (only refs inside the schema are followed)"]
     except RecursionError:
         return [f"{what}: nested too deeply to validate"]

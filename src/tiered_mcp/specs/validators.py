@@ -395,6 +395,7 @@ class _Call:
 def _occurs_in(v: Validator, output: Any, call: _Call) -> Found:
     if not v.argument:
         return []
+    defs: dict[str, Any]
     source, defs = call.source(v.argument), {}
     out: Found = []
     for path, value in located(output, v.output):
