@@ -42,15 +42,17 @@ def specs() -> Specs:
     return load_specs()
 
 
-# Every test that uses a ledger runs once on each backend, except in modules about the transport, where a second
-# run would repeat the first (test_load runs HTTP on both).
+# Tests whose subject is storage (the ledger, its migrations, budgets, accounting sums, load on a shared ledger) run
+# once on each backend; every other test that needs a ledger uses SQLite only, since a second run would test
+# nothing new.
 LEDGER_BACKENDS = ("sqlite", "postgresql")
-SQLITE_ONLY_MODULES = {"test_http"}
+STORAGE_MODULES = {"test_ledger", "test_migrations", "test_spend", "test_load", "test_accounting", "test_one_path",
+                   "test_wiring"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if ("ledger_target" in metafunc.fixturenames
-            and metafunc.module.__name__.rsplit(".", 1)[-1] not in SQLITE_ONLY_MODULES
+            and metafunc.module.__name__.rsplit(".", 1)[-1] in STORAGE_MODULES
             and not any("ledger_target" in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))):
         metafunc.parametrize("ledger_target", LEDGER_BACKENDS, indirect=True)
 

@@ -313,13 +313,13 @@ def build_http_app(server: Server[Any], options: HttpOptions, tools: int) -> ASG
     from tiered_mcp.serve.events import RETRY_MS, MemoryEventStore
 
     # Resumable SSE streams (priming event, `retry`) where there are streams to resume: sessions and SSE answers.
-    resumable = {} if options.stateless or options.json_response else {"event_store": MemoryEventStore(),
-                                                                        "retry_interval": RETRY_MS}
+    resumable = not (options.stateless or options.json_response)
     app: ASGIApp = server.streamable_http_app(
         streamable_http_path=MCP_PATH,
         json_response=options.json_response,
         stateless_http=options.stateless,
-        **resumable,
+        event_store=MemoryEventStore() if resumable else None,
+        retry_interval=RETRY_MS if resumable else None,
         max_request_body_size=options.max_body_bytes,
         transport_security=transport_security(options),
         host=options.host,
