@@ -90,11 +90,18 @@ async def _clients(stack: contextlib.AsyncExitStack, transport: str, which: str,
 def _prefill(path: str, rows: int) -> None:
     """Cache entries of `rows` earlier distinct calls (still fresh), as on a server that has been busy a while."""
     if rows:
+        import time
+
+        from tiered_mcp.core.config import config_from_dict
+        from tiered_mcp.core.receipts import Receipt
+        from tiered_mcp.ledger.base import CacheEntry, CallWrite
         from tiered_mcp.ledger.sqlite import Ledger
 
         ledger = Ledger(path)
-        for i in range(rows):
-            ledger.cache_put(f"earlier-call-{i}", {"label": "bug report"}, "nano", "gpt-5.4-nano", 3600.0)
+        expires = time.time() + 3600.0
+        ledger.write([CallWrite(Receipt(tool="classify", tier="nano", model="gpt-5.4-nano", ok=True),
+                                cache=CacheEntry(f"earlier-call-{i}", {"label": "bug report"}, "nano", "gpt-5.4-nano",
+                                                 expires)) for i in range(rows)], [], config_from_dict({}))
         ledger.close()
 
 
