@@ -261,3 +261,16 @@ async def test_eval_replays_stored_calls_from_the_ledger(upstream, tmp_path, mon
     assert code == 0 and {(s["tool"], s["tier"], s["cases"]) for s in out["scores"]} == {("rank", "nano", 3),
                                                                                            ("rank", "mini", 3)}
     assert len(upstream.completions()) == 3 * 2 + 2  # after one warm-up run per tier
+
+
+def test_the_cheapest_tier_is_chosen_by_measured_cost_not_by_ladder_order():
+    from tiered_mcp.evidence.evaluate import TierScore
+
+    def score(tier, quality, cost):
+        return TierScore("classify", tier, 10, quality, 1.0, cost * 10, cost, 5.0, 9.0)
+
+    # mini answered in far fewer tokens than nano: measured, it is the cheaper of the two that meet the bar.
+    scores = [score("nano", 0.95, 0.0004), score("mini", 0.96, 0.0002), score("flagship", 0.99, 0.002)]
+    assert cheapest_meeting(scores, 0.9) == {"classify": "mini"}
+    assert cheapest_meeting(scores, 0.97) == {"classify": "flagship"}
+    assert cheapest_meeting([score("nano", 0.95, 0.0004), score("mini", 0.96, 0.0004)], 0.9) == {"classify": "nano"}

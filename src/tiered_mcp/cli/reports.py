@@ -84,12 +84,12 @@ def report(args: argparse.Namespace) -> int:
     from tiered_mcp.cli.output import fitted_table
 
     con = _console()
-    cells = [[r.tool, r.tier, r.comparison_tier, str(r.calls), str(r.shadowed),
+    cells = [[r.tool, f"{r.tier} ({r.model})", r.comparison_tier, str(r.calls), str(r.scored), str(r.skipped),
               "-" if r.agreement is None else f"{100 * r.agreement:.0f}%",
               "-" if r.interval is None else f"{100 * r.interval[0]:.0f}–{100 * r.interval[1]:.0f}%",
               _money(r.cost_per_call), _money(r.comparison_cost_per_call)] for r in reports]
-    table = fitted_table(con, ["tool", "tier", "vs", "calls", "shadowed", "agreement", "95% interval", "cost/call",
-                               "vs cost/call"], cells, title=f"shadow comparisons ({path})")
+    table = fitted_table(con, ["tool", "tier", "vs", "calls", "scored", "skipped", "agreement", "95% interval",
+                               "cost/call", "vs cost/call"], cells, title=f"shadow comparisons ({path})")
     con.print(table)
     for r in reports:
         con.print(escape(r.recommendation))
