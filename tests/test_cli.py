@@ -52,6 +52,8 @@ def test_call_exit_codes(upstream, tmp_path):
     assert unknown.returncode == 2 and "unknown tool 'nope'" in unknown.stderr
     not_json = run_cli("call", "classify", "--args", "{text: x}", env=env)
     assert not_json.returncode == 2 and "--args must be a JSON object" in not_json.stderr
+    refused = run_cli("call", "classify", "--args", '{"text": "x"}', env=env)  # the schema refuses it: bad usage
+    assert refused.returncode == 2 and "'labels' is a required property" in refused.stderr
 
 
 def test_a_broken_spec_stops_start_up_with_file_and_field(tmp_path):

@@ -108,3 +108,16 @@ async def test_one_whole_receipt(make_runner):
         "input_tokens": 1000, "output_tokens": 50, "cached_input_tokens": 0, "reasoning_tokens": 0,
         "cost_usd": pytest.approx(0.0002625, abs=1e-12), "estimated": False}
     json.dumps(r)  # plain JSON, as it travels in _meta
+
+
+async def test_callers_share_the_cache_only_when_the_config_says_so(make_runner):
+    for shared, asked in ((False, 2), (True, 1)):
+        model = ScriptedModel(fallback=lambda req: reply(GOOD))
+        runner = make_runner(model, cache_ttl_s=60, share_across_callers=shared)
+        for name in ("alice", "bob"):
+            token = current_caller.set(Caller(name))
+            try:
+                await runner.call("classify", {"text": "same words", "labels": LABELS})
+            finally:
+                current_caller.reset(token)
+        assert len(model.requests) == asked

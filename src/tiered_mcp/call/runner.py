@@ -330,7 +330,7 @@ class Runner:
         try:
             yield
         except CallError as e:
-            receipt.error = str(e)
+            receipt.error, receipt.error_kind = str(e), e.kind
             e.receipt = receipt.to_dict(self.config)
             raise
 
@@ -384,7 +384,7 @@ class Runner:
                     await self.writer.put([CallWrite(receipt, args, None)])
                 raise
             except CallError as e:
-                receipt.error, outcome = str(e), e
+                receipt.error, receipt.error_kind, outcome = str(e), e.kind, e
             receipt.latency_ms = (time.perf_counter() - started) * 1000
             span.set(tier=receipt.tier, ok=receipt.ok, cost_usd=receipt.cost_usd, attempts=len(receipt.attempts),
                      cached=receipt.cached)
@@ -413,7 +413,8 @@ class Runner:
         checks = [sorted(self._triggers(spec, plan.options)), self._threshold(spec, plan.options),
                   [v.model_dump() for v in spec.validators]]
         models = [self.config.tiers[t].model for t in plan.ladder]
-        return cache_key([spec.name, spec.version, models, checks, caller.name if caller else None], plan.args)
+        scope = caller.name if caller and not self.config.share_across_callers else None
+        return cache_key([spec.name, spec.version, models, checks, scope], plan.args)
 
     # ---- the ladder ------------------------------------------------------------------------------------------------
 

@@ -139,7 +139,7 @@ def call_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"is_error": result.is_error, "result": result.structured_content,
                           "error": text if result.is_error else None, "receipt": receipt}, indent=2))
-        return FAILED if result.is_error else OK
+        return _exit_code(result, receipt)
     con = console()
     err = console(stderr=True)
     if result.is_error:
@@ -159,7 +159,14 @@ def call_command(args: argparse.Namespace) -> int:
     if receipt and not args.no_receipt:
         # With --text the receipt goes to stderr so that stdout is only the text.
         print_receipt(err if field is not None else con, receipt)
-    return FAILED if result.is_error else OK
+    return _exit_code(result, receipt)
+
+
+def _exit_code(result: Any, receipt: dict[str, Any] | None) -> int:
+    """0 answered; 2 the arguments (or the per-call tier) were refused: bad usage; 1 the tool failed."""
+    if not result.is_error:
+        return OK
+    return USAGE if (receipt or {}).get("error_kind") in ("arguments", "tier") else FAILED
 
 
 async def call_over_stdio(command: list[str], env: dict[str, str], tool: str, arguments: dict[str, Any],

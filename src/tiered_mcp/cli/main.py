@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     _common(p, specs=False)
     p.add_argument("--ledger", metavar="PATH|URL")
     p.add_argument("--since", metavar="DATE", help="only calls on or after this date (YYYY-MM-DD, UTC)")
-    p.add_argument("--by", default="tool", choices=["tool", "tier", "model"])
+    p.add_argument("--by", default="tool", choices=["tool", "tier", "model", "caller"])
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("config", help="print the effective config (keys masked)")

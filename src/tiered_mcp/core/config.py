@@ -187,6 +187,9 @@ class Config(_Frozen):
     retry: Retry = Field(default_factory=Retry)
     budgets: Budgets = Field(default_factory=Budgets)
     cache_ttl_s: float = Field(default=3600.0, ge=0, description="Identical calls are answered from the cache this long.")
+    share_across_callers: bool = Field(
+        default=False, description="On a team server with named tokens: one cache and one tiered://usage for every "
+                                   "caller (default: each caller has its own).")
     shadow: Shadow = Field(default_factory=Shadow)
     providers: dict[str, Provider]
     if TYPE_CHECKING:  # keys are validated as TierName; the code looks tiers up by plain str names (ladders, attempts)

@@ -63,11 +63,14 @@ class SpecError(SetupError):
 
 
 class CallError(TieredError):
-    """A tool call that cannot run; reported to the caller as an is_error result.
+    """A tool call that cannot run; reported to the caller as an is_error result. `kind` names it in the receipt's
+    `error_kind` ("arguments", "tier", "local", "budget", "failed").
 
     Attributes:
         receipt: the receipt of the call so far (set by the runner), or None.
     """
+
+    kind = "error"
 
     def __init__(self, message: str, receipt: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -77,21 +80,31 @@ class CallError(TieredError):
 class ArgumentsError(CallError):
     """Arguments that break the tool's input schema (or the schema a caller supplied)."""
 
+    kind = "arguments"
+
 
 class TierNotAllowed(CallError):
     """A per-call tier that the config does not allow."""
+
+    kind = "tier"
 
 
 class LocalTierError(CallError):
     """The local tier cannot serve this call."""
 
+    kind = "local"
+
 
 class BudgetExceeded(CallError):
     """A request that could pass a budget cap was refused before it was made."""
 
+    kind = "budget"
+
 
 class ToolFailed(CallError):
     """Every tier on the ladder failed; the receipt lists every attempt with its reason."""
+
+    kind = "failed"
 
 
 class ModelError(TieredError):

@@ -85,6 +85,7 @@ class Receipt:
     caller: str | None = None
     answered_by: int | None = None
     unverified: list[str] | None = None
+    error_kind: str | None = None  # what kind of CallError ended the call ("arguments", "budget", ...)
     day: str | None = None  # the UTC day whose budgets the call's spend counts against
     holds: list[str] = field(default_factory=list)  # budget holds to drop when the row is written
 
@@ -181,7 +182,7 @@ class Receipt:
             out["would_have_cost_usd"] = {t: self.would_cost_usd(config, t) for t in ("nano", FLAGSHIP)
                                           if t in config.tiers}
         out["latency_ms"] = round(self.latency_ms, 1)
-        for key in ("cached", "budget", "error", "call_id", "spec_version", "caller", "unverified"):
+        for key in ("cached", "budget", "error", "error_kind", "call_id", "spec_version", "caller", "unverified"):
             value = getattr(self, key)
             if value:
                 out[key] = value

@@ -239,7 +239,8 @@ def build_server(runner: Runner) -> Server[Any]:
             else:
                 caller = current_caller.get()
                 await runner.writer.flush(timeout_s=2.0)  # include the calls answered so far, still queued
-                usage = await off_loop(runner.ledger.usage, None, "tool", caller.name if caller else None)
+                scope = caller.name if caller and not runner.config.share_across_callers else None
+                usage = await off_loop(runner.ledger.usage, None, "tool", scope)
                 body = usage.as_dict()
         else:
             raise not_found(uri, f"unknown resource {uri!r}; known: {TIERS_URI}, {USAGE_URI}, {CALL_URI_TEMPLATE}")
