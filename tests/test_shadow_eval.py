@@ -74,10 +74,20 @@ async def test_a_tier_that_agrees_is_kept(make_runner, ledger):
         for i in range(60):
             await runner.call("classify", {"text": f"item-{i} text", "labels": LABELS})
         await drain(runner)
+        # 60 of 60 agree: the anytime-valid lower bound (89%) is not yet at the 90% bar, and the report says how
+        # many more comparisons it needs rather than deciding early.
+        [early] = build_report(ledger)
+        assert early.decision == "undecided" and early.more_needed is not None and early.more_needed <= 15
+        assert f"about {early.more_needed} more comparisons would decide it" in early.recommendation
+        for i in range(60, 60 + early.more_needed):
+            await runner.call("classify", {"text": f"item-{i} text", "labels": LABELS})
+        await drain(runner)
     [r] = build_report(ledger)
-    assert r.agreement == 1.0 and r.recommendation.startswith("classify: nano agrees 100% ± ")
-    assert r.recommendation.endswith("with flagship over 60 calls: keep nano")
-    assert [row["kind"] for row in ledger.calls()].count("shadow") == 60
+    n = 60 + early.more_needed
+    assert r.agreement == 1.0 and r.decision == "clears" and r.recommendation.startswith("classify: nano agrees 100% ± ")
+    assert f"with flagship over {n} calls (anytime-valid bounds" in r.recommendation
+    assert r.recommendation.endswith("keep nano")
+    assert [row["kind"] for row in ledger.calls()].count("shadow") == n
 
 
 async def test_shadow_runs_are_sampled_bounded_and_never_delay_the_answer(make_runner, ledger):
@@ -274,3 +284,33 @@ def test_the_cheapest_tier_is_chosen_by_measured_cost_not_by_ladder_order():
     assert cheapest_meeting(scores, 0.9) == {"classify": "mini"}
     assert cheapest_meeting(scores, 0.97) == {"classify": "flagship"}
     assert cheapest_meeting([score("nano", 0.95, 0.0004), score("mini", 0.96, 0.0004)], 0.9) == {"classify": "nano"}
+
+
+async def test_the_report_recommends_the_cheapest_confidence_threshold_that_meets_the_bar(make_runner, ledger):
+    def answer(req):
+        i = int(req.messages[-1]["content"].split("item-")[1].split()[0])
+        if req.tier == "flagship":
+            return reply({"label": "bug", "labels": ["bug"], "confidence": 0.99, "reason": "r"},
+                         input_tokens=1000, output_tokens=10)
+        # nano is right and sure on 60 items, wrong and unsure on 20: its confidence tells them apart.
+        sure = i < 60
+        label, confidence = ("bug", 0.95) if sure else ("feature", 0.55)
+        return reply({"label": label, "labels": [label], "confidence": confidence, "reason": "r"},
+                     input_tokens=1000, output_tokens=10)
+
+    runner = make_runner(ScriptedModel(fallback=answer), tools={"classify": {"shadow_rate": 1.0,
+                                                                             "confidence_threshold": 0.0}},
+                         shadow={"max_pending": 256})
+    async with runner.running():
+        for i in range(80):
+            await runner.call("classify", {"text": f"item-{i} text", "labels": LABELS})
+        await drain(runner)
+    [r] = build_report(ledger)
+    assert (r.scored, r.agreement, r.decision) == (80, 0.75, "below")
+    # Escalating what is under 0.95 (a quarter of the calls) serves answers whose lower bound clears 90%: per call,
+    # nano's answer plus a quarter of a flagship answer (1000 in / 10 out tokens each).
+    nano, flagship = (1000 * 0.20 + 10 * 1.25) / 1e6, (1000 * 2.50 + 10 * 15) / 1e6
+    assert r.threshold == 0.95 and r.threshold_escalated_share == 0.25
+    assert r.threshold_cost_per_call == pytest.approx(nano + 0.25 * flagship, abs=1e-12)
+    assert "at confidence threshold 0.95, 25% would escalate" in r.recommendation
+    assert [p["threshold"] for p in r.frontier][0] == 0.55 and r.frontier[-1]["blended"] == 1.0

@@ -3,8 +3,12 @@ what to do about it. The figures come from the shadow comparisons in the ledger.
 
 A tier is judged on the evidence of its *current* model and the tool's current spec version only: after a tier is
 pointed at a new model (or a spec's prompt changes), the report starts afresh and says how much older evidence
-exists. Agreement is k/n over scored comparisons with a Wilson 95% interval; skipped and failed shadow runs are
-counted apart and never scored.
+exists. Agreement is k/n over scored comparisons. The decision (keep, move, keep sampling and about how many more
+comparisons it needs) uses anytime-valid bounds (evidence/stats.py, a confidence sequence), so reading the report
+every day does not inflate its error rate; the Wilson 95% interval is shown beside it for one look. Skipped and
+failed shadow runs are counted apart and never scored. Where answers carry a confidence, the cost/quality curve
+says, per confidence threshold, what share would escalate, how often the kept answers agree and what a call costs;
+the recommended threshold is the cheapest whose served answers' lower bound meets the bar (docs/auto-tiering.md).
 """
 
 from __future__ import annotations
@@ -15,13 +19,12 @@ from statistics import mean
 from typing import Any
 
 from tiered_mcp.core.config import Config
+from tiered_mcp.evidence.stats import CurveRow, cost_quality_curve, decide, pareto_frontier, recommend_threshold
 from tiered_mcp.ledger.base import LedgerStore, ShadowRow
 from tiered_mcp.specs.spec import Specs
 
 KEEP_AT = 0.9
 """Agreement a tier must show (the whole 95% interval) to be kept."""
-MIN_SCORED = 20
-"""Fewer comparisons than this decide nothing."""
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -56,25 +59,39 @@ class ToolReport:
     cost_per_call: float | None
     comparison_cost_per_call: float | None
     recommendation: str
+    decision: str = "undecided"  # "clears", "below" or "undecided", on the anytime-valid bounds
+    bounds: tuple[float, float] | None = None  # the anytime-valid bounds on agreement
+    more_needed: int | None = None  # about how many more comparisons would decide it, at the observed rate
+    threshold: float | None = None  # the recommended confidence threshold (None: no confidences recorded)
+    threshold_escalated_share: float | None = None
+    threshold_cost_per_call: float | None = None
+    frontier: tuple[dict[str, Any], ...] = ()  # the cost/quality Pareto frontier, cheapest first
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _recommend(tool: str, tier: str, comparison: str, scored: int, k: int, keep_at: float) -> str:
+def _recommend(tool: str, tier: str, comparison: str, scored: int, k: int, keep_at: float) -> tuple[str, Any]:
     if scored == 0:
-        return f"{tool}: no scored shadow comparisons yet; set [tools.{tool}] shadow_rate in the config"
+        return f"{tool}: no scored shadow comparisons yet; set [tools.{tool}] shadow_rate in the config", None
     rate = k / scored
     lo, hi = wilson(k, scored)
     pm = round(100 * (hi - lo) / 2)
     head = f"{tool}: {tier} agrees {100 * rate:.0f}% ± {pm} with {comparison} over {scored} calls"
-    if scored < MIN_SCORED:
-        return f"{head}: too few comparisons to decide; keep sampling"
-    if lo >= keep_at:
-        return f"{head}: keep {tier}"
-    if hi < keep_at:
-        return f"{head}: move to {comparison}, or improve the prompt"
-    return f"{head}: not yet clear against the {100 * keep_at:.0f}% bar; keep sampling"
+    d = decide(k, scored, keep_at)
+    bounds = f"anytime-valid bounds {100 * d.bounds.lower:.0f}-{100 * d.bounds.upper:.0f}%"
+    if d.verdict == "clears":
+        return f"{head} ({bounds}): keep {tier}", d
+    if d.verdict == "below":
+        return f"{head} ({bounds}): move to {comparison}, or improve the prompt", d
+    more = (f"about {d.more_needed} more comparisons would decide it" if d.more_needed is not None
+            else "at this rate more comparisons would not decide it")
+    return f"{head} ({bounds}): not yet clear against the {100 * keep_at:.0f}% bar; keep sampling ({more})", d
+
+
+def _finite(x: float) -> float | None:
+    # The curve's last point escalates everything (threshold +inf); JSON has no infinity, so it is None here.
+    return x if math.isfinite(x) else None
 
 
 def _avg(values: list[float | None]) -> float | None:
@@ -104,7 +121,13 @@ def build_report(ledger: LedgerStore, since: str | None = None, keep_at: float =
         now = [r for r in rows if (r.model, r.comparison_model) == current and r.spec_version == version]
         scored = [r for r in now if r.status == "scored" and r.agree is not None]
         k = sum(1 for r in scored if r.agree)
-        recommendation = _recommend(tool, tier, comparison, len(scored), k, keep_at)
+        recommendation, decision = _recommend(tool, tier, comparison, len(scored), k, keep_at)
+        curve = cost_quality_curve(CurveRow(r.confidence, r.agree, r.cost_usd or 0.0, r.comparison_cost_usd or 0.0)
+                                   for r in scored if r.confidence is not None)
+        best = recommend_threshold(curve, keep_at) if curve else None
+        if best is not None and 0 < best.escalated_share < 1:
+            recommendation += (f"; at confidence threshold {best.threshold:g}, {100 * best.escalated_share:.0f}% "
+                               f"would escalate and the answers served would still meet the bar")
         older = len(rows) - len(now)
         if older:
             recommendation += (f" ({older} comparisons of earlier models or spec versions are not counted)")
@@ -118,5 +141,12 @@ def build_report(ledger: LedgerStore, since: str | None = None, keep_at: float =
             cost_per_call=_avg([r.cost_usd for r in scored]),
             comparison_cost_per_call=_avg([r.comparison_cost_usd for r in scored]),
             recommendation=recommendation,
+            decision=decision.verdict if decision else "undecided",
+            bounds=(decision.bounds.lower, decision.bounds.upper) if decision else None,
+            more_needed=decision.more_needed if decision else None,
+            threshold=_finite(best.threshold) if best else None,
+            threshold_escalated_share=best.escalated_share if best else None,
+            threshold_cost_per_call=best.cost_per_call if best else None,
+            frontier=tuple({**p.as_dict(), "threshold": _finite(p.threshold)} for p in pareto_frontier(curve)),
         ))
     return out
