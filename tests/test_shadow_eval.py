@@ -148,18 +148,53 @@ async def test_identical_arguments_are_compared_once_and_a_model_swap_starts_afr
     assert "20 comparisons of earlier models or spec versions are not counted" in new.recommendation
 
 
-async def test_judge_comparisons_for_free_text_tools(make_runner, ledger):
-    model = ScriptedModel(fallback=lambda req: reply({"score": 0.9, "reason": "fine"}) if req.schema_name == "judge"
-                          else reply({"summary": "s", "key_points": [], "method": "abstractive"}))
-    runner = make_runner(model, tools={"summarize": {"shadow_rate": 1.0}})
+def blind_judge(candidate_score, reference_summary="ref"):
+    """A judge that finds the reference by its text, whichever side it is on, and scores it 1.0 (the candidate gets
+    `candidate_score`)."""
+
+    def answer(req):
+        if req.schema_name == "judge":
+            text = req.messages[1]["content"]
+            a = text.split("<answer_a>")[1].split("</answer_a>")[0]
+            first_is_reference = f'"{reference_summary}"' in a
+            scores = (1.0, candidate_score) if first_is_reference else (candidate_score, 1.0)
+            return reply({"score_a": scores[0], "score_b": scores[1], "reason": "fine"}, input_tokens=500,
+                         output_tokens=10)
+        summary = reference_summary if req.tier == "flagship" else "mine"
+        return reply({"summary": summary, "key_points": [], "method": "abstractive"})
+
+    return answer
+
+
+async def test_judge_comparisons_are_blind_and_by_a_tier_that_is_not_an_arm(make_runner, ledger):
+    model = ScriptedModel(fallback=blind_judge(0.7))
+    runner = make_runner(model, tools={"summarize": {"shadow_rate": 1.0}}, shadow={"max_pending": 64})
+    async with runner.running():
+        for i in range(12):
+            await runner.call("summarize", {"text": f"A long text number {i}."})
+        await drain(runner)
+    rows = ledger.shadows()
+    assert len(rows) == 12 and {(r.tier, r.comparison_tier) for r in rows} == {("mini", "flagship")}
+    # The candidate falls 0.3 short of the reference wherever it was shown: the score does not depend on the side.
+    assert {round(r.score, 9) for r in rows} == {0.7} and not any(r.agree for r in rows)
+    judges = [r for r in model.requests if r.schema_name == "judge"]
+    assert {j.tier for j in judges} == {"nano"}  # neither mini nor the flagship grades its own answer
+    assert "faithfully" in judges[0].messages[0]["content"]  # the spec's rubric
+    sides = {'"mine"' in j.messages[1]["content"].split("</answer_a>")[0] for j in judges}
+    assert sides == {True, False}  # the candidate is shown first for some calls and second for others
+    assert "judge nano (gpt-5.4-nano, $" in rows[0].detail  # the judge's cost is shown with its verdict
+    assert "judge" in [c["kind"] for c in ledger.calls()]
+
+
+async def test_a_judge_tier_that_is_an_arm_is_refused(make_runner, ledger):
+    model = ScriptedModel(fallback=blind_judge(1.0))
+    runner = make_runner(model, tools={"summarize": {"shadow_rate": 1.0, "judge_tier": "flagship"}})
     async with runner.running():
         await runner.call("summarize", {"text": "A long text."})
         await drain(runner)
     [row] = ledger.shadows()
-    assert (row.tier, row.comparison_tier, row.score, row.agree) == ("mini", "flagship", 0.9, True)
-    assert "judge" in [c["kind"] for c in ledger.calls()]
-    judge = next(r for r in model.requests if r.schema_name == "judge")
-    assert "faithfully" in judge.messages[0]["content"] and judge.tier == "flagship"
+    assert row.status == "failed" and "without being one of them" in row.detail
+    assert not [r for r in model.requests if r.schema_name == "judge"]
 
 
 def test_wilson_interval():

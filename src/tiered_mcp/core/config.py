@@ -153,6 +153,9 @@ class ToolSettings(_Frozen):
     daily_usd: float | None = Field(default=None, ge=0)
     shadow_rate: float = Field(default=0.0, ge=0, le=1)
     shadow_tier: TierName = FLAGSHIP
+    judge_tier: TierName | None = Field(
+        default=None, description="Who grades free-text answers (compare: judge). Never one of the two tiers it "
+        "grades; default: the strongest configured model tier that is neither.")
 
 
 class Retry(_Frozen):

@@ -163,7 +163,8 @@ async def run_eval(runner: Runner, cases: list[Case], tiers: Iterable[str], conc
             run.quality = 1.0
         else:
             async with limiter:
-                run.quality, _ = await compare_answers(runner, spec, strongest, case.arguments, run.output, reference)
+                arms = (run.tier,) if case.expected is not None else (run.tier, strongest)
+                run.quality, _ = await compare_answers(runner, spec, arms, case.arguments, run.output, reference)
 
     async with anyio.create_task_group() as tg:
         for run in runs:
