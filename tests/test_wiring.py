@@ -121,3 +121,107 @@ async def test_callers_share_the_cache_only_when_the_config_says_so(make_runner)
             finally:
                 current_caller.reset(token)
         assert len(model.requests) == asked
+
+
+def test_an_unpriced_attempt_does_not_hide_the_priced_ones_from_the_caps(ledger):
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.core.receipts import Attempt, Receipt
+    from tiered_mcp.ledger.base import CallWrite, spend_key
+
+    r = Receipt(tool="classify", ok=True, tier="mini", model="m", day="2026-12-01")
+    r.attempts += [Attempt(tier="nano", model="n", reason="first", outcome="invalid", cost_usd=0.5),
+                   Attempt(tier="mini", model="m", reason="escalation", outcome="ok", cost_usd=None)]
+    ledger.write([CallWrite(r)], [], config_from_dict({}))
+    assert r.cost_usd is None  # the receipt says "unknown" ...
+    committed = ledger.budget_committed([spend_key("2026-12-01"), spend_key("2026-12-01", tool="classify")], 0.0)
+    assert committed == {"day:2026-12-01": 0.5, "tool:classify:2026-12-01": 0.5}  # ... the caps still count $0.50
+
+
+def test_a_budget_refusal_at_the_flagship_does_not_zero_the_baseline():
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.core.receipts import Attempt, Receipt
+
+    r = Receipt(tool="classify", ok=True, tier="nano", model="n", answered_by=0)
+    r.attempts += [Attempt(tier="nano", model="n", reason="first", outcome="low_confidence", input_tokens=1000,
+                           output_tokens=50, cost_usd=0.0002625),
+                   Attempt(tier="flagship", model="f", reason="escalation", outcome="budget", cost_usd=0.0)]
+    config = config_from_dict({})
+    assert r.baseline_usd(config) == pytest.approx((1000 * 2.5 + 50 * 15) / 1e6, abs=1e-12)  # nano's answer, priced
+    assert r.saved_usd(config) == pytest.approx(0.0029875, abs=1e-12)
+
+
+async def test_a_cancelled_call_still_hands_its_row_to_the_writer(ledger):
+    import anyio
+
+    from tiered_mcp.call.writer import LedgerWriter
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.core.receipts import Receipt
+    from tiered_mcp.ledger.base import CallWrite
+
+    writer = LedgerWriter(ledger, config_from_dict({}))
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        with anyio.CancelScope() as scope:
+            scope.cancel()  # the caller is cancelled as it hands its row over
+            await writer.put([CallWrite(Receipt(tool="classify", call_id="c1"))])
+        with anyio.fail_after(10):
+            await writer.flush()
+        await writer.close()
+    assert [c["uid"] for c in ledger.calls()] == ["c1"]
+
+
+async def test_failing_background_work_never_takes_the_server_down(make_runner):
+    import anyio
+
+    runner = make_runner(ScriptedModel())
+
+    async def broken() -> None:
+        raise RuntimeError("out of memory, say")
+
+    async with runner.running():
+        assert runner.spawn(broken)
+        with anyio.fail_after(5):
+            while runner.background_pending:
+                await anyio.sleep(0.01)
+        assert (await runner.call("classify", {"text": "still here", "labels": LABELS})).receipt["ok"]
+
+
+async def test_a_caller_cannot_read_another_caller_s_call(make_runner):
+    from mcp import Client
+    from mcp.shared.exceptions import MCPError
+
+    from tiered_mcp.serve.server import build_server
+
+    runner = make_runner(ScriptedModel())
+    alice = current_caller.set(Caller("alice"))
+    try:
+        call_id = (await runner.call("classify", {"text": "mine", "labels": LABELS})).receipt["call_id"]
+    finally:
+        current_caller.reset(alice)
+    for name, readable in (("alice", True), ("bob", False)):
+        token = current_caller.set(Caller(name))
+        try:
+            async with Client(build_server(runner)) as client:
+                if readable:
+                    assert (await client.read_resource(f"tiered://calls/{call_id}")).contents
+                else:
+                    with pytest.raises(MCPError):
+                        await client.read_resource(f"tiered://calls/{call_id}")
+        finally:
+            current_caller.reset(token)
+
+
+async def test_an_edited_prompt_misses_the_cache_even_without_a_new_version(make_runner, tmp_path):
+    from tiered_mcp.specs.spec import default_specs_dir, load_specs
+
+    text = (default_specs_dir() / "classify.yaml").read_text(encoding="utf-8")
+    (tmp_path / "classify.yaml").write_text(text.replace("Classify", "Please classify", 1), encoding="utf-8")
+    edited = load_specs([str(tmp_path)])
+    assert edited.get("classify").version == load_specs().get("classify").version
+    model = ScriptedModel(fallback=lambda req: reply(GOOD))
+    first = make_runner(model, cache_ttl_s=60)
+    await first.call("classify", {"text": "x", "labels": LABELS})
+    second = make_runner(model, cache_ttl_s=60)
+    second.specs = edited
+    await second.call("classify", {"text": "x", "labels": LABELS})
+    assert len(model.requests) == 2

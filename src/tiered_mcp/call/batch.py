@@ -23,9 +23,20 @@ if TYPE_CHECKING:
     from tiered_mcp.call.runner import Progress, Result, Runner
 
 
+def _sum(values: Any) -> float | None:
+    values = list(values)
+    return None if any(v is None for v in values) else sum(values)
+
+
+def _notable(r: dict[str, Any]) -> bool:
+    """An item whose receipt the batch result carries: it failed, climbed past its first tier, or was cached."""
+    return not r.get("ok") or bool(r.get("cached")) or len({a["tier"] for a in r.get("attempts") or ()}) > 1
+
+
 def batch_receipt(spec: ToolSpec, receipts: list[dict[str, Any] | None], started: float) -> dict[str, Any]:
-    """One receipt for the whole batch: totals over every item's receipt (sums, unrounded) and each item's receipt
-    inside."""
+    """One receipt for the whole batch: totals over every item's receipt (sums, unrounded), and the receipts of
+    the items that failed, escalated or were cached (with their `index`); the ledger keeps every item's row
+    (`tiered-mcp logs` shows them), so a 10,000-item result does not carry 10,000 receipts."""
     items = [r for r in receipts if r]
 
     def total(key: str) -> float | None:
@@ -38,10 +49,15 @@ def batch_receipt(spec: ToolSpec, receipts: list[dict[str, Any] | None], started
         "cached": sum(1 for r in items if r.get("cached")),
         "tiers": {t: sum(1 for r in items if r.get("tier") == t) for t in sorted({r.get("tier") or "-" for r in items})},
         "input_tokens": int(total("input_tokens") or 0), "output_tokens": int(total("output_tokens") or 0),
-        "cost_usd": total("cost_usd"), "baseline_usd": total("baseline_usd"), "saved_usd": total("saved_usd"),
-        **({"estimated": True} if any(r.get("estimated") for r in items) else {}),
+        "cost_usd": total("cost_usd"),
+        # Measured and estimated savings apart, as in `usage` (docs/accounting.md).
+        "baseline_usd": _sum(r.get("baseline_usd") for r in items if not r.get("estimated")),
+        "saved_usd": _sum(r.get("saved_usd") for r in items if not r.get("estimated")),
+        **({"estimated_saved_usd": _sum(r.get("saved_usd") for r in items if r.get("estimated"))}
+           if any(r.get("estimated") for r in items) else {}),
+        "attempts_total": sum(len(r.get("attempts") or ()) for r in items),
         "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-        "per_item": receipts,
+        "per_item": [{"index": i, **r} for i, r in enumerate(receipts) if r and _notable(r)],
     }
 
 

@@ -75,38 +75,39 @@ class ModelPath:
             receipt.attempts.append(attempt)
             if progress is not None:
                 await progress(len(receipt.attempts), None, f"{tier} ({settings.model}): {reason}")
-            try:
-                hold = await self.budget.reserve(receipt.tool, tier, settings, request.messages)
-            except BudgetExceeded as e:
-                attempt.outcome, attempt.detail = "budget", str(e)
-                raise
-            if hold is not None:
-                receipt.holds.append(hold.id)
             reply: ModelReply | None = None
             error: ModelError | None = None
-            t0 = time.perf_counter()
-            try:
-                with tracing.span("tiered.attempt", tool=receipt.tool, kind=receipt.kind, tier=tier,
-                                  model=settings.model, reason=reason) as span:
-                    try:
-                        async with self.limiter(settings.provider, receipt.evidence):
-                            reply = await self.model.complete(request)
-                    except ModelError as e:
-                        error = e
-                        attempt.outcome, attempt.detail = e.kind, self.scrub(str(e))
-                    else:
-                        self._account(attempt, reply, request)
-                    span.set(outcome=attempt.outcome if error else "answered", input_tokens=attempt.input_tokens,
-                             output_tokens=attempt.output_tokens, cost_usd=attempt.cost_usd)
-            except anyio.get_cancelled_exc_class():
-                attempt.outcome, attempt.detail = "cancelled", "cancelled by the client"
-                raise
-            finally:
-                attempt.latency_ms = (time.perf_counter() - t0) * 1000
-                with anyio.CancelScope(shield=True):
-                    await self.budget.settle(hold, attempt.cost_usd if reply is not None else 0.0)
+            # A slot first, then the budget: requests queued behind the provider's limit hold no reservation.
+            async with self.limiter(settings.provider, receipt.evidence):
+                try:
+                    hold = await self.budget.reserve(receipt.tool, tier, settings, request.messages)
+                except BudgetExceeded as e:
+                    attempt.outcome, attempt.detail = "budget", str(e)
+                    raise
                 if hold is not None:
-                    receipt.budget = hold.status
+                    receipt.holds.append(hold.id)
+                t0 = time.perf_counter()
+                try:
+                    with tracing.span("tiered.attempt", tool=receipt.tool, kind=receipt.kind, tier=tier,
+                                      model=settings.model, reason=reason) as span:
+                        try:
+                            reply = await self.model.complete(request)
+                        except ModelError as e:
+                            error = e
+                            attempt.outcome, attempt.detail = e.kind, self.scrub(str(e))
+                        else:
+                            self._account(attempt, reply, request)
+                        span.set(outcome=attempt.outcome if error else "answered", input_tokens=attempt.input_tokens,
+                                 output_tokens=attempt.output_tokens, cost_usd=attempt.cost_usd)
+                except anyio.get_cancelled_exc_class():
+                    attempt.outcome, attempt.detail = "cancelled", "cancelled by the client"
+                    raise
+                finally:
+                    attempt.latency_ms = (time.perf_counter() - t0) * 1000
+                    with anyio.CancelScope(shield=True):
+                        await self.budget.settle(hold, attempt.cost_usd if reply is not None else 0.0)
+                    if hold is not None:
+                        receipt.budget = hold.status
             if reply is not None:
                 return reply, attempt
             assert error is not None

@@ -11,6 +11,7 @@ serving layer) are offered each answered host call.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import time
@@ -50,6 +51,8 @@ Observer = Callable[["Runner", ToolSpec, dict[str, Any], Receipt, dict[str, Any]
 """observer(runner, spec, arguments, receipt, output): offered every answered host call that was not cached (shadow
 sampling, wired in by the serving layer, which sits above the call path); it may start work with `Runner.spawn`."""
 
+log = logging.getLogger(__name__)
+
 QUALITY_TRIGGERS = frozenset(TRIGGERS)
 SWEEP_EVERY_S = 300.0
 
@@ -73,10 +76,10 @@ class _PerSchema:
     ToolSpec.model_output_schema), so a batch of a thousand items builds one validator, not a thousand.
     """
 
-    def __init__(self, build: Callable[[dict[str, Any]], Any]) -> None:
+    def __init__(self, build: Callable[[Any], Any]) -> None:
         self._build, self._memo = build, {}  # type: ignore[var-annotated]
 
-    def __call__(self, schema: dict[str, Any]) -> Any:
+    def __call__(self, schema: Any) -> Any:
         hit = self._memo.get(id(schema))
         if hit is None or hit[0] is not schema:
             if len(self._memo) > 2048:
@@ -86,6 +89,10 @@ class _PerSchema:
 
 
 _strict = _PerSchema(strict_compatible)
+
+
+_spec_digest = _PerSchema(lambda spec: cache_key([spec.model_dump(mode="json")], {}))
+"""A digest of everything in a spec (prompt, schemas, validators), computed once per loaded spec."""
 
 
 def _with_defaults(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
@@ -214,9 +221,12 @@ class Runner:
     async def _sweep(self) -> None:
         while True:
             await anyio.sleep(SWEEP_EVERY_S)
-            await self.cache.sweep(self.clock().timestamp())
-            if self.ledger is not None:
-                await off_loop(self.ledger.budget_sweep, self.clock().timestamp())
+            try:
+                await self.cache.sweep(self.clock().timestamp())
+                if self.ledger is not None:
+                    await off_loop(self.ledger.budget_sweep, self.clock().timestamp())
+            except Exception:  # a ledger that is down now and then must not take the server with it
+                log.warning("the periodic sweep of expired cache entries and budget holds failed", exc_info=True)
 
     def spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> bool:
         """Start background work (while `running`); False when there is nowhere to run it."""
@@ -227,6 +237,8 @@ class Runner:
         async def run() -> None:
             try:
                 await fn(*args)
+            except Exception:  # side work (a shadow run, teaching the local tier) never takes the server down
+                log.exception("background work %s failed", getattr(fn, "__qualname__", fn))
             finally:
                 self.background_pending -= 1
 
@@ -412,9 +424,12 @@ class Runner:
         spec, caller = plan.spec, current_caller.get()
         checks = [sorted(self._triggers(spec, plan.options)), self._threshold(spec, plan.options),
                   [v.model_dump() for v in spec.validators]]
-        models = [self.config.tiers[t].model for t in plan.ladder]
+        # The tiers as configured (model, endpoint, parameters) and the spec as loaded (prompt, schemas): an edit to
+        # either, even without a new spec version, misses the cache rather than serving an answer to another prompt.
+        tiers = [[self.config.tiers[t].model_dump(), self.config.providers[self.config.tiers[t].provider].base_url]
+                 for t in plan.ladder]
         scope = caller.name if caller and not self.config.share_across_callers else None
-        return cache_key([spec.name, spec.version, models, checks, scope], plan.args)
+        return cache_key([spec.name, spec.version, _spec_digest(spec), tiers, checks, scope], plan.args)
 
     # ---- the ladder ------------------------------------------------------------------------------------------------
 

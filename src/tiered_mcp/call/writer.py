@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -19,6 +20,7 @@ from tiered_mcp.ledger.base import CallWrite, LedgerStore, ShadowRow, off_loop
 
 log = logging.getLogger(__name__)
 
+RETRIES_S = (0.2, 1.0, 3.0)  # pauses before retrying a failed transaction
 QUEUE = 10_000  # writes waiting; past this, callers wait (back-pressure rather than unbounded memory)
 GATHER = 500  # writes per transaction at most
 
@@ -31,17 +33,28 @@ class LedgerWriter:
         self._idle.set()
         self._queued = 0
 
-    async def put(self, calls: list[CallWrite], shadows: list[ShadowRow] = ()) -> None:  # type: ignore[assignment]
+    async def put(self, calls: list[CallWrite], shadows: Sequence[ShadowRow] = ()) -> None:
+        """Queue rows for the ledger (or write them now, when no writer runs). Shielded: a call cancelled while its
+        row is handed over still has its row, and what it spent still counts against the caps."""
         if self.ledger is None or not (calls or shadows):
             return
-        if self._send is None:
-            await off_loop(self.ledger.write, list(calls), list(shadows), self.config)
-            return
-        self._queued += len(calls) + len(shadows)
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
         items: list[CallWrite | ShadowRow] = [*calls, *shadows]
-        for item in items:
-            await self._send.send(item)
+        with anyio.CancelScope(shield=True):
+            send = self._send
+            for n, item in enumerate(items):
+                if send is not None:
+                    if self._idle.is_set():
+                        self._idle = anyio.Event()
+                    self._queued += 1
+                    try:
+                        await send.send(item)
+                        continue
+                    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                        self._done(1)  # the writer stopped between items: write the rest here
+                rest = items[n:]
+                await self._write([r for r in rest if isinstance(r, CallWrite)],
+                                  [r for r in rest if isinstance(r, ShadowRow)])
+                return
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Drain the queue until `close` (the runner's task group runs this)."""
@@ -63,13 +76,39 @@ class LedgerWriter:
             calls = [b for b in batch if isinstance(b, CallWrite)]
             shadows = [b for b in batch if isinstance(b, ShadowRow)]
             with anyio.CancelScope(shield=True):
-                try:
-                    await off_loop(self.ledger.write, calls, shadows, self.config)
-                except Exception:  # a ledger that fails must not take answers down; the rows are lost and said so
-                    log.exception("ledger write of %d calls and %d shadow rows failed", len(calls), len(shadows))
-            self._queued -= len(batch)
-            if self._queued <= 0:
-                self._idle.set()
+                await self._write(calls, shadows)
+            self._done(len(batch))
+
+    def _done(self, n: int) -> None:
+        self._queued -= n
+        if self._queued <= 0:
+            self._queued = 0
+            self._idle.set()
+
+    async def _write(self, calls: list[CallWrite], shadows: list[ShadowRow]) -> None:
+        """One transaction; on failure a few retries with backoff, then row by row, so one bad row or a passing
+        outage loses as little as it can. A ledger that fails must not take answers down: what is lost is logged."""
+        assert self.ledger is not None
+        for delay in RETRIES_S:
+            try:
+                await off_loop(self.ledger.write, calls, shadows, self.config)
+                return
+            except Exception:
+                log.warning("ledger write of %d calls and %d shadow rows failed; retrying in %.1fs", len(calls),
+                            len(shadows), delay, exc_info=True)
+                await anyio.sleep(delay)
+        for call in calls:
+            await self._write_one([call], [])
+        for row in shadows:
+            await self._write_one([], [row])
+
+    async def _write_one(self, calls: list[CallWrite], shadows: list[ShadowRow]) -> None:
+        assert self.ledger is not None
+        try:
+            await off_loop(self.ledger.write, calls, shadows, self.config)
+        except Exception:
+            what = f"call {calls[0].receipt.call_id}" if calls else "a shadow row"
+            log.exception("ledger write of %s failed; the row is lost", what)
 
     async def flush(self, timeout_s: float = math.inf) -> None:
         """Wait until every queued write is in the ledger."""

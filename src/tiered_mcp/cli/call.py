@@ -202,14 +202,14 @@ def print_receipt(con: Any, r: dict[str, Any]) -> None:
     if r.get("batch"):
         con.print(f"[bold]receipt[/]: {escape(receipt_line(r))}")
         cells = []
-        for i, item in enumerate(r.get("per_item") or []):
-            item = item or {}
-            cells.append([str(i), ("cache " if item.get("cached") else "") + (item.get("tier") or "-"),
+        for item in r.get("per_item") or []:
+            cells.append([str(item.get("index", "-")), ("cache " if item.get("cached") else "") + (item.get("tier") or "-"),
                           str(len(item.get("attempts") or [])), money(item.get("cost_usd")),
                           money(item.get("saved_usd")), f"{item.get('latency_ms', 0):.0f}",
                           escape(item.get("error") or "")])
-        con.print(fitted_table(con, ["item", "tier", "attempts", "cost", "saved", "ms", "error"], cells,
-                               flex="error", right=("cost", "saved", "ms")))
+        if cells:  # the items that failed, escalated or came from the cache; the others are in `tiered-mcp logs`
+            con.print(fitted_table(con, ["item", "tier", "attempts", "cost", "saved", "ms", "error"], cells,
+                                   flex="error", right=("cost", "saved", "ms")))
         return
     if r.get("cached"):
         con.print(f"[bold]receipt[/]: {r['tool']} answered from the cache (first answered on {r.get('tier')}, "

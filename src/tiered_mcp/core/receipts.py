@@ -120,8 +120,9 @@ class Receipt:
         answer = self.answer
         if self.evidence or answer is None:
             return []
-        flagship = [a for a in self.attempts if a.tier == FLAGSHIP]
-        return flagship or [answer]
+        if answer.tier != FLAGSHIP:
+            return [answer]  # a lower tier answered: its answer's tokens at flagship prices
+        return [a for a in self.attempts if a.tier == FLAGSHIP]  # the flagship's own attempts (its repair included)
 
     def baseline_usd(self, config: Config) -> float | None:
         """What this call would have cost on the flagship alone (see the module docstring); None when unknown."""

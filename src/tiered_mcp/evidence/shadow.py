@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from tiered_mcp.core.config import TIERS
 from tiered_mcp.core.errors import BudgetExceeded, CallError
 from tiered_mcp.core.receipts import Receipt
+from tiered_mcp.core.secrets import redact
 from tiered_mcp.ledger.base import CallWrite, ShadowRow, off_loop
 from tiered_mcp.models.base import ModelRequest
 from tiered_mcp.specs.compare import Compare, score
@@ -114,7 +115,7 @@ async def judge(runner: Runner, spec: ToolSpec, tier: str, args: dict[str, Any],
     except BudgetExceeded as e:
         receipt.error = str(e)
         result = (None, f"judge refused by the budget: {e}")
-    await runner.writer.put([CallWrite(receipt)])
+    await runner.writer.put([CallWrite(receipt, args)])  # with the arguments, so the ledger can redact them
     return result
 
 
@@ -200,8 +201,11 @@ class Shadows:
         except BudgetExceeded as e:
             fields.update(status="skipped", detail=f"skipped: over budget: {e}")
         except CallError as e:
-            log.info("shadow run of %s on %s failed: %s", spec.name, row.comparison_tier, e)
-            fields.update(status="failed", detail=f"shadow run failed: {e}",
+            # The message may quote the arguments: only its kind goes to the log, and the ledger keeps it redacted
+            # unless store_inputs says argument values may be kept.
+            log.info("shadow run of %s on %s failed (%s)", spec.name, row.comparison_tier, type(e).__name__)
+            why = str(e) if runner.config.store_inputs else redact(str(e), args)
+            fields.update(status="failed", detail=f"shadow run failed: {why}",
                           comparison_cost_usd=(e.receipt or {}).get("cost_usd"))
         except Exception:  # a shadow is a side job: it must never take the server down
             log.exception("shadow run of %s failed", spec.name)

@@ -107,14 +107,16 @@ class SqlLedger:
             holds = [h for c in calls for h in c.receipt.holds]
             for c in calls:
                 r = c.receipt
-                if r.cost_usd:
+                spent = sum(a.cost_usd or 0.0 for a in r.attempts)  # an unpriced attempt adds nothing, the rest count
+                if spent:
                     day = r.day or now_iso()[:10]
                     for key in (spend_key(day), spend_key(day, tool=r.tool),
                                 *([spend_key(day, caller=r.caller)] if r.caller else [])):
-                        totals[key] = totals.get(key, 0.0) + r.cost_usd
+                        totals[key] = totals.get(key, 0.0) + spent
             if totals:
+                # Keys in sorted order, as budget_reserve locks them: two transactions never wait on each other in turn.
                 cur.executemany("INSERT INTO budget_spend (key, spent) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
-                                " SET spent = budget_spend.spent + excluded.spent", list(totals.items()))
+                                " SET spent = budget_spend.spent + excluded.spent", sorted(totals.items()))
             if holds:
                 cur.executemany("DELETE FROM budget_holds WHERE id = ?", [(h,) for h in holds])
             if shadows:
@@ -140,12 +142,13 @@ class SqlLedger:
         Returns:
             (held, committed): whether the hold was taken, and per key what was spent or held before it.
         """
+        caps = sorted(caps)  # lock in key order (see `write`)
         keys = [k for k, _ in caps]
         with self._transaction() as cur:
             cur.executemany("INSERT INTO budget_spend (key, spent) VALUES (?, 0) ON CONFLICT (key) DO NOTHING",
                             [(k,) for k in keys])
             marks = ", ".join("?" for _ in keys)
-            spent = dict(cur.execute(f"SELECT key, spent FROM budget_spend WHERE key IN ({marks})"
+            spent = dict(cur.execute(f"SELECT key, spent FROM budget_spend WHERE key IN ({marks}) ORDER BY key"
                                      f"{self._lock_for_update}", keys).fetchall())
             held = dict(cur.execute(f"SELECT key, sum(amount) FROM budget_holds WHERE key IN ({marks})"
                                     " AND expires > ? GROUP BY key", [*keys, now]).fetchall())
@@ -322,8 +325,7 @@ class SqlLedger:
     def call_detail(self, call: int | str) -> dict[str, Any] | None:
         """One call (by its call id, or its row number) with its attempts in order, and its arguments and output
         when store_inputs kept them."""
-        column = "uid" if isinstance(call, str) and not call.isdigit() else "id"
-        key: Any = call if column == "uid" else int(call)
+        column, key = ("id", call) if isinstance(call, int) else ("uid", str(call))
         rows = self._dicts(f"SELECT {self._LOG_COLUMNS}, arguments, output FROM calls WHERE {column} = ?", (key,))
         if not rows:
             return None

@@ -159,11 +159,10 @@ def build_server(runner: Runner) -> Server[Any]:
             # One line per finished call, fields from the receipt; the error is a class name, never its message,
             # which may quote the caller's arguments.
             r = receipt or {}
-            items = [i for i in r.get("per_item") or () if i]  # a batch's receipt holds one receipt per item
-            attempts = r.get("attempts") or [a for i in items for a in i.get("attempts") or ()]
+            attempts = len(r.get("attempts") or ()) if not r.get("batch") else r.get("attempts_total", 0)
             tier = r.get("tier") or ("+".join(r["tiers"]) if r.get("tiers") else None)
             fields = {"tool": params.name, "ok": error is None, "tier": tier, "model": r.get("model"),
-                      "attempts": len(attempts), "cost_usd": r.get("cost_usd"), "latency_ms": r.get("latency_ms"),
+                      "attempts": attempts, "cost_usd": r.get("cost_usd"), "latency_ms": r.get("latency_ms"),
                       "call_id": r.get("call_id"), "error": error,
                       **({"items": r.get("items"), "failed": r.get("failed")} if r.get("batch") else {})}
             log.info("call %(tool)s ok=%(ok)s tier=%(tier)s model=%(model)s attempts=%(attempts)s "
@@ -227,6 +226,10 @@ def build_server(runner: Runner) -> Server[Any]:
                 raise not_found(uri, "no ledger configured")
             await runner.writer.flush(timeout_s=2.0)  # a call just answered may still be queued
             detail = await off_loop(runner.ledger.call_detail, raw)
+            caller = current_caller.get()
+            if detail is not None and caller is not None and not runner.config.share_across_callers \
+                    and detail.get("caller") != caller.name:
+                detail = None  # another caller's call: as if it did not exist
             if detail is None:
                 raise not_found(uri, f"resource {uri!r}: no call {raw} in the ledger")
             return types.ReadResourceResult(contents=[
