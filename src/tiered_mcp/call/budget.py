@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+import anyio
+
 from tiered_mcp.core.config import Config, Tier
 from tiered_mcp.core.errors import BudgetExceeded
 from tiered_mcp.core.identity import current_caller
@@ -32,12 +34,22 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def worst_case_usd(tier: Tier, messages: list[dict[str, str]]) -> float | None:
+INLINE_CHARS = 16_384  # prompts longer than this are counted in a worker thread (o200k costs ~8 ms per MB)
+
+
+def worst_case_usd(tier: Tier, messages: list[dict[str, str]], tokens: int | None = None) -> float | None:
     """The most one request can cost on `tier`: None when the tier's price is unknown."""
     price = price_of(tier)
     if price is None:
         return None
-    return price.cost(count_messages(messages), tier.max_output_tokens)
+    return price.cost(count_messages(messages) if tokens is None else tokens, tier.max_output_tokens)
+
+
+async def prompt_tokens(messages: list[dict[str, str]]) -> int:
+    """o200k tokens of a prompt; a long one is counted off the event loop."""
+    if sum(len(m["content"]) for m in messages) <= INLINE_CHARS:
+        return count_messages(messages)
+    return await anyio.to_thread.run_sync(count_messages, messages)
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,7 @@ class Budget:
         caps = self.caps(tool)
         if not caps:
             return None
-        worst = worst_case_usd(tier, messages)
+        worst = worst_case_usd(tier, messages, await prompt_tokens(messages))
         if not worst:
             return None  # free (the local tier), or unpriced: a USD cap cannot hold it; such calls say "unknown"
         hold = Hold(uuid.uuid4().hex, tool, caps, worst)

@@ -36,6 +36,7 @@ from tiered_mcp.core.errors import ArgumentsError, BudgetExceeded, CallError, Ti
 from tiered_mcp.core.identity import current_caller
 from tiered_mcp.core.receipts import Receipt
 from tiered_mcp.core.secrets import Scrubber
+from tiered_mcp.core.tokens import encoding as token_encoding
 from tiered_mcp.ledger.base import CacheEntry, CallWrite, LedgerStore, ShadowRow, off_loop
 from tiered_mcp.models.base import Model, ModelReply, ModelRequest, Models
 from tiered_mcp.models.embedded import EmbeddedModel
@@ -200,6 +201,9 @@ class Runner:
         answer), queued ledger writes are flushed, and the model's connections are closed."""
         try:
             async with anyio.create_task_group() as tg:
+                # The o200k table (~0.3 s to build) loads in a thread as the server starts, rather than inside the
+                # first request that needs a count; start-up does not wait for it.
+                tg.start_soon(anyio.to_thread.run_sync, token_encoding)
                 await tg.start(self.writer.run)
                 tg.start_soon(self._sweep)
                 self._background = tg
