@@ -7,7 +7,7 @@ import pytest
 
 from tiered_mcp.cli.html_report import render_html
 from tiered_mcp.cli.main import main
-from tiered_mcp.evidence.evaluate import Case, cheapest_meeting, config_snippet, load_cases, run_eval
+from tiered_mcp.evidence.evaluate import Case, cheapest_meeting, config_snippet, load_cases, pairwise, run_eval
 from tiered_mcp.evidence.report import build_report, wilson
 from tiered_mcp.evidence.shadow import args_key, sampled
 from tiered_mcp.testing import ScriptedModel, reply
@@ -217,6 +217,13 @@ async def test_a_bake_off_scores_tiers_against_expected_answers(make_runner, led
     assert cheapest_meeting(scores, 0.9) == {"classify": "mini"}
     assert cheapest_meeting(scores, 0.6) == {"classify": "nano"}
     assert '[tools.classify]\ntier = "mini"' in config_snippet({"classify": "mini"}, 0.9)
+    # Paired on the same ten cases: nano missed three that mini got, and none the other way round. Exact McNemar:
+    # p = 2 * P(X <= 0 | X ~ Binomial(3, 1/2)) = 2 / 8.
+    pairs = {(p["first"], p["second"]): p for p in pairwise(runs, cases, {"classify": 0.8})}
+    nano_mini = pairs[("nano", "mini")]
+    assert (nano_mini["cases"], nano_mini["b"], nano_mini["c"]) == (10, 0, 3)
+    assert nano_mini["p_value"] == pytest.approx(0.25) and nano_mini["difference"] == pytest.approx(-0.3)
+    assert pairs[("mini", "flagship")]["p_value"] == 1.0
 
 
 async def test_without_expected_answers_quality_is_agreement_with_the_strongest_tier(make_runner):

@@ -142,7 +142,7 @@ def eval_command(args: argparse.Namespace) -> int:
                 return FAILED
         else:
             cases = load_cases(args.cases)
-        scores = anyio.run(_with_progress, runner, cases, tiers, args.concurrency)
+        scores, pairs = anyio.run(_with_progress, runner, cases, tiers, args.concurrency)
     except ArgumentsError as e:
         print(f"tiered-mcp: {e}", file=sys.stderr)
         return USAGE
@@ -163,9 +163,15 @@ def eval_command(args: argparse.Namespace) -> int:
                                                ledger=runner.ledger.location if runner.ledger else None,
                                                generated=datetime.now(timezone.utc).isoformat()), encoding="utf-8")
     if args.json:
-        print(json.dumps({"scores": [asdict(s) for s in scores], "cheapest": choice}, indent=2))
+        print(json.dumps({"scores": [asdict(s) for s in scores], "cheapest": choice, "pairwise": pairs}, indent=2))
         return 0
     _print_scores(scores, choice, args)
+    for p in pairs:
+        lo, hi = p["interval"]
+        _console().print(f"{p['tool']}: {p['first']} vs {p['second']} on the same {p['cases']} cases: "
+                         f"{p['b']} only {p['first']} got, {p['c']} only {p['second']} got; difference "
+                         f"{100 * p['difference']:+.0f} points ({100 * lo:+.0f} to {100 * hi:+.0f}), McNemar p = "
+                         f"{p['p_value']:.3g}")
     if wrote:
         _console().print(wrote)
     return 0
@@ -175,14 +181,15 @@ async def _with_progress(runner: Any, cases: Any, tiers: list[str], concurrency:
     from rich.console import Console
     from rich.progress import Progress
 
-    from tiered_mcp.evidence.evaluate import run_eval
+    from tiered_mcp.evidence.evaluate import pairwise, run_eval
 
     try:
         with Progress(console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("running cases", total=len(cases) * len(tiers))
-            scores, _ = await run_eval(runner, cases, tiers, concurrency,
-                                       lambda done, total: bar.update(task, completed=done))
-            return scores
+            scores, runs = await run_eval(runner, cases, tiers, concurrency,
+                                          lambda done, total: bar.update(task, completed=done))
+            agree_at = {s.name: (s.compare.agree_at if s.compare else 0.8) for s in runner.specs}
+            return scores, pairwise(runs, cases, agree_at)
     finally:
         await runner.aclose()
 

@@ -192,6 +192,33 @@ def summarize(runs: list[Run], cases: list[Case]) -> list[TierScore]:
     return out
 
 
+def pairwise(runs: list[Run], cases: list[Case], agree_at: dict[str, float]) -> list[dict[str, Any]]:
+    """Per tool, each pair of tiers compared on the same cases: a case counts for a tier when its quality reaches
+    the tool's `agree_at`; b = cases only the cheaper tier got, c = cases only the dearer one did; the exact
+    McNemar p-value says whether the two differ beyond chance, and the paired difference how much (stats.py)."""
+    from tiered_mcp.evidence.stats import paired_difference
+
+    out = []
+    for tool in sorted({r.tool for r in runs}):
+        by = {(r.case, r.tier): r for r in runs if r.tool == tool}
+        tiers = sorted({t for _, t in by}, key=TIERS.index)
+        for i, first in enumerate(tiers):
+            for second in tiers[i + 1:]:
+                both = sorted(c for c, t in by if t == first and (c, second) in by)
+                bar = agree_at.get(tool, 0.8)
+
+                def ok(case: int, tier: str) -> bool:
+                    q = by[(case, tier)].quality
+                    return q is not None and q >= bar
+
+                b = sum(1 for c in both if ok(c, first) and not ok(c, second))
+                c_ = sum(1 for c in both if ok(c, second) and not ok(c, first))
+                if both:
+                    out.append({"tool": tool, "first": first, "second": second,
+                                **paired_difference(len(both), b, c_).as_dict()})
+    return out
+
+
 def cheapest_meeting(scores: list[TierScore], min_quality: float) -> dict[str, str | None]:
     """Per tool, the tier with the lowest measured cost per case whose quality reaches `min_quality`, or None.
 
