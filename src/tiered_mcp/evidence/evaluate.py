@@ -192,6 +192,10 @@ def summarize(runs: list[Run], cases: list[Case]) -> list[TierScore]:
     return out
 
 
+def _reaches(quality: float | None, bar: float) -> bool:
+    return quality is not None and quality >= bar
+
+
 def pairwise(runs: list[Run], cases: list[Case], agree_at: dict[str, float]) -> list[dict[str, Any]]:
     """Per tool, each pair of tiers compared on the same cases: a case counts for a tier when its quality reaches
     the tool's `agree_at`; b = cases only the cheaper tier got, c = cases only the dearer one did; the exact
@@ -205,14 +209,10 @@ def pairwise(runs: list[Run], cases: list[Case], agree_at: dict[str, float]) -> 
         for i, first in enumerate(tiers):
             for second in tiers[i + 1:]:
                 both = sorted(c for c, t in by if t == first and (c, second) in by)
-                bar = agree_at.get(tool, 0.8)
-
-                def ok(case: int, tier: str) -> bool:
-                    q = by[(case, tier)].quality
-                    return q is not None and q >= bar
-
-                b = sum(1 for c in both if ok(c, first) and not ok(c, second))
-                c_ = sum(1 for c in both if ok(c, second) and not ok(c, first))
+                got = {(c, t): _reaches(by[(c, t)].quality, agree_at.get(tool, 0.8)) for c in both
+                       for t in (first, second)}
+                b = sum(1 for c in both if got[(c, first)] and not got[(c, second)])
+                c_ = sum(1 for c in both if got[(c, second)] and not got[(c, first)])
                 if both:
                     out.append({"tool": tool, "first": first, "second": second,
                                 **paired_difference(len(both), b, c_).as_dict()})
