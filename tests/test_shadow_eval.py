@@ -356,3 +356,75 @@ async def test_the_report_recommends_the_cheapest_confidence_threshold_that_meet
     assert r.threshold_cost_per_call == pytest.approx(nano + 0.25 * flagship, abs=1e-12)
     assert "at confidence threshold 0.95, 25% would escalate" in r.recommendation
     assert [p["threshold"] for p in r.frontier][0] == 0.55 and r.frontier[-1]["blended"] == 1.0
+
+
+async def test_a_bake_off_from_the_ledger_uses_stored_flagship_answers_and_pays_only_for_the_new_tiers(
+        ledger_target, specs):
+    from tiered_mcp.call.runner import Runner
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.evidence.evaluate import cases_from_ledger
+    from tiered_mcp.ledger.base import open_ledger
+
+    led = open_ledger(ledger_target, store_inputs=True)
+    # Twelve classify calls served on the flagship (two of them asked twice), then a bake-off of nano, which is
+    # wrong on items 0, 3 and 6: against the stored answers, nano reaches 7 of the 10 distinct cases.
+    served = Runner(config_from_dict({"store_inputs": True, "cache_ttl_s": 0,
+                                      "tools": {"classify": {"tier": "flagship"}}}), specs,
+                    tiers_that_differ(set()), led, env={"OPENAI_API_KEY": "k"})
+    async with served.running():
+        for i in [*range(10), 1, 2]:
+            await served.call("classify", {"text": f"item-{i} text", "labels": LABELS})
+        await drain(served)
+    bake = tiers_that_differ({0, 3, 6})
+    runner = Runner(config_from_dict({"store_inputs": True, "cache_ttl_s": 0}), specs, bake, led,
+                    env={"OPENAI_API_KEY": "k"})
+    stored = cases_from_ledger(led, specs, "flagship", limit=50)
+    assert (len(stored.cases), stored.duplicates, stored.models) == (10, 2, {"gpt-5.4": 10})
+    assert all(c.reference_tier == "flagship" and c.expected["label"] == truth(int(c.arguments["text"][5:].split()[0]))
+               for c in stored.cases)
+    async with runner.running():
+        scores, runs = await run_eval(runner, stored.cases, ["nano", "flagship"], warm_up=False)
+    assert bake.tiers_called() == ["nano"] * 10  # the flagship is not asked again
+    [s] = scores
+    assert (s.tier, s.cases, s.quality, s.basis) == ("nano", 10, pytest.approx(0.7), "stored flagship")
+    # An answer given under another version of the spec is not a fair reference: it is counted and left out.
+    led.close()
+    led = open_ledger(ledger_target, store_inputs=True)
+    with led._transaction() as cur:
+        cur.execute("UPDATE calls SET spec_version = 'old' WHERE kind = 'call' AND arguments LIKE ?",
+                    ('%item-9 %',))
+    again = cases_from_ledger(led, specs, "flagship", limit=50)
+    assert (len(again.cases), again.other_spec) == (9, 1)
+    led.close()
+
+
+async def test_eval_from_the_ledger_on_the_command_line_does_not_call_the_flagship(upstream, tmp_path, monkeypatch,
+                                                                                  capsys, specs):
+    from tiered_mcp.call.runner import Runner
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.ledger.sqlite import Ledger
+
+    path, config = tmp_path / "l.sqlite3", tmp_path / "c.toml"
+    config.write_text("store_inputs = true\n", encoding="utf-8")
+    led = Ledger(path, store_inputs=True)
+    runner = Runner(config_from_dict({"store_inputs": True, "tools": {"rank": {"tier": "flagship"}}}), specs,
+                    ScriptedModel(), led, env={"OPENAI_API_KEY": "k"})
+    async with runner.running():
+        for i in range(3):
+            await runner.call("rank", {"query": f"q{i}", "items": ["a", "b"]})
+        await drain(runner)
+    led.close()
+    for k, v in server_env(upstream, tmp_path).items():
+        monkeypatch.setenv(k, v)
+    code = await anyio.to_thread.run_sync(lambda: main(
+        ["eval", "--from-ledger", "--ledger", str(path), "--config", str(config), "--tiers", "nano,mini,flagship",
+         "--json"]))
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert code == 0 and {(s["tier"], s["cases"], s["basis"]) for s in out["scores"]} == {
+        ("nano", 3, "stored flagship"), ("mini", 3, "stored flagship")}
+    assert out["reference"] == {"reference_tier": "flagship", "cases": 3, "models": {"gpt-5.4": 3}, "answers": 3,
+                                "duplicates": 0, "other_spec_version": 0}
+    assert "3 stored flagship answers are the reference" in captured.err
+    assert {s.body["model"] for s in upstream.completions()} == {"gpt-5.4-nano", "gpt-5.4-mini"}
+    assert len(upstream.completions()) == 3 * 2 + 2  # after one warm-up run per compared tier

@@ -34,6 +34,8 @@ def add_parsers(sub: Any, common: Any) -> None:
     p.add_argument("--force", action="store_true", help="with --write-config: replace PATH instead of merging")
     p.add_argument("--from-ledger", action="store_true", help="replay stored calls (needs store_inputs = true)")
     p.add_argument("--limit", type=int, default=200, help="with --from-ledger: at most this many calls")
+    p.add_argument("--reference", default="flagship", metavar="TIER",
+                   help="with --from-ledger: the tier whose stored answers are the reference (default flagship)")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--html", metavar="FILE", help="also write the results as an HTML page")
     p.add_argument("--json", action="store_true")
@@ -112,7 +114,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
     from tiered_mcp.core.config import load_config
     from tiered_mcp.core.errors import ArgumentsError
-    from tiered_mcp.evidence.evaluate import Case, cheapest_meeting, config_snippet, load_cases
+    from tiered_mcp.evidence.evaluate import Case, cases_from_ledger, cheapest_meeting, config_snippet, load_cases
     from tiered_mcp.serve.server import build_runner
 
     if args.write_config and args.min_quality is None:
@@ -129,14 +131,33 @@ def eval_command(args: argparse.Namespace) -> int:
               f"{'is not a configured tier' if len(wrong) == 1 else 'are not configured tiers'}; "
               f"configured: {', '.join(configured)}", file=sys.stderr)
         return USAGE
+    if args.from_ledger and args.reference not in configured:
+        print(f"tiered-mcp: --reference: {args.reference!r} is not a configured tier; configured: "
+              f"{', '.join(configured)}", file=sys.stderr)
+        return USAGE
     runner = build_runner(args.config, tuple(args.specs), args.ledger)
+    reference = None
     try:
         if args.from_ledger:
             if not load_config(args.config).store_inputs:
                 print("tiered-mcp: --from-ledger replays stored arguments; set store_inputs = true in the config "
                       "and let calls accumulate first", file=sys.stderr)
             assert runner.ledger is not None
-            cases = [Case(tool, arguments) for tool, arguments in runner.ledger.stored_calls(limit=args.limit)]
+            stored = cases_from_ledger(runner.ledger, runner.specs, args.reference, limit=args.limit)
+            if stored.cases:
+                reference = stored.as_dict()
+                cases = stored.cases
+                models = ", ".join(f"{m} ({n})" for m, n in sorted(stored.models.items()))
+                print(f"tiered-mcp: {len(cases)} stored {args.reference} answers are the reference ({models}); "
+                      f"{args.reference} is not run again"
+                      + (f"; {stored.other_spec} answers to an older spec version left out" if stored.other_spec
+                         else ""), file=sys.stderr)
+            else:
+                # No stored reference answers: replay the stored arguments on every tier, the strongest the reference.
+                cases = [Case(tool, arguments) for tool, arguments in runner.ledger.stored_calls(limit=args.limit)]
+                if cases:
+                    print(f"tiered-mcp: no stored {args.reference} answers under the current spec versions; "
+                          f"replaying {len(cases)} stored calls on every tier", file=sys.stderr)
             if not cases:
                 print("tiered-mcp: the ledger holds no stored calls to replay", file=sys.stderr)
                 return FAILED
@@ -163,7 +184,8 @@ def eval_command(args: argparse.Namespace) -> int:
                                                ledger=runner.ledger.location if runner.ledger else None,
                                                generated=datetime.now(timezone.utc).isoformat()), encoding="utf-8")
     if args.json:
-        print(json.dumps({"scores": [asdict(s) for s in scores], "cheapest": choice, "pairwise": pairs}, indent=2))
+        print(json.dumps({"scores": [asdict(s) for s in scores], "cheapest": choice, "pairwise": pairs,
+                          "reference": reference}, indent=2))
         return 0
     _print_scores(scores, choice, args)
     for p in pairs:

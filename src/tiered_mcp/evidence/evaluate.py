@@ -3,6 +3,9 @@
 A case is a JSON line `{"tool": ..., "arguments": {...}, "expected": {...}}` (expected is optional). Each case runs
 on each tier with no escalation and no cache. Quality is the comparison score against `expected` when a case has
 one, else against the strongest tier's answer (see compare.py; judge comparisons are graded by the strongest tier).
+
+`cases_from_ledger` turns stored flagship answers into cases whose reference is that stored answer: the bake-off of
+a new model then pays only for the new model's calls, never for the flagship again.
 """
 
 from __future__ import annotations
@@ -26,6 +29,55 @@ class Case:
     tool: str
     arguments: dict[str, Any]
     expected: dict[str, Any] | None = None
+    # Set when `expected` is an answer this tier gave before (from the ledger): the case does not run on that tier.
+    reference_tier: str | None = None
+
+
+@dataclass
+class LedgerCases:
+    """Cases built from stored answers, and what was left out and why (printed beside the scores)."""
+
+    cases: list[Case]
+    reference_tier: str
+    models: dict[str, int]  # the reference answers' models: an answer from an older flagship is still counted
+    answers: int  # stored reference answers read
+    duplicates: int  # answers to arguments already taken (the newest answer is the reference)
+    other_spec: int  # answers given under another version of the tool's spec, not comparable
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reference_tier": self.reference_tier, "cases": len(self.cases), "models": self.models,
+                "answers": self.answers, "duplicates": self.duplicates, "other_spec_version": self.other_spec}
+
+
+def cases_from_ledger(ledger: Any, specs: Any, reference_tier: str, tool: str | None = None,
+                      limit: int = 200) -> LedgerCases:
+    """Up to `limit` cases: the newest stored answer on `reference_tier` per distinct arguments, for tools that
+    still exist, given under the tool's current spec version (an answer to an older prompt or schema is not a
+    fair reference for today's)."""
+    from tiered_mcp.evidence.shadow import args_key
+
+    rows = ledger.stored_answers(reference_tier, tool=tool, limit=max(limit * 5, limit))
+    seen: set[str] = set()
+    cases: list[Case] = []
+    models: dict[str, int] = {}
+    duplicates = other_spec = 0
+    for row in rows:
+        spec = specs.get(row["tool"])
+        if spec is None or not isinstance(row["arguments"], dict) or not isinstance(row["output"], dict):
+            continue
+        if row["spec_version"] != str(spec.version):
+            other_spec += 1
+            continue
+        key = args_key(spec, row["arguments"])
+        if key in seen:
+            duplicates += 1
+            continue
+        if len(cases) >= limit:
+            break
+        seen.add(key)
+        cases.append(Case(row["tool"], row["arguments"], row["output"], reference_tier))
+        models[row["model"]] = models.get(row["model"], 0) + 1
+    return LedgerCases(cases, reference_tier, models, len(rows), duplicates, other_spec)
 
 
 @dataclass
@@ -97,6 +149,12 @@ async def run_eval(runner: Runner, cases: list[Case], tiers: Iterable[str], conc
     for t in tiers:
         if t not in runner.config.tiers:
             raise ArgumentsError(f"--tiers: {t!r} is not configured (configured: {', '.join(runner.config.tiers)})")
+    # A tier whose every case carries its stored answer is not run at all (it needs no key, and costs nothing).
+    stored = {c.reference_tier for c in cases}
+    if len(stored) == 1 and None not in stored:
+        tiers = [t for t in tiers if t not in stored]
+        if not tiers:
+            raise ArgumentsError("--tiers: only the reference tier was given; name the tiers to compare with it")
     idle = [t for t in tiers if not runner.usable(t)]
     if idle:
         raise ArgumentsError(f"--tiers: {', '.join(idle)} cannot run here (no key for its provider, or the local "
@@ -131,6 +189,8 @@ async def run_eval(runner: Runner, cases: list[Case], tiers: Iterable[str], conc
     # One untimed run per tier first, so that the server's own cold start (a connection pool, the local model's
     # load) is not timed as the first case's latency. Its cost is evidence spend like the rest; it is not scored.
     async def warm(tier: str) -> None:
+        if tier == cases[0].reference_tier:
+            return
         spec = runner.specs.get(cases[0].tool)
         assert spec is not None
         try:
@@ -146,7 +206,8 @@ async def run_eval(runner: Runner, cases: list[Case], tiers: Iterable[str], conc
     async with anyio.create_task_group() as tg:
         for i, case in enumerate(cases):
             for tier in tiers:
-                tg.start_soon(one, i, case, tier)
+                if tier != case.reference_tier:
+                    tg.start_soon(one, i, case, tier)
 
     by_case = {(r.case, r.tier): r for r in runs}
 
@@ -163,7 +224,9 @@ async def run_eval(runner: Runner, cases: list[Case], tiers: Iterable[str], conc
             run.quality = 1.0
         else:
             async with limiter:
-                arms = (run.tier,) if case.expected is not None else (run.tier, strongest)
+                # A stored answer is still a tier's answer: a judge must be neither it nor the candidate.
+                other = case.reference_tier if case.expected is not None else strongest
+                arms = (run.tier,) if other is None else (run.tier, other)
                 run.quality, _ = await compare_answers(runner, spec, arms, case.arguments, run.output, reference)
 
     async with anyio.create_task_group() as tg:
@@ -187,9 +250,15 @@ def summarize(runs: list[Run], cases: list[Case]) -> list[TierScore]:
             valid_rate=sum(1 for r in rs if r.output is not None) / len(rs),
             cost_usd=cost, cost_per_case=None if cost is None else cost / len(rs),
             p50_ms=_percentile(latencies, 0.5), p95_ms=_percentile(latencies, 0.95),
-            basis="expected" if all(cases[r.case].expected is not None for r in rs) else "agreement",
+            basis=_basis([cases[r.case] for r in rs]),
         ))
     return out
+
+
+def _basis(cases: list[Case]) -> str:
+    if all(c.reference_tier is not None for c in cases):
+        return f"stored {cases[0].reference_tier}"
+    return "expected" if all(c.expected is not None for c in cases) else "agreement"
 
 
 def _reaches(quality: float | None, bar: float) -> bool:

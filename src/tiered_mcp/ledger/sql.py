@@ -268,6 +268,18 @@ class SqlLedger:
         rows = self._rows(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
         return [(t, json.loads(a)) for t, a in rows]
 
+    def stored_answers(self, tier: str, tool: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Successful answers given on `tier` whose arguments and output were stored (store_inputs): served calls,
+        shadow and bake-off runs alike, newest first, with the model and spec version that produced them."""
+        sql = ("SELECT tool, arguments, output, model, spec_version, kind FROM calls WHERE ok = 1 AND tier = ?"
+               " AND arguments IS NOT NULL AND output IS NOT NULL AND kind IN ('call', 'shadow', 'eval')")
+        params: list[Any] = [tier]
+        if tool:
+            sql, params = sql + " AND tool = ?", [*params, tool]
+        rows = self._rows(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
+        return [{"tool": t, "arguments": json.loads(a), "output": json.loads(o), "model": m, "spec_version": v,
+                 "kind": k} for t, a, o, m, v, k in rows]
+
     def calls(self) -> list[dict[str, Any]]:
         """Every call row, oldest first (for tests and exports)."""
         return self._dicts("SELECT * FROM calls ORDER BY id")
