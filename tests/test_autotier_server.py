@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+
+from pathlib import Path
 
 import anyio
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
 
+import tiered_mcp
 from tiered_mcp.cli.main import main
 from tiered_mcp.core.config import config_from_dict
 from tiered_mcp.core.errors import ConfigError
@@ -18,6 +22,10 @@ from tiered_mcp.core.receipts import RECEIPT_META_KEY
 from tiered_mcp.evidence.stats import confidence_sequence, prior_for
 from tiered_mcp.serve.server import TIERS_URI, build_runner, build_server
 from tiered_mcp.testing import ScriptedModel, reply
+
+from .conftest import server_env
+
+SRC = Path(tiered_mcp.__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.anyio
 
@@ -158,3 +166,32 @@ async def test_the_daily_evidence_limit_skips_and_records(tmp_path) -> None:
     assert stored["skipped_total"] == stored["skipped_today"] == 3
     rows = runner.ledger.shadows(tool="classify")
     assert len(rows) == 3 and all(r.status == "skipped" and "evidence_daily_usd" in r.detail for r in rows)
+
+
+async def test_over_stdio_the_tool_steps_down_and_the_resource_says_so(upstream, tmp_path) -> None:
+    """The real server process and the real openai client against the loopback upstream, whose tiers all answer
+    alike: after NEED calls on the flagship (each probing nano and mini), the tool steps down."""
+    config = write_config(tmp_path)
+    params = StdioServerParameters(command=sys.executable,
+                                   args=["-m", "tiered_mcp", "serve", "--config", config, "--ledger",
+                                         str(tmp_path / "ledger.sqlite3")],
+                                   # This checkout's code, whichever copy of the package the venv installed.
+                                   env=server_env(upstream, tmp_path, PYTHONPATH=str(SRC)))
+    async with Client(params, mode="legacy") as client:
+        tiers = []
+        for i in range(NEED):
+            result = await client.call_tool("classify", {"text": f"case {i}: a bug in save",
+                                                         "labels": ["bug", "feature"]})
+            tiers.append(result.meta[RECEIPT_META_KEY]["tier"])
+        assert set(tiers) == {"flagship"}
+        with anyio.fail_after(20):
+            while True:
+                res = await client.read_resource(TIERS_URI)
+                row = next(r for r in json.loads(res.contents[0].text) if r["tool"] == "classify")
+                if row["tier"] != "flagship":
+                    break
+                await anyio.sleep(0.05)
+        assert row["tier"] == "mini" and row["auto"]["last_switch"]["to_tier"] == "mini"
+        assert row["auto"]["last_switch"]["trials"] == NEED
+        result = await client.call_tool("classify", {"text": "one more: a bug", "labels": ["bug", "feature"]})
+        assert result.meta[RECEIPT_META_KEY]["tier"] in ("mini", "nano")
