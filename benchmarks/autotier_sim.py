@@ -11,6 +11,10 @@ plus evidence), share of served answers that disagree with the flagship, calls o
 drifted nano before the step up, evidence spend and its share of the net saving; then PASS/MISS per goal.
 
     python benchmarks/autotier_sim.py --seeds 1 2 3 4 5
+    python benchmarks/autotier_sim.py --through runner --seeds 1 2 3 4 5    # a real Runner, ~20 s a seed
+
+`--through runner` sends the same workload through a real Runner with the server's AutoTiering (see
+`run_through_runner`); `--calls N` shortens it (the release then comes at N/2).
 """
 
 from __future__ import annotations
