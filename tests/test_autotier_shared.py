@@ -158,3 +158,23 @@ def test_a_replica_picks_up_a_switch_another_wrote(ledger_target, specs) -> None
         assert anyio.run(scenario) == ["flagship", "mini"]
     finally:
         led.close()
+
+
+def test_a_batch_starts_on_the_tools_current_tier(ledger_target, specs) -> None:
+    brink = on_the_brink(specs)
+    led = open_ledger(ledger_target)
+    try:
+        led.autotier_update("classify", lambda stored: ({**brink.as_dict(), "tier": "mini"}, []))
+        tiering = AutoTiering(CONFIG, specs, led, now)
+        model = ScriptedModel(fallback=Tiers())
+        runner = Runner(CONFIG, specs, model, led, env={"OPENAI_API_KEY": "sk-test"},
+                        observers=(Shadows(), tiering), steering=tiering)
+
+        async def scenario() -> None:
+            async with runner.running():
+                await runner.call("classify", {"items": ["a bug", "another bug"], "labels": ["bug", "feature"]})
+
+        anyio.run(scenario)
+        assert model.tiers_called() == ["mini", "mini"]  # no plan, no evidence: a batch only follows the tier
+    finally:
+        led.close()

@@ -145,6 +145,15 @@ class AutoTiering:
         policy = self.policies.get(spec.name)
         if policy is None:
             return None
+        try:
+            return self._begin(runner, spec, policy, args, receipt)
+        except Exception:  # a bug here must not fail the call; the reference tier is always safe to serve
+            log.exception("auto-tiering could not plan a call of %s; serving it on %s", spec.name,
+                          policy.config.reference)
+            return policy.config.reference
+
+    def _begin(self, runner: Runner, spec: ToolSpec, policy: Policy, args: dict[str, Any],
+               receipt: Receipt) -> str:
         tool = spec.name
         self._maybe_refresh(runner, tool)
         versions = versions_of(self.config, spec, policy.config.ladder)
