@@ -53,7 +53,6 @@ Observer = Callable[["Runner", ToolSpec, dict[str, Any], Receipt, dict[str, Any]
 sampling, wired in by the serving layer, which sits above the call path); it may start work with `Runner.spawn`."""
 
 
-
 class Steering(Protocol):
     """Where an auto tool starts (`[tools.X] auto = true`), wired in by the serving layer (evidence/tiering.py).
 

@@ -126,7 +126,12 @@ class AutoTiering:
         """Read every auto tool's stored state once as the server starts."""
         if self.ledger is None:
             return
-        stored = await off_loop(self.ledger.autotier_states)
+        try:
+            stored = await off_loop(self.ledger.autotier_states)
+        except Exception:  # start on the reference tier (always safe) and read the states again on the first calls
+            log.warning("auto-tiering could not read the stored tool states; starting from the reference tier",
+                        exc_info=True)
+            return
         for tool, (seq, data) in stored.items():
             if tool in self.policies and data:
                 self._states[tool], self._seq[tool] = ToolState.from_dict(data), seq
