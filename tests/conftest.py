@@ -47,7 +47,7 @@ def specs() -> Specs:
 # nothing new.
 LEDGER_BACKENDS = ("sqlite", "postgresql")
 STORAGE_MODULES = {"test_ledger", "test_migrations", "test_spend", "test_load", "test_accounting", "test_one_path",
-                   "test_wiring"}
+                   "test_wiring", "test_autotier_shared"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

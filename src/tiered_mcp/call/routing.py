@@ -47,9 +47,11 @@ def _no_tier_message(config: Config, spec: ToolSpec, ladder: list[str], usable: 
 
 
 def ladder_for(config: Config, spec: ToolSpec, requested: str | None = None,
-               usable: Usable = lambda tier: True, lower_ceiling: str | None = None) -> list[str]:
+               usable: Usable = lambda tier: True, lower_ceiling: str | None = None,
+               auto_tier: str | None = None) -> list[str]:
     """The tiers this call may use, cheapest first. `lower_ceiling` (a per-call option) can only lower the
-    configured escalation ceiling, never raise it.
+    configured escalation ceiling, never raise it. `auto_tier` is an auto tool's current tier (the evidence's
+    choice), which takes the place of the configured and spec tier; a per-call `tier` still comes first.
 
     Raises:
         TierNotAllowed: a per-call tier that is unknown, not configured, above `call_tier_ceiling`, or local for a
@@ -60,7 +62,7 @@ def ladder_for(config: Config, spec: ToolSpec, requested: str | None = None,
     settings = config.tools.get(spec.name)
     if requested is not None:
         _check_requested(config, spec, requested)
-    start = requested or (settings.tier if settings and settings.tier else spec.tier)
+    start = requested or auto_tier or (settings.tier if settings and settings.tier else spec.tier)
     ceiling: str = (settings.escalation_ceiling if settings and settings.escalation_ceiling else None) or (
         config.escalation_ceiling
     )

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -46,11 +46,25 @@ from tiered_mcp.specs.schema_safety import excerpt, schema_problems
 from tiered_mcp.specs.spec import Specs, ToolSpec, strict_compatible
 from tiered_mcp.specs.validators import Candidate, Verdict, best_answer, check
 
-__all__ = ["Observer", "Progress", "Result", "Runner", "UnknownTool", "schema_problems"]
+__all__ = ["Observer", "Progress", "Result", "Runner", "Steering", "UnknownTool", "schema_problems"]
 
 Observer = Callable[["Runner", ToolSpec, dict[str, Any], Receipt, dict[str, Any]], None]
 """observer(runner, spec, arguments, receipt, output): offered every answered host call that was not cached (shadow
 sampling, wired in by the serving layer, which sits above the call path); it may start work with `Runner.spawn`."""
+
+
+class Steering(Protocol):
+    """Where an auto tool starts (`[tools.X] auto = true`), wired in by the serving layer (evidence/tiering.py).
+
+    `begin` is called once per host call, before the ladder is built, and must be quick and never wait (no I/O
+    on the event loop); it may start background work with `Runner.spawn`. `current` is the tier a batch of the
+    tool starts on.
+    """
+
+    async def load(self, runner: Runner) -> None: ...
+    def begin(self, runner: Runner, spec: ToolSpec, args: dict[str, Any], receipt: Receipt) -> str | None: ...
+    def current(self, spec: ToolSpec) -> str | None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +156,7 @@ class Runner:
         session: this server session's id (default: a fresh one); budgets per session use it.
         observers: offered each answered host call (see `Observer`).
         scrubber: removes every secret the config knows from error text (default: built from config and env).
+        steering: chooses auto tools' tiers (see `Steering`).
     """
 
     def __init__(
@@ -159,6 +174,7 @@ class Runner:
         session: str | None = None,
         observers: tuple[Observer, ...] = (),
         scrubber: Scrubber | None = None,
+        steering: Steering | None = None,
     ) -> None:
         self.config, self.specs, self.ledger = config, specs, ledger
         self.local = local if local is not None else LocalEngine()
@@ -172,6 +188,7 @@ class Runner:
         self.cache = Cache(ledger)
         self.writer = LedgerWriter(ledger, config)
         self._observers = observers
+        self.steering = steering
         self._background: TaskGroup | None = None
         self.background_pending = 0
 
@@ -188,9 +205,13 @@ class Runner:
     def embedded(self, tier: str) -> bool:
         return self.config.providers[self.config.tiers[tier].provider].kind == "embedded"
 
-    def ladder(self, spec: ToolSpec, requested: str | None = None, ceiling: str | None = None) -> list[str]:
-        """The tiers a call of `spec` may use now; see `routing.ladder_for`."""
-        return ladder_for(self.config, spec, requested, self.usable, ceiling)
+    def ladder(self, spec: ToolSpec, requested: str | None = None, ceiling: str | None = None,
+               auto_tier: str | None = None) -> list[str]:
+        """The tiers a call of `spec` may use now; see `routing.ladder_for`. An auto tool starts on `auto_tier`,
+        else on its current tier."""
+        if auto_tier is None and requested is None and self.steering is not None:
+            auto_tier = self.steering.current(spec)
+        return ladder_for(self.config, spec, requested, self.usable, ceiling, auto_tier)
 
     # ---- lifetime --------------------------------------------------------------------------------------------------
 
@@ -205,6 +226,8 @@ class Runner:
                 # first request that needs a count; start-up does not wait for it.
                 tg.start_soon(anyio.to_thread.run_sync, token_encoding)
                 await tg.start(self.writer.run)
+                if self.steering is not None:
+                    await self.steering.load(self)
                 tg.start_soon(self._sweep)
                 self._background = tg
                 try:
@@ -294,7 +317,9 @@ class Runner:
             with self._failing(receipt):
                 requested = args.pop("tier", None)
                 args = self.check_arguments(spec, args)
-                ladder = self.ladder(spec, requested, effective(self.config, spec, options).ceiling)
+                auto = (self.steering.begin(self, spec, args, receipt)
+                        if self.steering is not None and requested is None else None)
+                ladder = self.ladder(spec, requested, effective(self.config, spec, options).ceiling, auto)
         except CallError:
             await self.writer.put([CallWrite(receipt, args)])  # refused before any model was asked: still a call
             raise

@@ -21,6 +21,8 @@ def add_parser(sub: Any, common: Any) -> None:
     p.add_argument("--outcome", choices=["ok", "failed", "cached"], help="only calls with this outcome")
     p.add_argument("--since", metavar="DATE", help="only calls on or after this date (YYYY-MM-DD, UTC)")
     p.add_argument("--json", action="store_true", help="JSON (one array, or one object with `logs ID`)")
+    p.add_argument("--switches", action="store_true",
+                   help="auto tools' tier switches (newest first) with the evidence each was taken on")
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep printing new calls as they arrive (one line each; JSON lines with --json); Ctrl-C stops")
 
@@ -50,6 +52,8 @@ def logs_command(args: argparse.Namespace) -> int:
             if detail is None:
                 return fail(f"no call {args.id} in {ledger.location}", FAILED)
             return _show_one(detail, args.json)
+        if args.switches:
+            return _switches(ledger.tier_switches(args.tool, args.limit, since), args.json, ledger.location)
         rows = ledger.recent_calls(args.limit, tool=args.tool, outcome=args.outcome, since=since)
         if args.follow:
             return follow(ledger, rows, args)
@@ -72,6 +76,29 @@ def logs_command(args: argparse.Namespace) -> int:
         con.print("[dim]~ estimated: the tokens were counted here, not reported by a provider (the local tier); "
                   "`usage` shows such savings apart[/]")
     con.print("[dim]`tiered-mcp logs ID` shows one call's attempts[/]")
+    return OK
+
+
+def _switches(rows: list[dict[str, Any]], as_json: bool, location: str) -> int:
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return OK
+    con = console()
+    if not rows:
+        con.print("No tier switches yet: auto tools (`auto = true` under [tools.NAME]) switch as evidence comes in.")
+        return OK
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    cells = [[_when(r["ts"]), r["tool"], r["kind"], f"{r['from_tier']} -> {r['to_tier']}",
+              "-" if r.get("trials") is None else f"{r['successes']}/{r['trials']}",
+              f"{pct(r.get('lower_bound'))}-{pct(r.get('upper_bound'))}" if r.get("trials") is not None else "-",
+              "-" if r.get("bar") is None else f"{100 * r['bar']:g}%", r.get("model") or "-", r["reason"]]
+             for r in rows]
+    con.print(fitted_table(con, ["when (UTC)", "tool", "switch", "tiers", "agreed", "bounds", "bar", "model",
+                                 "reason"], cells, flex="reason",
+                           title=f"{len(rows)} most recent tier switches ({location})"))
     return OK
 
 

@@ -63,7 +63,9 @@ def report(args: argparse.Namespace) -> int:
         return FAILED
     ledger = open_ledger(target)
     try:
-        reports = build_report(ledger, args.since, args.keep_at, config, load_specs((*config.specs, *(getattr(args, 'specs', ()) or ()))))
+        specs = load_specs((*config.specs, *(getattr(args, 'specs', ()) or ())))
+        reports = build_report(ledger, args.since, args.keep_at, config, specs)
+        auto = _auto_summary(ledger, config, specs, args.since)
         calls = [c for c in ledger.calls() if not args.since or str(c.get("ts")) >= args.since] if args.html else []
     finally:
         ledger.close()
@@ -81,7 +83,8 @@ def report(args: argparse.Namespace) -> int:
                            generated=datetime.now(timezone.utc).isoformat())
         Path(args.html).write_text(page, encoding="utf-8")
     if args.json:
-        print(json.dumps([r.as_dict() for r in reports], indent=2))
+        by_tool = {a["tool"]: a for a in auto}
+        print(json.dumps([{**r.as_dict(), "auto": by_tool.get(r.tool)} for r in reports], indent=2))
         return 0
     from tiered_mcp.cli.output import fitted_table
 
@@ -98,9 +101,46 @@ def report(args: argparse.Namespace) -> int:
     if not reports:
         con.print(escape("No shadow comparisons yet: set shadow_rate = 0.05 under [tools.NAME] in the config to "
                          "compare a share of real calls with the flagship, or run a bake-off with `tiered-mcp eval`."))
+    for line in _auto_lines(auto):
+        con.print(escape(line))
     if args.html:
         con.print(f"wrote {args.html}")
     return 0
+
+
+def _auto_summary(ledger: Any, config: Any, specs: Any, since: str | None) -> list[dict[str, Any]]:
+    from tiered_mcp.evidence.tiering import summary
+
+    tools = [name for name, s in config.tools.items() if s.auto]
+    if not tools:
+        return []
+    switches = [w for t in tools for w in ledger.tier_switches(t, limit=50, since=since)]
+    return summary(config, specs, ledger.autotier_states(), switches)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _auto_lines(auto: list[dict[str, Any]]) -> list[str]:
+    """Per auto tool: where it is, each cheaper tier's evidence, and its switches with theirs (newest first)."""
+    lines = []
+    for a in auto:
+        evidence = "; ".join(f"{t} ({e['model']}) {e['successes']} of {e['trials']} agree, bounds "
+                             f"{_pct(e['lower'])}-{_pct(e['upper'])}" for t, e in a["evidence"].items())
+        spend = f"evidence today ${a['day_spend_usd']:.4f}"
+        if a["evidence_daily_usd"] is not None:
+            spend += f" of ${a['evidence_daily_usd']:g}"
+        lines.append(f"{a['tool']}: auto, on {a['tier']} (bar {100 * a['quality_bar']:g}% agreement with "
+                     f"{a['reference']}); {evidence}; {spend}, {a['skipped_total']} evidence runs skipped over the "
+                     "limit")
+        for w in a["switches"]:
+            counts = (f" ({w['successes']} of {w['trials']} agree, bounds {_pct(w['lower_bound'])}-"
+                      f"{_pct(w['upper_bound'])}, bar {100 * w['bar']:g}%, model {w['model']}, spec "
+                      f"{w['spec_version']})" if w.get("trials") is not None else "")
+            lines.append(f"  {str(w['ts'])[:19].replace('T', ' ')} {w['kind']} {w['from_tier']} -> {w['to_tier']}: "
+                         f"{w['reason']}{counts}")
+    return lines
 
 
 def _money(x: float | None) -> str:

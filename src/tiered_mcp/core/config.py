@@ -156,6 +156,13 @@ class ToolSettings(_Frozen):
     judge_tier: TierName | None = Field(
         default=None, description="Who grades free-text answers (compare: judge). Never one of the two tiers it "
         "grades; default: the strongest configured model tier that is neither.")
+    auto: bool = Field(default=False, description="Let the evidence choose the tier (docs/auto-tiering.md).")
+    quality_bar: float = Field(default=0.95, gt=0.5, lt=1, description="With auto: the share of answers that must "
+                               "agree with the flagship's for a cheaper tier to serve the tool.")
+    guard_share: float = Field(default=0.05, ge=0, le=1, description="With auto: the share of a cheaper tier's "
+                               "saving spent on rerunning its calls on the flagship (guards and sentinels).")
+    evidence_daily_usd: float | None = Field(default=None, ge=0, description="With auto: USD of evidence runs "
+                                             "(guards, probes) per UTC day for this tool; over it they are skipped.")
 
 
 class Retry(_Frozen):
@@ -212,6 +219,29 @@ class Config(_Frozen):
                     f"tiers.{name}.provider is {tier.provider!r}, which is not a [providers.*] table (known: {known})"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _auto_tools(self) -> Config:
+        for name, tool in self.tools.items():
+            if not tool.auto:
+                continue
+            if tool.tier is not None:
+                raise ValueError(f"tools.{name}.tier: auto = true chooses the tier itself; remove tier (or auto)")
+            if tool.shadow_rate:
+                raise ValueError(f"tools.{name}.shadow_rate: auto = true samples its own evidence (probes, guards, "
+                                 "sentinels); remove shadow_rate (or auto)")
+            if len(self.auto_ladder(name)) < 2:
+                raise ValueError(f"tools.{name}.auto: needs at least two configured model tiers up to its shadow_tier "
+                                 f"({tool.shadow_tier}), cheapest first; configured: {', '.join(self.tiers)}")
+        return self
+
+    def auto_ladder(self, tool: str) -> list[str]:
+        """An auto tool's ladder: the configured model tiers (never the embedded local tier) up to its
+        `shadow_tier`, the reference every agreement is measured against."""
+        settings = self.tools.get(tool) or ToolSettings()
+        top = TIERS.index(settings.shadow_tier)
+        return [t for t in TIERS[: top + 1] if t in self.tiers
+                and self.providers[self.tiers[t].provider].kind != "embedded"]
 
     def ladder(self, start: str, ceiling: str) -> list[str]:
         """Configured tiers from `start` up to `ceiling`, cheapest first."""

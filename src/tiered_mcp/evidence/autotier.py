@@ -236,16 +236,8 @@ class Policy:
             The new state, the plan, and a step-up event when the current tier's model or spec is new.
         """
         cfg = self.config
-        state = replace(self._roll_day(state), calls=state.calls + 1)
-        events: list[Event] = []
+        state, events = self.climb(replace(self._roll_day(state), calls=state.calls + 1), versions)
         idx = cfg.ladder.index(state.tier)
-        # A new model or spec version on the current tier is unproven: climb until a tier with evidence.
-        while state.tier != cfg.reference and state.evidence.get(versions.key(state.tier), (0, 0))[1] == 0:
-            up = cfg.ladder[idx + 1]
-            events.append(self._event(state, "step_up", up, f"no evidence for {versions.key(state.tier)}",
-                                      {"key": versions.key(state.tier)}))
-            state = replace(state, tier=up, left=None, detector=0.0, sentinels=(0, 0))
-            idx += 1
         tick = f"{state.tool}:{state.calls}:{key}"
         sentinel = self.sample(f"sentinel:{state.tool}:{key}") < cfg.sentinel_rate
         if state.tier == cfg.reference:
@@ -265,8 +257,29 @@ class Policy:
         limit = cfg.daily_evidence_limit
         if limit is not None and plan.cost > 0 and not sentinel and state.day_spend + plan.cost > limit:
             plan = Plan(state.tier, sentinel=False, skipped=True)
-            state = replace(state, skipped_today=state.skipped_today + 1, skipped_total=state.skipped_total + 1)
+            state = self.skip(state)
         return state, plan, events
+
+    def climb(self, state: ToolState, versions: Versions) -> tuple[ToolState, list[Event]]:
+        """A new model or spec version on the current tier is unproven: climb to the first tier with evidence
+        (`plan` does this first; a replica that shares its state applies the same step to the stored state)."""
+        cfg = self.config
+        events: list[Event] = []
+        idx = cfg.ladder.index(state.tier) if state.tier in cfg.ladder else len(cfg.ladder) - 1
+        if state.tier not in cfg.ladder:  # the ladder changed under a stored state: start again at the top
+            state = replace(state, tier=cfg.reference, left=None, detector=0.0, sentinels=(0, 0))
+        while state.tier != cfg.reference and state.evidence.get(versions.key(state.tier), (0, 0))[1] == 0:
+            up = cfg.ladder[idx + 1]
+            events.append(self._event(state, "step_up", up, f"no evidence for {versions.key(state.tier)}",
+                                      {"key": versions.key(state.tier)}))
+            state = replace(state, tier=up, left=None, detector=0.0, sentinels=(0, 0))
+            idx += 1
+        return state, events
+
+    def skip(self, state: ToolState) -> ToolState:
+        """Count one evidence run skipped over the day's limit."""
+        state = self._roll_day(state)
+        return replace(state, skipped_today=state.skipped_today + 1, skipped_total=state.skipped_total + 1)
 
     def observe(self, state: ToolState, plan: Plan, verdicts: Mapping[str, bool | None], versions: Versions,
                 spend: float) -> tuple[ToolState, list[Event]]:

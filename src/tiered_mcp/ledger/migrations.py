@@ -117,7 +117,22 @@ CREATE INDEX IF NOT EXISTS budget_holds_key ON budget_holds (key, expires)""".sp
                     f" WHERE cost_usd IS NOT NULL GROUP BY {key} ON CONFLICT (key) DO NOTHING")
 
 
-MIGRATIONS: list[Callable[[Cursor, Dialect], None]] = [initial, accounting]
+def autotier(cur: Cursor, d: Dialect) -> None:
+    """Auto-tiering: each auto tool's policy state in one row (its `seq` counts the writes, so a replica can tell
+    a newer state from its own), and every tier switch with the evidence it was taken on."""
+    for stmt in f"""
+CREATE TABLE IF NOT EXISTS autotier_state (
+    tool {d.key} PRIMARY KEY, seq INTEGER NOT NULL, tier TEXT NOT NULL, state TEXT NOT NULL, updated {d.key} NOT NULL);
+CREATE TABLE IF NOT EXISTS tier_switches (
+    id {d.id}, ts {d.key} NOT NULL, tool {d.key} NOT NULL, kind TEXT NOT NULL, from_tier TEXT NOT NULL,
+    to_tier TEXT NOT NULL, reason TEXT NOT NULL, successes INTEGER, trials INTEGER, lower_bound {d.real},
+    upper_bound {d.real}, bar {d.real}, model TEXT, spec_version TEXT, call_n INTEGER, seq INTEGER NOT NULL,
+    evidence TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS tier_switches_tool ON tier_switches (tool, id)""".split(";"):
+        cur.execute(stmt)
+
+
+MIGRATIONS: list[Callable[[Cursor, Dialect], None]] = [initial, accounting, autotier]
 """Every migration, oldest first; each is applied once and recorded under its function's name."""
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -290,6 +290,68 @@ class SqlLedger:
             return self._dicts("SELECT a.* FROM attempts a JOIN calls c ON c.id = a.call_id WHERE c.uid = ?"
                                " ORDER BY a.n", (call,))
         return self._dicts("SELECT * FROM attempts WHERE call_id = ? ORDER BY n", (call,))
+
+    # ---- auto-tiering ----------------------------------------------------------------------------------------------
+
+    _SWITCH_COLUMNS = ("ts, tool, kind, from_tier, to_tier, reason, successes, trials, lower_bound, upper_bound, bar,"
+                       " model, spec_version, call_n, seq, evidence")
+
+    def autotier_states(self, tool: str | None = None) -> dict[str, tuple[int, dict[str, Any]]]:
+        """Each auto tool's stored state (or one tool's): tool -> (seq, state)."""
+        sql, params = "SELECT tool, seq, state FROM autotier_state", []
+        if tool is not None:
+            sql, params = sql + " WHERE tool = ?", [tool]
+        return {t: (int(seq), json.loads(state)) for t, seq, state in self._rows(sql, params)}
+
+    def autotier_update(self, tool: str, update: Callable[[dict[str, Any] | None], tuple[dict[str, Any],
+                        list[dict[str, Any]]]]) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+        """Atomically apply `update` to one tool's state: it gets the stored state (None when there is none) and
+        returns the new state and the switches it took (rows as `tier_switches` returns them, without id, ts and
+        seq). The state row is read under a lock (FOR UPDATE on PostgreSQL; SQLite's write transaction), so when
+        several replicas share a ledger each update sees the one before it and a switch is taken once.
+
+        Returns:
+            (seq, state, switches) as written.
+        """
+        with self._transaction() as cur:
+            rows = cur.execute(f"SELECT seq, state FROM autotier_state WHERE tool = ?{self._lock_for_update}",
+                               (tool,)).fetchall()
+            if not rows:
+                # Two replicas may both find no row: the second insert waits for the first and does nothing, and
+                # its locked read then sees the first one's state.
+                cur.execute("INSERT INTO autotier_state (tool, seq, tier, state, updated) VALUES (?, 0, '', 'null', ?)"
+                            " ON CONFLICT (tool) DO NOTHING", (tool, now_iso()))
+                rows = cur.execute(f"SELECT seq, state FROM autotier_state WHERE tool = ?{self._lock_for_update}",
+                                   (tool,)).fetchall()
+            seq, stored = int(rows[0][0]), json.loads(rows[0][1])
+            state, switches = update(stored)
+            seq += 1
+            cur.execute("UPDATE autotier_state SET seq = ?, tier = ?, state = ?, updated = ? WHERE tool = ?",
+                        (seq, state.get("tier", ""), json.dumps(state, ensure_ascii=False), now_iso(), tool))
+            if switches:
+                cur.executemany(
+                    f"INSERT INTO tier_switches ({self._SWITCH_COLUMNS}) VALUES ({_marks(self._SWITCH_COLUMNS)})",
+                    [(now_iso(), tool, w["kind"], w["from_tier"], w["to_tier"], w["reason"], w.get("successes"),
+                      w.get("trials"), w.get("lower_bound"), w.get("upper_bound"), w.get("bar"), w.get("model"),
+                      w.get("spec_version"), w.get("call_n"), seq, json.dumps(w.get("evidence") or {}))
+                     for w in switches])
+            return seq, state, switches
+
+    def tier_switches(self, tool: str | None = None, limit: int = 100, since: str | None = None
+                      ) -> list[dict[str, Any]]:
+        """Tier switches of auto tools, newest first, each with its evidence."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if tool:
+            clauses, params = [*clauses, "tool = ?"], [*params, tool]
+        if since:
+            clauses, params = [*clauses, "ts >= ?"], [*params, since]
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._dicts(f"SELECT id, {self._SWITCH_COLUMNS} FROM tier_switches {where} ORDER BY id DESC LIMIT ?",
+                           [*params, limit])
+        for r in rows:
+            r["evidence"] = json.loads(r["evidence"]) if r.get("evidence") else {}
+        return rows
 
     def applied_migrations(self) -> list[str]:
         return [r[0] for r in self._rows("SELECT name FROM _migrations ORDER BY applied, name")]

@@ -18,6 +18,7 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 
 from tiered_mcp import __version__
+from tiered_mcp.call.budget import utc_now
 from tiered_mcp.call.options import parse_options
 from tiered_mcp.call.routing import Usable, ladder_for
 from tiered_mcp.call.runner import Runner, UnknownTool
@@ -28,6 +29,7 @@ from tiered_mcp.core.identity import current_caller
 from tiered_mcp.core.prices import price_of
 from tiered_mcp.core.receipts import RECEIPT_META_KEY
 from tiered_mcp.evidence.shadow import Shadows
+from tiered_mcp.evidence.tiering import AutoTiering
 from tiered_mcp.ledger.base import off_loop, open_ledger
 from tiered_mcp.ledger.sqlite import Ledger
 from tiered_mcp.models.base import LazyOpenAI, Model
@@ -100,16 +102,21 @@ def published_output_schema(spec: ToolSpec) -> dict[str, Any]:
     return {"type": "object", "$defs": {"one": compact(spec.output_schema)}, "anyOf": [one, batch]}
 
 
-def tier_table(config: Config, specs: Specs, usable: Usable = lambda tier: True) -> list[dict[str, Any]]:
+def tier_table(config: Config, specs: Specs, usable: Usable = lambda tier: True,
+               auto: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Per tool: the tier it starts on, its escalation ladder, model and price (USD per million tokens).
 
     With `usable`, the ladder is the one a call would use now (e.g. local when no key is set); a tool that cannot
-    run at all shows an empty ladder and the reason.
+    run at all shows an empty ladder and the reason. `auto` (evidence/tiering.py `summary`) gives auto tools their
+    current tier, and each such row an `auto` object: bar, evidence per tier, the last switch.
     """
     rows = []
+    by_tool = {a["tool"]: a for a in auto or ()}
     for spec in specs:
+        state = by_tool.get(spec.name)
         try:
-            ladder, problem = ladder_for(config, spec, usable=usable), None
+            ladder, problem = ladder_for(config, spec, usable=usable,
+                                         auto_tier=state["tier"] if state else None), None
         except CallError as e:
             ladder, problem = [], str(e)
         tier = config.tiers.get(ladder[0]) if ladder else None
@@ -124,6 +131,8 @@ def tier_table(config: Config, specs: Specs, usable: Usable = lambda tier: True)
             "price_source": price.source if price else "unknown",
             "description": spec.description,
             **({"problem": problem} if problem else {}),
+            **({"auto": {**{k: v for k, v in state.items() if k not in ("tool", "switches")},
+                         "last_switch": state["switches"][0] if state["switches"] else None}} if state else {}),
         })
     return rows
 
@@ -198,7 +207,8 @@ def build_server(runner: Runner) -> Server[Any]:
     async def list_resources(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
         return types.ListResourcesResult(resources=[
             types.Resource(uri=TIERS_URI, name="tiers", title="Tier table", mime_type="application/json",
-                           description="Per tool: tier, escalation ladder, model, price per million tokens."),
+                           description="Per tool: tier, escalation ladder, model, price per million tokens; "
+                                       "auto tools' evidence and last tier switch."),
             types.Resource(uri=USAGE_URI, name="usage", title="Usage totals", mime_type="application/json",
                            description="Calls, tokens, cost, flagship baseline and savings per tool, from the ledger."),
         ])
@@ -235,7 +245,8 @@ def build_server(runner: Runner) -> Server[Any]:
             return types.ReadResourceResult(contents=[
                 types.TextResourceContents(uri=uri, mime_type="application/json", text=_dumps(detail))])
         if uri == TIERS_URI:
-            body: Any = tier_table(runner.config, runner.specs, runner.usable)
+            auto = await runner.steering.describe() if isinstance(runner.steering, AutoTiering) else None
+            body: Any = tier_table(runner.config, runner.specs, runner.usable, auto)
         elif uri == USAGE_URI:
             if runner.ledger is None:
                 body = {"error": "no ledger configured"}
@@ -362,8 +373,9 @@ def build_runner(
         # What the local tier learns from higher tiers' answers lives beside a SQLite ledger, as private as it is.
         examples = private_file(ledger.path.with_name(ledger.path.stem + ".examples.sqlite3"))
         local = LocalEngine(store=SQLiteExampleStore(examples), store_inputs=config.store_inputs)
+    tiering = AutoTiering.for_config(config, specs, ledger, utc_now)
     return Runner(config, specs, model if model is not None else LazyOpenAI(env), ledger, env=env,
-                  observers=(Shadows(),), local=local)
+                  observers=(Shadows(), *((tiering,) if tiering else ())), local=local, steering=tiering)
 
 
 async def serve_stdio(server: Server[Any]) -> None:
