@@ -4,6 +4,7 @@ where the subject is storage (resuming, taking over, the compare-and-set)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -331,3 +332,104 @@ async def test_a_finished_task_expires_after_its_ttl(make_runner, ledger):
             await manager.visible(row.id)
         await manager._tend()
     assert TaskStore(ledger).get(row.id) is None and TaskStore(ledger).items(row.id) == []
+
+
+# ---- over HTTP: callers, sessions, replicas ------------------------------------------------------------------------
+
+
+async def test_over_http_a_task_survives_its_session_and_is_its_callers_only(make_runner, tmp_path):
+    from .test_http import mcp_client, serving
+    from .test_security import ALICE, BOB, _tokens_file
+
+    tokens = _tokens_file(tmp_path / "tokens.toml", alice=(ALICE, {}), bob=(BOB, {}))
+    gate = Gate()
+    async with serving(make_runner(ScriptedModel(fallback=gate)), token=None, tokens_file=str(tokens)) as base:
+        async with mcp_client(base, ALICE, extensions=[TasksClient()]) as alice:
+            handle = await start_task(alice, "classify", {"items": ["quick crash", "slow feature"], "labels": LABELS})
+        # Alice's session is gone; the task is not.
+        async with mcp_client(base, BOB, extensions=[TasksClient()]) as bob:
+            for send in (get_task, cancel_task):
+                with pytest.raises(MCPError, match="Task not found") as e:
+                    await send(bob, handle.task_id)
+                assert e.value.error.code == -32602
+        gate.open.set()
+        async with mcp_client(base, ALICE, extensions=[TasksClient()]) as alice:
+            task = await wait_task(alice, handle.task_id)
+    assert task.status == "completed"
+    assert [r["output"]["label"] for r in task.result["structuredContent"]["results"]] == ["bug", "feature"]
+
+
+@pytest.mark.parametrize("ledger_target", ["postgresql"], indirect=True)
+async def test_a_replica_stopped_mid_task_is_finished_by_the_next_one_on_postgresql(ledger_target, tmp_path):
+    """Two real server processes, one after the other, on one PostgreSQL ledger: the first is stopped (SIGTERM)
+    mid-batch; the second, started afterwards, finishes the task, running only what was not answered."""
+    from tiered_mcp.testing import FakeUpstream
+
+    from .conftest import server_env
+    from .test_http import cli_server, mcp_client
+    from .test_security import ALICE, _tokens_file
+
+    tokens = _tokens_file(tmp_path / "tokens.toml", alice=(ALICE, {}))
+    config = tmp_path / "config.toml"
+    config.write_text("cache_ttl_s = 0\n[providers.openai]\nmax_concurrency = 2\n", encoding="utf-8")
+    items = [f"crash number {n}" for n in range(12)]
+    args = ("--ledger", ledger_target, "--config", str(config), "--tokens-file", str(tokens))
+    with FakeUpstream(latency_s=0.25) as upstream:
+        env = server_env(upstream, tmp_path)
+        if os.environ.get("PYTHONPATH"):  # a worktree's own code, not the installed package's
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        (tmp_path / "a").mkdir()
+        async with cli_server(tmp_path / "a", env, *args) as base:
+            async with mcp_client(base, ALICE, extensions=[TasksClient()]) as client:
+                handle = await start_task(client, "classify", {"items": items, "labels": LABELS})
+                await wait_done(client, handle.task_id, 3)
+        first = len(upstream.completions())
+        (tmp_path / "b").mkdir()
+        async with cli_server(tmp_path / "b", env, *args) as base:
+            async with mcp_client(base, ALICE, extensions=[TasksClient()]) as client:
+                task = await wait_task(client, handle.task_id, timeout_s=60)
+        log_a = (tmp_path / "a" / "stderr.log").read_text(encoding="utf-8")
+        log_b = (tmp_path / "b" / "stderr.log").read_text(encoding="utf-8")
+    assert task.status == "completed", (task, log_a, log_b)
+    assert "given up at shutdown" in log_a and "resumed here with" in log_b
+    outputs = task.result["structuredContent"]["results"]
+    assert [r["index"] for r in outputs] == list(range(12)) and all(r["output"]["label"] for r in outputs)
+    ledger = open_ledger(ledger_target)
+    try:
+        rows = ledger.calls()
+    finally:
+        ledger.close()
+    answered = [r for r in rows if r["ok"]]
+    # One answered row per item; the items the stop cut off (sent, or waiting for the provider's limit) have theirs
+    # too, as cancelled.
+    assert len(answered) == 12 and {r["caller"] for r in answered} == {"alice"}
+    assert {r["error"] for r in rows if not r["ok"]} <= {"cancelled by the client"}
+    # At most the two requests in flight (max_concurrency = 2) were cut off and sent again.
+    assert 3 <= first < 12 and len(upstream.completions()) <= 12 + 2
+
+
+async def test_over_stdio_a_task_outlives_its_server_process(tmp_path):
+    """The host restarts its stdio server (a new process on the same SQLite ledger): the new one finishes the task."""
+    from mcp import StdioServerParameters
+
+    from tiered_mcp.testing import FakeUpstream
+
+    from .conftest import PYTHON, server_env
+
+    config = tmp_path / "config.toml"
+    config.write_text("cache_ttl_s = 0\n[providers.openai]\nmax_concurrency = 1\n", encoding="utf-8")
+    items = [f"crash number {n}" for n in range(6)]
+    with FakeUpstream(latency_s=0.2) as upstream:
+        env = server_env(upstream, tmp_path)
+        if os.environ.get("PYTHONPATH"):
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        params = StdioServerParameters(command=PYTHON, env=env, args=[
+            "-m", "tiered_mcp", "serve", "--ledger", str(tmp_path / "ledger.sqlite3"), "--config", str(config)])
+        async with Client(params, extensions=[TasksClient()]) as client:
+            handle = await start_task(client, "classify", {"items": items, "labels": LABELS})
+            await wait_done(client, handle.task_id, 1)
+        async with Client(params, extensions=[TasksClient()]) as client:
+            task = await wait_task(client, handle.task_id, timeout_s=60)
+    assert task.status == "completed"
+    assert [r["index"] for r in task.result["structuredContent"]["results"]] == list(range(6))
+    assert task.result["_meta"][RECEIPT_META_KEY]["ok"] == 6

@@ -121,6 +121,18 @@ def task_object(row: TaskRow) -> dict[str, Any]:
     return task
 
 
+def final_result(plan: BatchPlan, items: list[ItemRow], started: float) -> tuple[str, str]:
+    """The task's result (as JSON text) and its status message: the compact batch result the synchronous call
+    gives, over the saved items. CPU work for a large batch: run it in a worker thread."""
+    try:
+        answered = batch_result(plan.spec, [i.result for i in items], [i.receipt for i in items], started)
+        result = results.answer(answered)
+        message = f"{answered.receipt['ok']} of {len(items)} items answered, {answered.receipt['failed']} failed"
+    except CallError as e:
+        result, message = results.failure(e), str(e)
+    return results.dumps(result.model_dump(by_alias=True, mode="json", exclude_none=True)), message
+
+
 def missing_capability() -> MCPError:
     return MCPError(types.MISSING_REQUIRED_CLIENT_CAPABILITY, "Missing required client capability",
                     {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}})
@@ -203,10 +215,11 @@ class TaskManager:
         assert spec is not None and self._tg is not None
         plan = plan_batch(self.runner, spec, arguments, options)
         caller = current_caller.get()
+        text = await anyio.to_thread.run_sync(json.dumps, arguments)
         now, iso = self.clock(), now_iso()
         row = TaskRow(id=uuid.uuid4().hex, caller=caller.name if caller else None,
                       daily_usd=caller.daily_usd if caller else None, tool=name, status=WORKING, message=None,
-                      created=iso, updated=iso, expires=now + self.ttl_s, arguments=json.dumps(arguments),
+                      created=iso, updated=iso, expires=now + self.ttl_s, arguments=text,
                       options=options.model_dump_json(), batch=plan.batch_id, total=len(plan.items), done=0, failed=0,
                       cost_usd=0.0, unpriced=0, owner=self.owner, lease=now + self.lease_s, cancel=False, result=None,
                       error=None)
@@ -269,9 +282,7 @@ class TaskManager:
                     if not buffer:
                         return
                     items, calls, buffer, writes, last = buffer, writes, [], [], time.monotonic()
-                    # The calls' rows go first: an item saved as answered always has its spend in the ledger.
-                    await self.runner.writer.put(calls)
-                    await self.runner.writer.flush()
+                    await self._write_calls(calls)
                     verdict = await off_loop(self.store.save_items, row.id, self.owner, items)
             if verdict != "saved":
                 held.lost, held.cancel = verdict == "lost", verdict == "cancel"
@@ -310,6 +321,17 @@ class TaskManager:
                 finally:
                     self._held.pop(row.id, None)
 
+    async def _write_calls(self, calls: list[CallWrite]) -> None:
+        # The calls' rows go first, in their own transaction (not queued behind other calls' writes), so an item
+        # saved as answered always has its spend in the ledger; if that fails, the writer's retries take them.
+        ledger = self.runner.ledger
+        assert ledger is not None  # a manager exists only over a ledger
+        try:
+            await off_loop(ledger.write, calls, [], self.runner.config)
+        except Exception:
+            log.warning("writing %d rows of a task failed; queued for the ledger writer", len(calls), exc_info=True)
+            await self.runner.writer.put(calls)
+
     async def _settle(self, row: TaskRow, plan: BatchPlan, held: _Held, failure: BaseException | None) -> None:
         expires = self.clock() + self.ttl_s
         if held.lost:
@@ -336,13 +358,7 @@ class TaskManager:
         if len(items) != row.total:
             raise RuntimeError(f"task {row.id}: {len(items)} of {row.total} items saved")
         started = time.perf_counter() - (time.time() - _unix(row.created))
-        try:
-            answered = batch_result(plan.spec, [i.result for i in items], [i.receipt for i in items], started)
-            result, message = results.answer(answered), (f"{answered.receipt['ok']} of {row.total} items answered, "
-                                                         f"{answered.receipt['failed']} failed")
-        except CallError as e:
-            result, message = results.failure(e), str(e)
-        text = results.dumps(result.model_dump(by_alias=True, mode="json", exclude_none=True))
+        text, message = await anyio.to_thread.run_sync(final_result, plan, items, started)
         await off_loop(partial(self.store.finish, row.id, self.owner, COMPLETED, message, expires, result=text))
         log.info("task %s completed: %s", row.id, message)
 
@@ -429,7 +445,9 @@ class TasksExtension(Extension):
 
     async def _get(self, ctx: Any, params: TaskIdParams) -> dict[str, Any]:
         require(ctx)
-        return task_object(await self.manager.visible(params.task_id))
+        row = await self.manager.visible(params.task_id)
+        # A finished batch's result may be megabytes of JSON: parsed in a worker thread.
+        return await anyio.to_thread.run_sync(task_object, row)
 
     async def _update(self, ctx: Any, params: UpdateTaskParams) -> dict[str, Any]:
         require(ctx)
