@@ -109,6 +109,13 @@ async def test_without_the_extension_or_on_a_legacy_wire_a_batch_is_answered_at_
             assert result.structured_content["results"][0]["output"]["label"] == "bug"
 
 
+async def test_on_the_legacy_wire_the_tasks_methods_do_not_exist(make_runner):
+    async with Client(build_server(make_runner()), mode="legacy", extensions=[TasksClient()]) as client:
+        with pytest.raises(MCPError) as e:
+            await get_task(client, "0" * 32)
+    assert e.value.error.code == -32601
+
+
 async def test_a_bad_batch_is_refused_at_once_not_as_a_task(make_runner):
     async with Client(build_server(make_runner()), extensions=[TasksClient()]) as client:
         result = await client.session.call_tool("classify", {"items": [], "labels": LABELS}, allow_claimed=True)
@@ -139,17 +146,14 @@ async def test_an_unknown_or_hostile_task_id_is_a_clear_invalid_params_error(mak
 
 
 async def test_a_task_id_that_is_not_a_string_is_invalid_params(make_runner):
-    async with Client(build_server(make_runner()), extensions=[TasksClient()]) as client:
-        with pytest.raises(MCPError) as e:
-            await client.session.send_request(
-                _raw_request("tasks/get", {"taskId": 12345}), client.session and __import__("mcp_types").EmptyResult)
-    assert e.value.error.code == -32602
-
-
-def _raw_request(method: str, params: dict):
     import mcp_types as types
 
-    return types.Request[dict, str](method=method, params=params)
+    async with Client(build_server(make_runner()), extensions=[TasksClient()]) as client:
+        for params in ({"taskId": 12345}, {"taskId": None}, {}):
+            with pytest.raises(MCPError) as e:
+                await client.session.send_request(types.Request[dict, str](method="tasks/get", params=params),
+                                                  types.EmptyResult)
+            assert e.value.error.code == -32602
 
 
 async def test_cancel_stops_items_in_flight_and_keeps_the_finished_ones(make_runner, ledger):
