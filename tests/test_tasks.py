@@ -363,6 +363,38 @@ async def test_over_http_a_task_survives_its_session_and_is_its_callers_only(mak
     assert [r["output"]["label"] for r in task.result["structuredContent"]["results"]] == ["bug", "feature"]
 
 
+async def test_tasks_work_on_a_stateless_http_server(make_runner):
+    from .test_http import mcp_client, serving
+
+    async with serving(make_runner(ScriptedModel(fallback=by_text)), stateless=True) as base:
+        async with mcp_client(base, extensions=[TasksClient()]) as client:
+            handle = await start_task(client, "classify", {"items": ["crash", "a feature"], "labels": LABELS})
+        async with mcp_client(base, extensions=[TasksClient()]) as client:
+            task = await wait_task(client, handle.task_id)
+    assert task.status == "completed" and task.result["structuredContent"]["failed"] == 0
+
+
+async def test_a_task_that_cannot_run_here_any_more_completes_with_the_reason(make_runner, ledger):
+    from tiered_mcp.serve.tasks import TaskManager
+
+    now = time.time()
+    store = TaskStore(ledger)
+    for task_id, tool, arguments in (("d" * 32, "draft", "{}"), ("e" * 32, "classify", "not json")):
+        store.create(TaskRow(id=task_id, caller=None, daily_usd=None, tool=tool, status=WORKING, message=None,
+                             created=now_iso(), updated=now_iso(), expires=now + 60, arguments=arguments,
+                             options="{}", batch="x", total=1, done=0, failed=0, cost_usd=0.0, unpriced=0,
+                             owner="gone", lease=now - 1, cancel=False, result=None, error=None))
+    runner = make_runner()
+    async with runner.running(), TaskManager(runner, store).running():
+        with anyio.fail_after(10):
+            while WORKING in (store.get("d" * 32).status, store.get("e" * 32).status):
+                await anyio.sleep(0.02)
+    draft, broken = store.get("d" * 32), store.get("e" * 32)
+    assert draft.status == "completed" and json.loads(draft.result)["isError"] is True
+    assert "takes no batch" in draft.message
+    assert broken.status == "failed" and json.loads(broken.error)["code"] == -32603
+
+
 @pytest.mark.parametrize("ledger_target", ["postgresql"], indirect=True)
 async def test_a_replica_stopped_mid_task_is_finished_by_the_next_one_on_postgresql(ledger_target, tmp_path):
     """Two real server processes, one after the other, on one PostgreSQL ledger: the first is stopped (SIGTERM)

@@ -406,13 +406,19 @@ class TaskManager:
                                    f"cancelled after {row.done} of {row.total} items", expires))
             return
         try:
-            if spec is None or row.arguments is None:
-                raise CallError(f"tool {row.tool!r} is not served by this replica")
+            if spec is None or spec.batch is None or row.arguments is None:
+                raise CallError(f"tool {row.tool!r} takes no batch on this replica")
             plan = plan_batch(self.runner, spec, json.loads(row.arguments),
                               CallOptions.model_validate_json(row.options or "{}"), batch_id=row.batch)
-        except CallError as e:
+        except CallError as e:  # it cannot run here now (its tool changed, no tier is usable): the result says why
             text = results.dumps(results.failure(e).model_dump(by_alias=True, mode="json", exclude_none=True))
             await off_loop(partial(self.store.finish, task_id, self.owner, COMPLETED, str(e), expires, result=text))
+            return
+        except Exception as e:  # a row it cannot read: fail it rather than take it over again and again
+            log.exception("task %s: cannot resume it", task_id)
+            message = f"internal error in tiered-mcp ({type(e).__name__}); see server log"
+            await off_loop(partial(self.store.finish, task_id, self.owner, FAILED, message, expires,
+                                   error=json.dumps({"code": types.INTERNAL_ERROR, "message": message})))
             return
         answered = await off_loop(self.store.answered, task_id)
         pending = [i for i in range(row.total) if i not in answered]
