@@ -178,10 +178,6 @@ class TaskManager:
         return (self._tg is not None and spec is not None and spec.batch is not None
                 and isinstance(arguments, dict) and "items" in arguments)
 
-    @property
-    def held(self) -> Sequence[str]:
-        return list(self._held)
-
     @asynccontextmanager
     async def running(self) -> AsyncIterator[TaskManager]:
         """Run tasks while the server serves: on entry, take over tasks no replica holds; on exit, stop the ones
@@ -225,6 +221,9 @@ class TaskManager:
                       error=None)
         # The spec: no handle before a tasks/get for it would resolve.
         await off_loop(self.store.create, row)
+        if self._tg is None:  # the server began to stop meanwhile: the next one to start resumes the task
+            await off_loop(self.store.release, self.owner, [row.id])
+            return row
         self._start(row, plan, list(range(row.total)), caller)
         log.info("task %s: %s batch of %d items started", row.id, name, row.total)
         return row
