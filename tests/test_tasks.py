@@ -469,3 +469,29 @@ async def test_over_stdio_a_task_outlives_its_server_process(tmp_path):
     assert task.status == "completed"
     assert [r["index"] for r in task.result["structuredContent"]["results"]] == list(range(6))
     assert task.result["_meta"][RECEIPT_META_KEY]["ok"] == 6
+
+
+@BOTH
+async def test_a_cancel_sent_to_another_replica_stops_the_task_where_it_runs(ledger_target, specs):
+    from tiered_mcp.call.options import CallOptions
+    from tiered_mcp.call.runner import Runner
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.serve.tasks import TaskManager
+
+    ledgers = [open_ledger(ledger_target) for _ in range(2)]
+    try:
+        gate = Gate()
+        managers = [TaskManager(Runner(config_from_dict({"cache_ttl_s": 0}), specs, ScriptedModel(fallback=gate), led,
+                                       env={"OPENAI_API_KEY": "sk-test"}), TaskStore(led)) for led in ledgers]
+        a, b = managers
+        async with a.runner.running(), a.running(), b.runner.running(), b.running():
+            row = await a.create("classify", {"items": ["quick crash", "slow one"], "labels": LABELS}, CallOptions())
+            await b.cancel(row.id)  # b does not hold it: the flag reaches a at its next save
+            with anyio.fail_after(10):
+                while (await b.visible(row.id)).status == WORKING:
+                    await anyio.sleep(0.02)
+            task = await b.visible(row.id)
+        assert task.status == "cancelled" and task.message == "cancelled after 1 of 2 items"
+    finally:
+        for led in ledgers:
+            led.close()
