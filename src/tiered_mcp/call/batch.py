@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -61,18 +63,33 @@ def batch_receipt(spec: ToolSpec, receipts: list[dict[str, Any] | None], started
     }
 
 
-async def run_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], progress: Progress | None,
-                    options: CallOptions) -> Result:
-    """Run every item of a batch call.
+@dataclass(frozen=True)
+class BatchPlan:
+    """A batch call's checked arguments: the shared ones, the items, the ladder they run on, and the batch id their
+    ledger rows share."""
+
+    spec: ToolSpec
+    name: str
+    shared: dict[str, Any]
+    items: list[Any]
+    ladder: list[str]
+    options: CallOptions
+    batch_id: str
+
+
+def plan_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], options: CallOptions,
+               batch_id: str | None = None) -> BatchPlan:
+    """Check a batch call's arguments (before any model is asked).
 
     Raises:
         ArgumentsError: `items` is not a non-empty list within the spec's max_items, or is mixed with the argument
             it stands for.
-        ToolFailed: every item failed (the receipt lists each one).
+        CallError: no tier can run the call.
     """
-    from tiered_mcp.call.runner import Result, schema_problems
+    from tiered_mcp.call.runner import schema_problems
 
     assert spec.batch is not None
+    args = dict(args)
     name, items = spec.batch.argument, args.pop("items")
     requested = args.pop("tier", None)
     item_schema = {"type": "array", "minItems": 1, "maxItems": spec.batch.max_items,
@@ -86,35 +103,89 @@ async def run_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], progre
     shared = runner.check_arguments(spec, {**args, name: items[0]})
     shared.pop(name)
     ladder = runner.ladder(spec, requested, effective(runner.config, spec, options).ceiling)
-    batch_id = uuid.uuid4().hex[:12]
+    return BatchPlan(spec, name, shared, list(items), ladder, options, batch_id or uuid.uuid4().hex[:12])
+
+
+ItemDone = Callable[[int, "Result | CallError", CallWrite], Awaitable[None]]
+"""Told of each finished item: its index, its outcome and its ledger row (which the callee writes)."""
+
+
+async def run_items(runner: Runner, plan: BatchPlan, indices: Iterable[int], on_item: ItemDone,
+                    workers: int | None = None) -> None:
+    """Run the items at `indices` through the one model path, concurrently (the provider's limit bounds the
+    requests in flight); `workers` bounds the items started at once (None: all of them)."""
+    todo = list(indices)
+
+    async def one(i: int) -> None:
+        outcome, write = await runner.run_item(plan.spec, {**plan.shared, plan.name: plan.items[i]}, plan.ladder,
+                                               plan.options, plan.batch_id)
+        await on_item(i, outcome, write)
+
+    async def worker(queue: list[int]) -> None:
+        while queue:
+            await one(queue.pop())
+
+    async with anyio.create_task_group() as tg:
+        if workers is None or workers >= len(todo):
+            for i in todo:
+                tg.start_soon(one, i)
+        else:
+            queue = todo[::-1]  # popped from the end: items start in index order
+            for _ in range(workers):
+                tg.start_soon(worker, queue)
+
+
+async def run_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], progress: Progress | None,
+                    options: CallOptions) -> Result:
+    """Run every item of a batch call.
+
+    Raises:
+        ArgumentsError: `items` is not a non-empty list within the spec's max_items, or is mixed with the argument
+            it stands for.
+        ToolFailed: every item failed (the receipt lists each one).
+    """
+    plan = plan_batch(runner, spec, args, options)
     started = time.perf_counter()
+    items = plan.items
     results: list[dict[str, Any]] = [{} for _ in items]
     receipts: list[dict[str, Any] | None] = [None] * len(items)
     writes: list[CallWrite] = []
     done = 0
 
-    async def one(i: int, item: Any) -> None:
+    async def record(i: int, outcome: Result | CallError, write: CallWrite) -> None:
         nonlocal done
-        outcome, write = await runner.run_item(spec, {**shared, name: item}, ladder, options, batch_id)
         writes.append(write)
-        if isinstance(outcome, CallError):
-            results[i], receipts[i] = {"index": i, "error": str(outcome)}, outcome.receipt
-            said = "failed"
-        else:
-            results[i], receipts[i] = {"index": i, "output": outcome.output}, outcome.receipt
-            said = f"ok on {outcome.receipt['tier']}"
+        results[i], receipts[i] = item_result(i, outcome), outcome.receipt
         done += 1
         if progress is not None:
+            said = "failed" if isinstance(outcome, CallError) else f"ok on {outcome.receipt['tier']}"
             await progress(done, len(items), f"item {i}: {said}")
 
     try:
-        async with anyio.create_task_group() as tg:
-            for i, item in enumerate(items):
-                tg.start_soon(one, i, item)
+        await run_items(runner, plan, range(len(items)), record)
     finally:
         # Shielded, so a cancelled batch still records what its finished items spent.
         with anyio.CancelScope(shield=True):
             await runner.writer.put(writes)
+    return batch_result(spec, results, receipts, started)
+
+
+def item_result(i: int, outcome: Result | CallError) -> dict[str, Any]:
+    """One item's place in the batch result: its output, or its error."""
+    if isinstance(outcome, CallError):
+        return {"index": i, "error": str(outcome)}
+    return {"index": i, "output": outcome.output}
+
+
+def batch_result(spec: ToolSpec, results: list[dict[str, Any]], receipts: list[dict[str, Any] | None],
+                 started: float) -> Result:
+    """The compact batch result (`started`: a perf_counter reading).
+
+    Raises:
+        ToolFailed: every item failed (the receipt lists each one).
+    """
+    from tiered_mcp.call.runner import Result
+
     receipt = batch_receipt(spec, receipts, started)
     if receipt["ok"] == 0:
         first = next(r["error"] for r in results if "error" in r)

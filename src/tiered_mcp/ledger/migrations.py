@@ -132,7 +132,26 @@ CREATE INDEX IF NOT EXISTS tier_switches_tool ON tier_switches (tool, id)""".spl
         cur.execute(stmt)
 
 
-MIGRATIONS: list[Callable[[Cursor, Dialect], None]] = [initial, accounting, autotier]
+def tasks(cur: Cursor, d: Dialect) -> None:
+    """Batch calls run as MCP tasks: one row per task (its arguments while it runs, progress counters, the replica
+    that holds it and until when, the final result) and one per finished item, so that another session, or another
+    replica after a restart, can answer for the task and finish it."""
+    for stmt in f"""
+CREATE TABLE IF NOT EXISTS tasks (
+    id {d.key} PRIMARY KEY, caller {d.key}, daily_usd {d.real}, tool {d.key} NOT NULL, status {d.key} NOT NULL,
+    message TEXT, created {d.key} NOT NULL, updated {d.key} NOT NULL, expires {d.real} NOT NULL,
+    arguments TEXT, options TEXT, batch {d.key} NOT NULL, total INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0, cost_usd {d.real} NOT NULL DEFAULT 0, unpriced INTEGER NOT NULL DEFAULT 0,
+    owner {d.key}, lease {d.real} NOT NULL DEFAULT 0, cancel INTEGER NOT NULL DEFAULT 0, result TEXT, error TEXT);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, lease);
+CREATE INDEX IF NOT EXISTS tasks_expires ON tasks (expires);
+CREATE TABLE IF NOT EXISTS task_items (
+    task_id {d.key} NOT NULL, idx INTEGER NOT NULL, ok INTEGER NOT NULL, result TEXT NOT NULL, receipt TEXT,
+    PRIMARY KEY (task_id, idx))""".split(";"):
+        cur.execute(stmt)
+
+
+MIGRATIONS: list[Callable[[Cursor, Dialect], None]] = [initial, accounting, autotier, tasks]
 """Every migration, oldest first; each is applied once and recorded under its function's name."""
 
 

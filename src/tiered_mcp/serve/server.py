@@ -6,7 +6,6 @@ is a protocol error. Nothing here writes to stdout: on stdio that belongs to the
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -27,14 +26,17 @@ from tiered_mcp.core.errors import CallError, ConfigError
 from tiered_mcp.core.files import private_file
 from tiered_mcp.core.identity import current_caller
 from tiered_mcp.core.prices import price_of
-from tiered_mcp.core.receipts import RECEIPT_META_KEY
 from tiered_mcp.evidence.shadow import Shadows
 from tiered_mcp.evidence.tiering import AutoTiering
 from tiered_mcp.ledger.base import off_loop, open_ledger
+from tiered_mcp.ledger.sql import SqlLedger
 from tiered_mcp.ledger.sqlite import Ledger
+from tiered_mcp.ledger.tasks import TaskStore
 from tiered_mcp.models.base import LazyOpenAI, Model
 from tiered_mcp.models.local import LocalEngine
 from tiered_mcp.models.local_examples import SQLiteExampleStore
+from tiered_mcp.serve import results
+from tiered_mcp.serve.tasks import Executor, TaskManager, TasksExtension, apply_extensions, path_executor
 from tiered_mcp.specs.spec import Specs, ToolSpec, load_specs
 
 log = logging.getLogger("tiered_mcp")
@@ -47,8 +49,7 @@ RESOURCE_NOT_FOUND = types.INVALID_PARAMS
 """An unknown resource is invalid params with `data.uri` (the 2026-07-28 spec retired -32002)."""
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+_dumps = results.dumps
 
 
 def _noise(key: str, value: Any) -> bool:
@@ -137,8 +138,9 @@ def tier_table(config: Config, specs: Specs, usable: Usable = lambda tier: True,
     return rows
 
 
-def build_server(runner: Runner) -> Server[Any]:
-    """An MCP server publishing the runner's tools and resources."""
+def build_server(runner: Runner, task_executor: Executor | None = None) -> Server[Any]:
+    """An MCP server publishing the runner's tools and resources, and with a ledger, the Tasks extension for batch
+    calls (`task_executor` runs their items; default: the model path)."""
     tools = [
         types.Tool(
             name=spec.name,
@@ -183,26 +185,13 @@ def build_server(runner: Runner) -> Server[Any]:
             raise MCPError(types.INVALID_PARAMS, str(e)) from None
         except CallError as e:
             log_call(e.receipt, type(e).__name__)
-            meta = {RECEIPT_META_KEY: e.receipt} if e.receipt else None
-            return types.CallToolResult(content=[types.TextContent(text=str(e))], is_error=True, _meta=meta)
+            return results.failure(e)
         except Exception as e:  # a bug of ours must not take the server down with it
             log.exception("internal error in tool %s", params.name)
             log_call(None, type(e).__name__)
-            return types.CallToolResult(
-                content=[types.TextContent(text=f"internal error in tiered-mcp ({type(e).__name__}); see server log")],
-                is_error=True,
-            )
+            return results.internal(e)
         log_call(result.receipt)
-        content: list[types.ContentBlock] = [types.TextContent(text=_dumps(result.output))]
-        if result.receipt.get("unverified"):
-            # Hosts' models read the text, not _meta: say which values no tier could verify against the input.
-            content.append(types.TextContent(text="unverified (not found in the input by the tool's validators): "
-                                                  + ", ".join(result.receipt["unverified"])))
-        return types.CallToolResult(
-            content=content,
-            structured_content=result.output,
-            _meta={RECEIPT_META_KEY: result.receipt},
-        )
+        return results.answer(result)
 
     async def list_resources(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
         return types.ListResourcesResult(resources=[
@@ -270,12 +259,20 @@ def build_server(runner: Runner) -> Server[Any]:
     async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
         raise MCPError(types.INVALID_PARAMS, f"unknown prompt {params.name!r}: tiered-mcp offers tools, not prompts")
 
+    manager = None
+    if isinstance(runner.ledger, SqlLedger):
+        manager = TaskManager(runner, TaskStore(runner.ledger), task_executor or path_executor)
+
     @asynccontextmanager
     async def lifespan(server: Any) -> AsyncIterator[Runner]:
         async with runner.running():
-            yield runner
+            if manager is None:
+                yield runner
+            else:
+                async with manager.running():
+                    yield runner
 
-    return Server(
+    server = Server(
         "tiered-mcp",
         version=__version__,
         lifespan=lifespan,
@@ -288,6 +285,9 @@ def build_server(runner: Runner) -> Server[Any]:
         on_list_prompts=list_prompts,
         on_get_prompt=get_prompt,
     )
+    if manager is not None:
+        apply_extensions(server, [TasksExtension(manager)], call_tool)
+    return server
 
 
 def check_tool_settings(config: Config, specs: Specs) -> None:
