@@ -127,6 +127,26 @@ def make_runner(specs: Specs, ledger: LedgerStore, sleeps: Sleeps) -> Callable[.
 
 
 @pytest.fixture
+def replica_set(pg_url: str, tmp_path: Path) -> Callable[..., Any]:
+    """Start replicas behind haproxy on this test's PostgreSQL schema (see tests/replicas.py): call it as
+    `with replica_set(upstream.base_url, config=TOML) as rs:`. Skips without haproxy, or fails under
+    $TIERED_MCP_REQUIRE_HAPROXY (as .ci/run sets)."""
+    from . import replicas
+
+    try:
+        replicas.haproxy_binary()
+    except replicas.Unavailable as e:
+        if os.environ.get(replicas.ENV_REQUIRE):
+            pytest.fail(f"haproxy is required (${replicas.ENV_REQUIRE}) but unavailable: {e}", pytrace=False)
+        pytest.skip(f"replica tests skipped: {e}")
+
+    def start(upstream_base_url: str, n: int = 3, **kwargs: Any) -> Any:
+        return replicas.replica_set(pg_url, upstream_base_url, tmp_path / "replicas", n, api_key=SECRET, **kwargs)
+
+    return start
+
+
+@pytest.fixture
 def upstream() -> FakeUpstream:
     with FakeUpstream() as up:
         yield up
