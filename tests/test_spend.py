@@ -95,3 +95,42 @@ async def test_a_new_spec_version_or_model_misses_the_cache(make_runner, specs):
     await make_runner(model, cache_ttl_s=60).call("classify", ARGS)
     await make_runner(model, cache_ttl_s=60, tiers={"nano": {"model": "gpt-5.4-nano-2026"}}).call("classify", ARGS)
     assert len(model.requests) == 2
+
+
+async def test_a_capped_request_takes_one_transaction_of_its_own_and_settles_with_the_writer(tmp_path, specs):
+    from tiered_mcp.call.runner import Runner
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.ledger.sqlite import Ledger
+
+    class Counted(Ledger):
+        def __init__(self, path):
+            super().__init__(path)
+            self.seen = []
+
+        def budget_reserve(self, *args):
+            self.seen.append("reserve")
+            return super().budget_reserve(*args)
+
+        def budget_settle(self, *args):
+            self.seen.append("settle")
+            return super().budget_settle(*args)
+
+        def write(self, calls, shadows, config, settles=()):
+            self.seen.append(f"write {len(calls)} calls, {len(settles)} settlements")
+            return super().write(calls, shadows, config, settles)
+
+    ledger = Counted(tmp_path / "ledger.sqlite3")
+    config = config_from_dict({"cache_ttl_s": 0, "budgets": {"daily_usd": 1.0}})
+    runner = Runner(config, specs, ScriptedModel({"nano": [BIG]}), ledger, env={"OPENAI_API_KEY": "k"})
+    async with runner.running():
+        result = await runner.call("classify", ARGS)
+        assert ledger.seen[0] == "reserve" and "settle" not in ledger.seen
+        await runner.writer.flush()
+    # The settlement and the call's row went in the writer's transactions (one, or two when the writer took the
+    # settlement before the row was queued); the cap now counts exactly what the request cost.
+    assert ledger.seen[1:] in (["write 1 calls, 1 settlements"], ["write 0 calls, 1 settlements",
+                                                                   "write 1 calls, 0 settlements"])
+    assert result.receipt["budget"]["budgets.daily_usd"]["spent_usd"] == pytest.approx(0.2)
+    assert await runner.budget.status("classify") == {"budgets.daily_usd": {
+        "cap_usd": 1.0, "spent_usd": pytest.approx(0.2), "remaining_usd": pytest.approx(0.8)}}
+    ledger.close()

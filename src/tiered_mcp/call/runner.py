@@ -165,12 +165,12 @@ class Runner:
         self.model = Models(remote=model, local=EmbeddedModel(self.local))
         self.session = session or uuid.uuid4().hex[:12]
         self.clock = clock
-        self.budget = Budget(config, ledger, self.session, clock)
+        self.writer = LedgerWriter(ledger, config)
+        self.budget = Budget(config, ledger, self.session, clock, self.writer)
         self._env = os.environ if env is None else env
         self.scrubber = scrubber if scrubber is not None else Scrubber.from_config(config, self._env)
         self.path = ModelPath(config, self.model, self.budget, sleep=sleep, jitter=jitter, scrub=self.scrubber.scrub)
         self.cache = Cache(ledger)
-        self.writer = LedgerWriter(ledger, config)
         self._observers = observers
         self._background: TaskGroup | None = None
         self.background_pending = 0
