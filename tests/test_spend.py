@@ -134,3 +134,29 @@ async def test_a_capped_request_takes_one_transaction_of_its_own_and_settles_wit
     assert await runner.budget.status("classify") == {"budgets.daily_usd": {
         "cap_usd": 1.0, "spent_usd": pytest.approx(0.2), "remaining_usd": pytest.approx(0.8)}}
     ledger.close()
+
+
+def test_the_cache_key_with_its_shared_part_encoded_once_is_the_same_key():
+    import hashlib
+    import json
+
+    from tiered_mcp.call.cache import cache_key, key_json, keyed
+
+    parts = ["classify", 2, "digest", [[{"model": "m", "t": None}, "http://x/v1"]], [["invalid"], 0.5, []], "ana"]
+    args = {"text": "Zoë's app crashes", "labels": ["b", "a"], "n": 1.5}
+    blob = json.dumps([parts, args], sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    want = hashlib.sha256(blob.encode()).hexdigest()  # the key as earlier releases computed it: entries still hit
+    assert cache_key(parts, args) == keyed(key_json(parts), args) == want
+
+
+def test_a_receipts_attempts_are_what_asdict_gives():
+    from dataclasses import asdict
+
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.core.receipts import Attempt, Receipt
+
+    receipt = Receipt(tool="classify", tier="nano", model="m", ok=True)
+    receipt.attempts = [Attempt("nano", "m", "first", outcome="invalid", detail="d", input_tokens=3, cost_usd=None),
+                        Attempt("mini", "m2", "escalation", trigger="invalid", outcome="ok", estimated=True)]
+    assert receipt.to_dict(config_from_dict({}))["attempts"] == [asdict(a) for a in receipt.attempts]
+

@@ -19,10 +19,20 @@ from tiered_mcp.ledger.base import CacheEntry, LedgerStore, off_loop
 MEMORY_ENTRIES = 4096
 
 
+def key_json(value: Any) -> str:
+    """The canonical JSON a cache key hashes."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def cache_key(parts: list[Any], arguments: dict[str, Any]) -> str:
     """A key for `arguments` under everything else the answer depends on (`parts`)."""
-    blob = json.dumps([parts, arguments], sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return keyed(key_json(parts), arguments)
+
+
+def keyed(parts_json: str, arguments: dict[str, Any]) -> str:
+    """`cache_key` with the parts already encoded by `key_json`: the same key, without re-encoding per call what
+    every call of a tool on one ladder shares."""
+    return hashlib.sha256(f"[{parts_json},{key_json(arguments)}]".encode()).hexdigest()
 
 
 class Cache:
