@@ -121,6 +121,16 @@ def test_cache_entries_ride_with_their_call_and_expire(ledger):
     assert ledger.cache_sweep(1061.0) == 1 and ledger.cache_sweep(1061.0) == 0
 
 
+def test_cache_lookups_of_many_keys_in_one_query(ledger_target):
+    led = open_ledger(ledger_target)
+    led.write([CallWrite(receipt(i), cache=CacheEntry(f"k{i}", {"label": f"l{i}"}, "nano", "m", 1000.0 + i))
+               for i in range(3)], [], CFG)
+    assert led.cache_get_many([f"k{i}" for i in range(600)], 1000.5) == {
+        "k1": ({"label": "l1"}, "nano", "m"), "k2": ({"label": "l2"}, "nano", "m")}  # k0 expired; 600 keys, two queries
+    assert led.cache_get_many([], 0.0) == {}
+    led.close()
+
+
 def test_shadow_rows_round_trip(ledger):
     row = ShadowRow(tool="classify", call_id="a1", shadow_call_id="b2", tier="nano", comparison_tier="mini",
                     score=0.75, agree=False, detail="fields", cost_usd=0.001, comparison_cost_usd=None,

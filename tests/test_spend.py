@@ -2,6 +2,7 @@
 
 import time
 
+import anyio
 import pytest
 
 from tiered_mcp.call.options import CallOptions
@@ -160,3 +161,39 @@ def test_a_receipts_attempts_are_what_asdict_gives():
                         Attempt("mini", "m2", "escalation", trigger="invalid", outcome="ok", estimated=True)]
     assert receipt.to_dict(config_from_dict({}))["attempts"] == [asdict(a) for a in receipt.attempts]
 
+
+async def test_concurrent_cache_misses_are_looked_up_together(tmp_path, specs):
+    from tiered_mcp.call.runner import Runner
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.ledger.sqlite import Ledger
+
+    class Counted(Ledger):
+        lookups: list[int] = []
+
+        def cache_get_many(self, keys, now):
+            self.lookups.append(len(keys))
+            return super().cache_get_many(keys, now)
+
+    config = config_from_dict({"cache_ttl_s": 60})
+    path = tmp_path / "ledger.sqlite3"
+    texts = [f"ticket {i}" for i in range(20)]
+    # Another process answered these before: this server's memory holds none of them, the ledger all.
+    earlier = Runner(config, specs, ScriptedModel(fallback=lambda req: reply(GOOD)), Ledger(path),
+                     env={"OPENAI_API_KEY": "k"})
+    for text in texts:
+        await earlier.call("classify", {**ARGS, "text": text})
+    earlier.ledger.close()
+    ledger = Counted(path)
+    model = ScriptedModel(fallback=lambda req: reply(GOOD))
+    runner = Runner(config, specs, model, ledger, env={"OPENAI_API_KEY": "k"})
+    results = {}
+    async with runner.running():
+        async with anyio.create_task_group() as tg:
+            for text in [*texts, "new"]:
+                async def one(text=text):
+                    results[text] = await runner.call("classify", {**ARGS, "text": text})
+                tg.start_soon(one)
+    assert all(results[t].receipt.get("cached") for t in texts) and not results["new"].receipt.get("cached")
+    assert len(model.requests) == 1
+    assert sum(ledger.lookups) == 21 and len(ledger.lookups) < 21  # misses waited together: fewer queries than calls
+    ledger.close()

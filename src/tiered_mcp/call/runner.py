@@ -206,6 +206,8 @@ class Runner:
                 # first request that needs a count; start-up does not wait for it.
                 tg.start_soon(anyio.to_thread.run_sync, token_encoding)
                 await tg.start(self.writer.run)
+                if self.ledger is not None:
+                    await tg.start(self.cache.run)
                 tg.start_soon(self._sweep)
                 self._background = tg
                 try:
