@@ -20,6 +20,7 @@ from tiered_mcp.ledger.base import (
     POSTGRES_EXTRA_HINT,
     CacheEntry,
     CallWrite,
+    Settle,
     ShadowRow,
     is_postgres_url,
     mask_dsn,
@@ -120,6 +121,16 @@ def test_cache_entries_ride_with_their_call_and_expire(ledger):
     assert ledger.cache_sweep(1061.0) == 1 and ledger.cache_sweep(1061.0) == 0
 
 
+def test_cache_lookups_of_many_keys_in_one_query(ledger_target):
+    led = open_ledger(ledger_target)
+    led.write([CallWrite(receipt(i), cache=CacheEntry(f"k{i}", {"label": f"l{i}"}, "nano", "m", 1000.0 + i))
+               for i in range(3)], [], CFG)
+    assert led.cache_get_many([f"k{i}" for i in range(600)], 1000.5) == {
+        "k1": ({"label": "l1"}, "nano", "m"), "k2": ({"label": "l2"}, "nano", "m")}  # k0 expired; 600 keys, two queries
+    assert led.cache_get_many([], 0.0) == {}
+    led.close()
+
+
 def test_shadow_rows_round_trip(ledger):
     row = ShadowRow(tool="classify", call_id="a1", shadow_call_id="b2", tier="nano", comparison_tier="mini",
                     score=0.75, agree=False, detail="fields", cost_usd=0.001, comparison_cost_usd=None,
@@ -152,6 +163,22 @@ def test_budget_holds_are_atomic_and_settle_to_the_actual_cost(ledger):
     assert ledger.budget_reserve(caps, 0.3, "h3", 100.0, 60.0) == (True, {k: 0.1 for k, _ in caps})
     # A hold nobody settles (a process that died) stops counting when it expires.
     assert ledger.budget_reserve(caps, 0.3, "h4", 161.0, 60.0)[0]
+
+
+def test_settlements_ride_with_a_write_and_a_written_call_drops_its_holds(ledger_target):
+    led = open_ledger(ledger_target)
+    day = [("day:2026-12-01", 1.0)]
+    for hold in ("h1", "h2"):
+        assert led.budget_reserve(day, 0.3, hold, 100.0, 60.0)[0]
+    done = receipt(1, cost=0.05)
+    done.day, done.holds = "2026-12-01", ["h2"]
+    # h1 settles to its actual 0.1 (its call still running); h2's call is written in the same transaction, so its
+    # settlement is moot: the hold goes and the call's spend (0.05) joins the total.
+    led.write([CallWrite(done)], [], CFG, [Settle("h1", 0.1, 160.0), Settle("h2", 0.05, 160.0)])
+    assert led.budget_committed(["day:2026-12-01"], 100.0) == {"day:2026-12-01": pytest.approx(0.15)}
+    # The settlement moved h1's expiry too: still held after its first 60 s.
+    assert led.budget_committed(["day:2026-12-01"], 159.0) == {"day:2026-12-01": pytest.approx(0.15)}
+    led.close()
 
 
 def test_a_ledger_is_private_to_its_user(tmp_path):

@@ -2,6 +2,7 @@
 
 import time
 
+import anyio
 import pytest
 
 from tiered_mcp.call.options import CallOptions
@@ -95,3 +96,104 @@ async def test_a_new_spec_version_or_model_misses_the_cache(make_runner, specs):
     await make_runner(model, cache_ttl_s=60).call("classify", ARGS)
     await make_runner(model, cache_ttl_s=60, tiers={"nano": {"model": "gpt-5.4-nano-2026"}}).call("classify", ARGS)
     assert len(model.requests) == 2
+
+
+async def test_a_capped_request_takes_one_transaction_of_its_own_and_settles_with_the_writer(tmp_path, specs):
+    from tiered_mcp.call.runner import Runner
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.ledger.sqlite import Ledger
+
+    class Counted(Ledger):
+        def __init__(self, path):
+            super().__init__(path)
+            self.seen = []
+
+        def budget_reserve(self, *args):
+            self.seen.append("reserve")
+            return super().budget_reserve(*args)
+
+        def budget_settle(self, *args):
+            self.seen.append("settle")
+            return super().budget_settle(*args)
+
+        def write(self, calls, shadows, config, settles=()):
+            self.seen.append(f"write {len(calls)} calls, {len(settles)} settlements")
+            return super().write(calls, shadows, config, settles)
+
+    ledger = Counted(tmp_path / "ledger.sqlite3")
+    config = config_from_dict({"cache_ttl_s": 0, "budgets": {"daily_usd": 1.0}})
+    runner = Runner(config, specs, ScriptedModel({"nano": [BIG]}), ledger, env={"OPENAI_API_KEY": "k"})
+    async with runner.running():
+        result = await runner.call("classify", ARGS)
+        assert ledger.seen[0] == "reserve" and "settle" not in ledger.seen
+        await runner.writer.flush()
+    # The settlement and the call's row went in the writer's transactions (one, or two when the writer took the
+    # settlement before the row was queued); the cap now counts exactly what the request cost.
+    assert ledger.seen[1:] in (["write 1 calls, 1 settlements"], ["write 0 calls, 1 settlements",
+                                                                   "write 1 calls, 0 settlements"])
+    assert result.receipt["budget"]["budgets.daily_usd"]["spent_usd"] == pytest.approx(0.2)
+    assert await runner.budget.status("classify") == {"budgets.daily_usd": {
+        "cap_usd": 1.0, "spent_usd": pytest.approx(0.2), "remaining_usd": pytest.approx(0.8)}}
+    ledger.close()
+
+
+def test_the_cache_key_with_its_shared_part_encoded_once_is_the_same_key():
+    import hashlib
+    import json
+
+    from tiered_mcp.call.cache import cache_key, key_json, keyed
+
+    parts = ["classify", 2, "digest", [[{"model": "m", "t": None}, "http://x/v1"]], [["invalid"], 0.5, []], "ana"]
+    args = {"text": "Zoë's app crashes", "labels": ["b", "a"], "n": 1.5}
+    blob = json.dumps([parts, args], sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    want = hashlib.sha256(blob.encode()).hexdigest()  # the key as earlier releases computed it: entries still hit
+    assert cache_key(parts, args) == keyed(key_json(parts), args) == want
+
+
+def test_a_receipts_attempts_are_what_asdict_gives():
+    from dataclasses import asdict
+
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.core.receipts import Attempt, Receipt
+
+    receipt = Receipt(tool="classify", tier="nano", model="m", ok=True)
+    receipt.attempts = [Attempt("nano", "m", "first", outcome="invalid", detail="d", input_tokens=3, cost_usd=None),
+                        Attempt("mini", "m2", "escalation", trigger="invalid", outcome="ok", estimated=True)]
+    assert receipt.to_dict(config_from_dict({}))["attempts"] == [asdict(a) for a in receipt.attempts]
+
+
+async def test_concurrent_cache_misses_are_looked_up_together(tmp_path, specs):
+    from tiered_mcp.call.runner import Runner
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.ledger.sqlite import Ledger
+
+    class Counted(Ledger):
+        lookups: list[int] = []
+
+        def cache_get_many(self, keys, now):
+            self.lookups.append(len(keys))
+            return super().cache_get_many(keys, now)
+
+    config = config_from_dict({"cache_ttl_s": 60})
+    path = tmp_path / "ledger.sqlite3"
+    texts = [f"ticket {i}" for i in range(20)]
+    # Another process answered these before: this server's memory holds none of them, the ledger all.
+    earlier = Runner(config, specs, ScriptedModel(fallback=lambda req: reply(GOOD)), Ledger(path),
+                     env={"OPENAI_API_KEY": "k"})
+    for text in texts:
+        await earlier.call("classify", {**ARGS, "text": text})
+    earlier.ledger.close()
+    ledger = Counted(path)
+    model = ScriptedModel(fallback=lambda req: reply(GOOD))
+    runner = Runner(config, specs, model, ledger, env={"OPENAI_API_KEY": "k"})
+    results = {}
+    async with runner.running():
+        async with anyio.create_task_group() as tg:
+            for text in [*texts, "new"]:
+                async def one(text=text):
+                    results[text] = await runner.call("classify", {**ARGS, "text": text})
+                tg.start_soon(one)
+    assert all(results[t].receipt.get("cached") for t in texts) and not results["new"].receipt.get("cached")
+    assert len(model.requests) == 1
+    assert sum(ledger.lookups) == 21 and len(ledger.lookups) < 21  # misses waited together: fewer queries than calls
+    ledger.close()

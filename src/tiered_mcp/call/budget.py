@@ -3,10 +3,13 @@ spending.
 
 Before each model request the worst case is reserved (the prompt's o200k tokens at the input price plus the tier's
 whole output cap at the output price) and the request is refused if it could pass a cap; afterwards the
-reservation is swapped for what the request cost. The day caps live in the ledger as running totals per cap and
+reservation is shrunk to what the request cost. The day caps live in the ledger as running totals per cap and
 day plus in-flight holds, checked and taken in one transaction (row locks on PostgreSQL), so replicas sharing one
-database cannot jointly overrun a cap, and no call ever sums the ledger. A hold that is never settled (a process
-that died) expires after `HOLD_TTL_S`. The session cap is this process's own spending, kept in memory.
+database cannot jointly overrun a cap, and no call ever sums the ledger. Only the reservation is a transaction of
+its own on the request's path: the settlement rides with the ledger writer's next transaction (a hold that stays
+at the worst case a moment longer only errs on the safe side), and the call's row drops its holds as it adds their
+spend to the totals. A hold that is never settled (a process that died) expires after `HOLD_TTL_S`. The session
+cap is this process's own spending, kept in memory.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from typing import Any, Callable
 
 import anyio
 
+from tiered_mcp.call.writer import LedgerWriter
 from tiered_mcp.core.config import Config, Tier
 from tiered_mcp.core.errors import BudgetExceeded
 from tiered_mcp.core.identity import current_caller
 from tiered_mcp.core.prices import price_of
 from tiered_mcp.core.tokens import count_messages
-from tiered_mcp.ledger.base import LedgerStore, off_loop, spend_key
+from tiered_mcp.ledger.base import LedgerStore, Settle, off_loop, spend_key
 
 HOLD_TTL_S = 900.0
 Clock = Callable[[], datetime]
@@ -79,10 +83,13 @@ class Budget:
         ledger: where the day totals live (None: this process's memory only).
         session: this server process's id.
         clock: now, as an aware UTC datetime (tests move it across midnight).
+        writer: takes settlements to the ledger with its next transaction (None: each is written at once).
     """
 
-    def __init__(self, config: Config, ledger: LedgerStore | None, session: str, clock: Clock = utc_now) -> None:
+    def __init__(self, config: Config, ledger: LedgerStore | None, session: str, clock: Clock = utc_now,
+                 writer: LedgerWriter | None = None) -> None:
         self.config, self.ledger, self.session, self.clock = config, ledger, session, clock
+        self.writer = writer
         self._memory: dict[str, float] = defaultdict(float)  # committed per key when there is no ledger
         self._session = 0.0  # committed (spent + held) by this process
 
@@ -156,11 +163,13 @@ class Budget:
             hold.status[c.name] = self._figure(c.usd, figure["spent_usd"] - hold.amount + spent)
 
     async def _release(self, hold: Hold, shared: list[tuple[str, float]], spent: float) -> None:
-        if self.ledger is not None:
-            await off_loop(self.ledger.budget_settle, hold.id, spent, self.clock().timestamp(), HOLD_TTL_S)
-        else:
+        if self.ledger is None:
             for k, _ in shared:
                 self._memory[k] += spent - hold.amount
+        elif self.writer is not None:
+            await self.writer.put([], [], [Settle(hold.id, spent, self.clock().timestamp() + HOLD_TTL_S)])
+        else:
+            await off_loop(self.ledger.budget_settle, hold.id, spent, self.clock().timestamp(), HOLD_TTL_S)
 
     async def status(self, tool: str) -> dict[str, dict[str, float]]:
         """Each cap that applies to `tool` with what is spent (or held) and what remains."""

@@ -25,7 +25,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from tiered_mcp.call.budget import Budget, Clock, utc_now
-from tiered_mcp.call.cache import Cache, cache_key
+from tiered_mcp.call.cache import Cache, cache_key, key_json, keyed
 from tiered_mcp.call.options import CallOptions, effective
 from tiered_mcp.call.path import ModelPath, Progress
 from tiered_mcp.call.routing import ladder_for
@@ -181,12 +181,13 @@ class Runner:
         self.model = Models(remote=model, local=EmbeddedModel(self.local))
         self.session = session or uuid.uuid4().hex[:12]
         self.clock = clock
-        self.budget = Budget(config, ledger, self.session, clock)
+        self.writer = LedgerWriter(ledger, config)
+        self.budget = Budget(config, ledger, self.session, clock, self.writer)
         self._env = os.environ if env is None else env
         self.scrubber = scrubber if scrubber is not None else Scrubber.from_config(config, self._env)
         self.path = ModelPath(config, self.model, self.budget, sleep=sleep, jitter=jitter, scrub=self.scrubber.scrub)
         self.cache = Cache(ledger)
-        self.writer = LedgerWriter(ledger, config)
+        self._key_parts: dict[tuple[Any, ...], tuple[ToolSpec, str]] = {}  # per tool, ladder, checks and scope
         self._observers = observers
         self.steering = steering
         self._background: TaskGroup | None = None
@@ -226,6 +227,8 @@ class Runner:
                 # first request that needs a count; start-up does not wait for it.
                 tg.start_soon(anyio.to_thread.run_sync, token_encoding)
                 await tg.start(self.writer.run)
+                if self.ledger is not None:
+                    await tg.start(self.cache.run)
                 if self.steering is not None:
                     await self.steering.load(self)
                 tg.start_soon(self._sweep)
@@ -451,14 +454,22 @@ class Runner:
 
     def _cache_key(self, plan: _Plan) -> str:
         spec, caller = plan.spec, current_caller.get()
-        checks = [sorted(self._triggers(spec, plan.options)), self._threshold(spec, plan.options),
-                  [v.model_dump() for v in spec.validators]]
-        # The tiers as configured (model, endpoint, parameters) and the spec as loaded (prompt, schemas): an edit to
-        # either, even without a new spec version, misses the cache rather than serving an answer to another prompt.
-        tiers = [[self.config.tiers[t].model_dump(), self.config.providers[self.config.tiers[t].provider].base_url]
-                 for t in plan.ladder]
+        triggers, threshold = self._triggers(spec, plan.options), self._threshold(spec, plan.options)
         scope = caller.name if caller and not self.config.share_across_callers else None
-        return cache_key([spec.name, spec.version, _spec_digest(spec), tiers, checks, scope], plan.args)
+        memo = (spec.name, tuple(plan.ladder), triggers, threshold, scope)
+        hit = self._key_parts.get(memo)
+        if hit is None or hit[0] is not spec:
+            checks = [sorted(triggers), threshold, [v.model_dump() for v in spec.validators]]
+            # The tiers as configured (model, endpoint, parameters) and the spec as loaded (prompt, schemas): an edit
+            # to either, even without a new spec version, misses the cache rather than serving an answer to another
+            # prompt.
+            tiers = [[self.config.tiers[t].model_dump(), self.config.providers[self.config.tiers[t].provider].base_url]
+                     for t in plan.ladder]
+            if len(self._key_parts) > 4096:
+                self._key_parts.clear()
+            hit = self._key_parts[memo] = (spec, key_json([spec.name, spec.version, _spec_digest(spec), tiers, checks,
+                                                           scope]))
+        return keyed(hit[1], plan.args)
 
     # ---- the ladder ------------------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ so the event loop never waits on a disk or a database.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -87,6 +87,15 @@ class CallWrite:
     arguments: Any = None
     output: Any = None
     cache: CacheEntry | None = None
+
+
+@dataclass(frozen=True)
+class Settle:
+    """A budget hold shrunk to what its request spent, written with the next batch of rows (see `Budget.settle`)."""
+
+    hold: str
+    spent: float
+    expires: float  # a Unix time
 
 
 @dataclass(frozen=True)
@@ -169,7 +178,8 @@ class LedgerStore(Protocol):
     store_inputs: bool
     location: str  # where it lives, fit to print (a URL's password masked)
 
-    def write(self, calls: list[CallWrite], shadows: list[ShadowRow], config: Config) -> None: ...
+    def write(self, calls: list[CallWrite], shadows: list[ShadowRow], config: Config,
+              settles: Sequence[Settle] = ()) -> None: ...
     def record(self, receipt: Receipt, config: Config, arguments: Any = None, output: Any = None) -> str: ...
     def usage(self, since: str | None = None, by: str = "tool", caller: str | None = None) -> Usage: ...
     def spent(self, since: str, tool: str | None = None, session: str | None = None) -> float: ...
@@ -179,6 +189,7 @@ class LedgerStore(Protocol):
     def budget_committed(self, keys: list[str], now: float) -> dict[str, float]: ...
     def budget_sweep(self, now: float) -> None: ...
     def cache_get(self, key: str, now: float) -> tuple[dict[str, Any], str, str] | None: ...
+    def cache_get_many(self, keys: Sequence[str], now: float) -> dict[str, tuple[dict[str, Any], str, str]]: ...
     def cache_sweep(self, now: float) -> int: ...
     def shadows(self, since: str | None = None, tool: str | None = None) -> list[ShadowRow]: ...
     def compared(self, tool: str, args_key: str, model: str, comparison_model: str, spec_version: str) -> bool: ...

@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from tiered_mcp.core.secrets import redact
-from tiered_mcp.ledger.base import GROUPS, CallWrite, ShadowRow, Usage, UsageRow, now_iso, spend_key
+from tiered_mcp.ledger.base import GROUPS, CallWrite, Settle, ShadowRow, Usage, UsageRow, now_iso, spend_key
 from tiered_mcp.ledger.migrations import Cursor
 
 if TYPE_CHECKING:
@@ -70,8 +70,10 @@ class SqlLedger:
 
     # ---- writing: one transaction for a call (or a batch, or a burst of queued writes) ----------------------------
 
-    def write(self, calls: list[CallWrite], shadows: list[ShadowRow], config: Config) -> None:
-        """Write calls (with their attempts and cache entries) and shadow rows in one transaction."""
+    def write(self, calls: list[CallWrite], shadows: list[ShadowRow], config: Config,
+              settles: Sequence[Settle] = ()) -> None:
+        """Write calls (with their attempts and cache entries), shadow rows and hold settlements in one
+        transaction."""
         keep = self.store_inputs
         with self._transaction() as cur:
             for c in calls:
@@ -105,6 +107,11 @@ class SqlLedger:
                                 (e.key, e.expires, e.tier, e.model, json.dumps(e.output, ensure_ascii=False)))
             totals: dict[str, float] = {}
             holds = [h for c in calls for h in c.receipt.holds]
+            gone = set(holds)
+            # A hold this transaction drops (its call is written) needs no settling.
+            shrink = [(s.spent, s.expires, s.hold) for s in settles if s.hold not in gone]
+            if shrink:
+                cur.executemany("UPDATE budget_holds SET amount = ?, expires = ? WHERE id = ?", shrink)
             for c in calls:
                 r = c.receipt
                 spent = sum(a.cost_usd or 0.0 for a in r.attempts)  # an unpriced attempt adds nothing, the rest count
@@ -227,6 +234,16 @@ class SqlLedger:
         """A stored output that has not expired at `now` (Unix time): (output, tier, model)."""
         rows = self._rows("SELECT output, tier, model FROM cache WHERE key = ? AND expires > ?", (key, now))
         return (json.loads(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
+
+    def cache_get_many(self, keys: Sequence[str], now: float) -> dict[str, tuple[dict[str, Any], str, str]]:
+        """`cache_get` of several keys in one query: the entries found, by key."""
+        found: dict[str, tuple[dict[str, Any], str, str]] = {}
+        for start in range(0, len(keys), 500):  # well within both databases' limits on parameters
+            part = list(keys[start:start + 500])
+            rows = self._rows(f"SELECT key, output, tier, model FROM cache WHERE key IN ({', '.join('?' for _ in part)})"
+                              " AND expires > ?", [*part, now])
+            found.update((k, (json.loads(o), t, m)) for k, o, t, m in rows)
+        return found
 
     def cache_sweep(self, now: float) -> int:
         """Delete expired cache entries (run now and then, not on every write); how many went."""
