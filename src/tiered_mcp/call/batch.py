@@ -1,7 +1,11 @@
 """Item-level fan-out: a tool that declares `batch` takes `items` and runs one call per item, concurrently.
 
 Each item has its own retries, escalation, cache lookup and ledger row (with a shared batch id); the provider's
-concurrency limit bounds the requests in flight. One bad item never sinks the batch: its error is reported in its
+concurrency limit bounds the requests in flight. When the ladder starts on a tier whose model answers many requests
+in one pass (the local tier), the items' first requests go together, `LOCAL_PASS` at a time, through
+`ModelPath.shared_pass`: one run of the local model per pass (labels embedded once, texts in batched forward
+passes), while each item keeps its own attempt, reservation, accounting, receipt and ledger row; an item whose
+local answer is invalid or unsure then escalates alone. One bad item never sinks the batch: its error is reported in its
 place. The batch result is an error only when every item failed. All the items' rows (and cache entries) are
 written in one transaction when the batch ends.
 """
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from tiered_mcp.call.options import CallOptions, effective
+from tiered_mcp.call.path import Seat
 from tiered_mcp.core.errors import ArgumentsError, CallError, ToolFailed
 from tiered_mcp.ledger.base import CallWrite
 from tiered_mcp.specs.spec import ToolSpec
@@ -106,6 +111,9 @@ def plan_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], options: Ca
     return BatchPlan(spec, name, shared, list(items), ladder, options, batch_id or uuid.uuid4().hex[:12])
 
 
+LOCAL_PASS = 256
+"""Items whose first requests share one pass of the local model."""
+
 ItemDone = Callable[[int, "Result | CallError", CallWrite], Awaitable[None]]
 """Told of each finished item: its index, its outcome and its ledger row (which the callee writes)."""
 
@@ -116,15 +124,19 @@ async def run_items(runner: Runner, plan: BatchPlan, indices: Iterable[int], on_
     requests in flight); `workers` bounds the items started at once (None: all of them)."""
     todo = list(indices)
 
-    async def one(i: int) -> None:
+    async def one(i: int, seat: Seat | None = None) -> None:
         outcome, write = await runner.run_item(plan.spec, {**plan.shared, plan.name: plan.items[i]}, plan.ladder,
-                                               plan.options, plan.batch_id)
+                                               plan.options, plan.batch_id, seat)
         await on_item(i, outcome, write)
 
     async def worker(queue: list[int]) -> None:
         while queue:
             await one(queue.pop())
 
+    first = plan.ladder[0] if plan.ladder and plan.spec.local_task is not None else None
+    if first is not None and todo and runner.path.shared_pass(first, 1) is not None:
+        await _in_passes(runner, first, todo, one, workers)
+        return
     async with anyio.create_task_group() as tg:
         if workers is None or workers >= len(todo):
             for i in todo:
@@ -133,6 +145,34 @@ async def run_items(runner: Runner, plan: BatchPlan, indices: Iterable[int], on_
             queue = todo[::-1]  # popped from the end: items start in index order
             for _ in range(workers):
                 tg.start_soon(worker, queue)
+
+
+async def _in_passes(runner: Runner, tier: str, todo: list[int], one: Callable[[int, Seat], Awaitable[None]],
+                     workers: int | None) -> None:
+    """Start the items in index order, `LOCAL_PASS` (at most `workers`) to a shared pass of `tier`'s model; a pass
+    runs once all its items have made their first request (or found they need none), while the next pass's items
+    get ready. At most `workers` items are under way at once."""
+    size = min(LOCAL_PASS, workers or LOCAL_PASS)
+    room = anyio.Semaphore(workers) if workers is not None else None
+
+    async def item(i: int, seat: Seat) -> None:
+        try:
+            await one(i, seat)
+        finally:
+            seat.release()
+            if room is not None:
+                room.release()
+
+    async with anyio.create_task_group() as tg:
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            shared = runner.path.shared_pass(tier, len(chunk))
+            assert shared is not None
+            tg.start_soon(shared.run)
+            for i in chunk:
+                if room is not None:
+                    await room.acquire()  # a chunk is no larger than `workers`, so its items all get room
+                tg.start_soon(item, i, shared.seat())
 
 
 async def run_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], progress: Progress | None,

@@ -6,12 +6,18 @@ cost after), the provider's concurrency limit with answers first (evidence work 
 of its own and never takes an answer's slot), retries with backoff and jitter (Retry-After honoured up to a cap),
 a trace span, secret scrubbing of error text, and the attempt's accounting (tokens, cached and reasoning tokens,
 estimates where no usage was reported, cost). The local tier is a model behind the same seam (`models.base.Models`).
+
+`ModelPath.shared_pass` lets many requests share one model pass (a batch's first requests on the local tier): each
+still goes through `request` (its own attempt, reservation, span and accounting); only the model call is shared,
+and the pass takes one concurrency slot, since it is one request to the model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio
 
@@ -22,7 +28,7 @@ from tiered_mcp.core.errors import BudgetExceeded, ModelError, Permanent, RateLi
 from tiered_mcp.core.prices import cost_of
 from tiered_mcp.core.receipts import Attempt, Receipt
 from tiered_mcp.core.tokens import count, count_messages
-from tiered_mcp.models.base import Model, ModelReply, ModelRequest
+from tiered_mcp.models.base import ManyModel, Model, ModelReply, ModelRequest
 
 Progress = Callable[[float, float | None, str], Awaitable[None]]
 """progress(done, total, message): called as the call moves through its steps."""
@@ -55,9 +61,54 @@ class ModelPath:
             self._limiters[key] = anyio.CapacityLimiter(p.evidence_slots() if evidence else p.max_concurrency)
         return self._limiters[key]
 
+    def shared_pass(self, tier: str, size: int) -> SharedPass | None:
+        """A pass that answers up to `size` requests on `tier` in one model call (`complete_many`), or None when
+        the tier's model answers one request at a time (remote models: each request then goes alone).
+
+        Each of the `size` members gets a `Seat` (`SharedPass.seat`) and passes it to `request(..., seat=...)` for
+        its one shared request, or releases it (`Seat.release`) if it makes none; the owner awaits
+        `SharedPass.run()`, which waits for every seat, makes the one model call and hands each its answer.
+        """
+        settings = self.config.tiers[tier]
+        provider = self.config.providers[settings.provider]
+        if not isinstance(self.model, ManyModel) or not self.model.answers_together(provider):
+            return None
+        return SharedPass(self.model, self.limiter(settings.provider, False), size)
+
+    async def request_many(self, receipts: Sequence[Receipt], tier: str, requests: Sequence[ModelRequest], *,
+                           reason: str) -> list[tuple[ModelReply | None, Attempt] | Exception]:
+        """Make each request on `tier` for its receipt, all in one model pass where the tier's model can (else one by
+        one, concurrently); each is a `request` of its own (attempt, reservation, span, accounting, retries).
+
+        Returns:
+            Per request, in order: what `request` returns, or the exception it raised (e.g. BudgetExceeded).
+        """
+        out: list[tuple[ModelReply | None, Attempt] | Exception] = [ValueError("not run")] * len(requests)
+        shared = self.shared_pass(tier, len(requests))
+
+        async def one(i: int, seat: Seat | None) -> None:
+            try:
+                out[i] = await self.request(receipts[i], tier, requests[i], reason=reason, seat=seat)
+            except Exception as e:  # noqa: BLE001 (each request's failure is its own)
+                out[i] = e
+            finally:
+                if seat is not None:
+                    seat.release()
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(requests)):
+                tg.start_soon(one, i, shared.seat() if shared is not None else None)
+            if shared is not None:
+                await shared.run()
+        return out
+
     async def request(self, receipt: Receipt, tier: str, request: ModelRequest, *, reason: str,
-                      trigger: str | None = None, progress: Progress | None = None) -> tuple[ModelReply | None, Attempt]:
+                      trigger: str | None = None, progress: Progress | None = None,
+                      seat: Seat | None = None) -> tuple[ModelReply | None, Attempt]:
         """Make `request` on `tier`, retrying transient failures; each try is an Attempt on `receipt`.
+
+        With a `seat` (of `shared_pass`), the first try is answered in the shared pass (which holds the concurrency
+        slot); retries go alone.
 
         Returns:
             (reply, attempt): the reply, or None when the tier failed (the attempt's outcome and detail say how),
@@ -78,7 +129,9 @@ class ModelPath:
             reply: ModelReply | None = None
             error: ModelError | None = None
             # A slot first, then the budget: requests queued behind the provider's limit hold no reservation.
-            async with self.limiter(settings.provider, receipt.evidence):
+            slot: Any = contextlib.nullcontext() if seat is not None else self.limiter(settings.provider,
+                                                                                       receipt.evidence)
+            async with slot:
                 try:
                     hold = await self.budget.reserve(receipt.tool, tier, settings, request.messages)
                 except BudgetExceeded as e:
@@ -91,7 +144,8 @@ class ModelPath:
                     with tracing.span("tiered.attempt", tool=receipt.tool, kind=receipt.kind, tier=tier,
                                       model=settings.model, reason=reason) as span:
                         try:
-                            reply = await self.model.complete(request)
+                            reply = await (seat.complete(request) if seat is not None
+                                           else self.model.complete(request))
                         except ModelError as e:
                             error = e
                             attempt.outcome, attempt.detail = e.kind, self.scrub(str(e))
@@ -118,7 +172,7 @@ class ModelPath:
                 attempt.detail += f" (Retry-After beyond retry.max_retry_after_s={self.config.retry.max_retry_after_s}s)"
                 return None, attempt
             retries += 1
-            reason = "retry"
+            reason, seat = "retry", None
             await self._sleep(delay)
 
     def _account(self, attempt: Attempt, reply: ModelReply, request: ModelRequest) -> None:
@@ -141,3 +195,81 @@ class ModelPath:
         if isinstance(error, RateLimited) and error.retry_after is not None:
             return None if error.retry_after > r.max_retry_after_s else error.retry_after
         return min(r.max_s, r.base_s * 2**retries) * self._jitter()
+
+
+class Seat:
+    """One member's place in a `SharedPass`: used once by `ModelPath.request`, or released unused."""
+
+    __slots__ = ("_pass", "done", "error", "reply", "request", "used")
+
+    def __init__(self, shared: SharedPass) -> None:
+        self._pass = shared
+        self.used = False
+        self.request: ModelRequest | None = None
+        self.reply: ModelReply | None = None
+        self.error: BaseException | None = None
+        self.done = anyio.Event()
+
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        """Wait for the pass to answer `request` (raises what the model raised for it)."""
+        if self.used:
+            raise RuntimeError("a seat answers one request")
+        self.used, self.request = True, request
+        self._pass.arrived()
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+    def release(self) -> None:
+        """Give the seat up without a request (no-op once used or released)."""
+        if not self.used:
+            self.used = True
+            self._pass.arrived()
+
+
+class SharedPass:
+    """Requests of many members answered by one `complete_many` call (see `ModelPath.shared_pass`)."""
+
+    def __init__(self, model: ManyModel, slot: anyio.CapacityLimiter, size: int) -> None:
+        self._model, self._slot, self.size = model, slot, size
+        self._seats: list[Seat] = []
+        self._arrived = 0
+        self._ready = anyio.Event()
+
+    def seat(self) -> Seat:
+        if len(self._seats) >= self.size:
+            raise RuntimeError("every seat of this pass is taken")
+        seat = Seat(self)
+        self._seats.append(seat)
+        return seat
+
+    def arrived(self) -> None:
+        self._arrived += 1
+        if self._arrived >= self.size:
+            self._ready.set()
+
+    async def run(self) -> int:
+        """Wait until every seat is used or released, answer the requests in one model call; returns how many."""
+        await self._ready.wait()
+        waiting = [s for s in self._seats if s.request is not None]
+        if not waiting:
+            return 0
+        replies: list[ModelReply | Exception] = [RuntimeError("the shared pass was cancelled")] * len(waiting)
+        try:
+            async with self._slot:
+                replies = list(await self._model.complete_many([s.request for s in waiting if s.request]))
+            if len(replies) != len(waiting):
+                replies = [RuntimeError(f"{len(replies)} answers for {len(waiting)} requests")] * len(waiting)
+        except Exception as e:  # noqa: BLE001 (e.g. the local model failed to load: every member gets it)
+            replies = [e] * len(waiting)
+        finally:
+            # Cancelled or not, no member is left waiting on a pass that will not answer.
+            for seat, r in zip(waiting, replies):
+                if isinstance(r, ModelReply):
+                    seat.reply = r
+                else:
+                    seat.error = r
+                seat.done.set()
+        return len(waiting)

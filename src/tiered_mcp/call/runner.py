@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup
 from tiered_mcp.call.budget import Budget, Clock, utc_now
 from tiered_mcp.call.cache import Cache, cache_key, key_json, keyed
 from tiered_mcp.call.options import CallOptions, effective
-from tiered_mcp.call.path import ModelPath, Progress
+from tiered_mcp.call.path import ModelPath, Progress, Seat
 from tiered_mcp.call.routing import ladder_for
 from tiered_mcp.call.writer import LedgerWriter
 from tiered_mcp.core import tracing
@@ -334,10 +334,16 @@ class Runner:
         return result
 
     async def run_item(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], options: CallOptions,
-                       batch: str) -> tuple[Result | CallError, CallWrite]:
+                       batch: str, seat: Seat | None = None) -> tuple[Result | CallError, CallWrite]:
         """One item of a batch, with arguments already checked; the caller writes the row (one transaction for
-        the whole batch)."""
-        return await self._run(_Plan(spec, args, ladder, "call", options, batch), self._receipt(spec, "call"), None)
+        the whole batch). With a `seat` (of `ModelPath.shared_pass` on the ladder's first tier), the item's first
+        request is answered in that shared pass; the seat is released if the item makes none (a cache hit)."""
+        try:
+            return await self._run(_Plan(spec, args, ladder, "call", options, batch), self._receipt(spec, "call"),
+                                   None, seat)
+        finally:
+            if seat is not None:
+                seat.release()
 
     async def run_shadow(self, spec: ToolSpec, args: dict[str, Any], tier: str) -> Result:
         """The same (checked) arguments on `tier` alone: no escalation, no cache, evidence priority."""
@@ -398,8 +404,8 @@ class Runner:
 
     # ---- one call --------------------------------------------------------------------------------------------------
 
-    async def _run(self, plan: _Plan, receipt: Receipt, progress: Progress | None) -> tuple[Result | CallError,
-                                                                                             CallWrite]:
+    async def _run(self, plan: _Plan, receipt: Receipt, progress: Progress | None,
+                   seat: Seat | None = None) -> tuple[Result | CallError, CallWrite]:
         """Answer from the cache or climb; returns the result (or the error to raise) and the ledger row to write.
         Cancellation propagates after the row is written (shielded), with what the call spent before it."""
         spec, args = plan.spec, plan.args
@@ -416,7 +422,7 @@ class Runner:
                     output, receipt.tier, receipt.model = hit
                     receipt.ok = receipt.cached = True
                 else:
-                    climb = await self._climb(plan, receipt, progress)
+                    climb = await self._climb(plan, receipt, progress, seat)
                     output = climb.output
                     if key and climb.clean and receipt.tier and receipt.model:
                         entry = self.cache.entry(key, output, receipt.tier, receipt.model,
@@ -479,7 +485,8 @@ class Runner:
     def _threshold(self, spec: ToolSpec, options: CallOptions) -> float:
         return effective(self.config, spec, options).threshold
 
-    async def _climb(self, plan: _Plan, receipt: Receipt, progress: Progress | None) -> _Climb:
+    async def _climb(self, plan: _Plan, receipt: Receipt, progress: Progress | None,
+                     seat: Seat | None = None) -> _Climb:
         spec, args, ladder = plan.spec, plan.args, plan.ladder
         if not ladder:
             raise TierNotAllowed(f"no configured tier can run {spec.name}; add a [tiers.{spec.tier}] table to the config")
@@ -498,12 +505,16 @@ class Runner:
             more = i + 1 < len(ladder)
             try:
                 output, clean = await self._on_tier(tier, spec, args, base, receipt, trigger, progress, triggers,
-                                                    candidates)
+                                                    candidates, seat if i == 0 else None)
             except BudgetExceeded:
                 if unsure is None:
                     raise
                 output, clean = None, False
                 stopped = "the budget stops the climb"
+            finally:
+                if seat is not None:  # used by now, or never will be: the shared pass must not wait on this item
+                    seat.release()
+                    seat = None
             last = receipt.attempts[-1]
             if output is not None:
                 confidence = output.get(spec.confidence_field) if spec.confidence_field else None
@@ -550,8 +561,8 @@ class Runner:
 
     async def _on_tier(self, tier: str, spec: ToolSpec, args: dict[str, Any], base: dict[str, Any],
                        receipt: Receipt, trigger: str | None, progress: Progress | None,
-                       triggers: frozenset[str],
-                       candidates: list[tuple[Candidate, int]]) -> tuple[dict[str, Any] | None, bool]:
+                       triggers: frozenset[str], candidates: list[tuple[Candidate, int]],
+                       seat: Seat | None = None) -> tuple[dict[str, Any] | None, bool]:
         """Try one tier: one repair for an invalid answer (retries happen in the path). (None, _) means climb; the
         flag says whether the answer passed every check."""
         settings = self.config.tiers[tier]
@@ -562,7 +573,8 @@ class Runner:
             request = ModelRequest(tier=tier, settings=settings, provider=self.config.providers[settings.provider],
                                    **{**base, "messages": messages})
             reply, attempt = await self.path.request(receipt, tier, request, reason=reason, trigger=trigger,
-                                                     progress=progress)
+                                                     progress=progress, seat=seat)
+            seat = None  # a repair goes alone
             if reply is None:
                 return None, False
             output, (outcome, detail), verdict = self._check(reply, base["schema"], spec, args)

@@ -7,7 +7,8 @@ about half a second of start-up) is the real implementation; `tiered_mcp.testing
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Protocol
+from collections.abc import Sequence
+from typing import Any, Literal, Mapping, Protocol, runtime_checkable
 
 from tiered_mcp.core.config import Provider, Tier
 
@@ -69,6 +70,21 @@ class Model(Protocol):
     async def complete(self, request: ModelRequest) -> ModelReply: ...
 
 
+@runtime_checkable
+class ManyModel(Protocol):
+    """A Model that can also answer many requests in one pass (the local tier: one batched forward pass).
+
+    `complete_many` gives, per request and in order, the reply `complete` would give it alone, or the exception
+    `complete` would raise for it (a ModelError, or a CallError such as ArgumentsError); an exception raised by
+    `complete_many` itself (the model failed to load) stands for every request. Models that answer one request at a
+    time do not implement it: the call path then sends each request alone.
+    """
+
+    def answers_together(self, provider: Provider) -> bool: ...
+    async def complete(self, request: ModelRequest) -> ModelReply: ...
+    async def complete_many(self, requests: Sequence[ModelRequest]) -> list[ModelReply | Exception]: ...
+
+
 class Models:
     """The one seam the call path talks to: requests for an embedded provider go to the in-process local model,
     every other request to the remote model. Nothing configured as local ever reaches the remote model, so it never
@@ -81,6 +97,20 @@ class Models:
     async def complete(self, request: ModelRequest) -> ModelReply:
         model = self.local if request.provider.kind == "embedded" else self.remote
         return await model.complete(request)
+
+    def answers_together(self, provider: Provider) -> bool:
+        """Whether requests to `provider` can share one pass: those the local model serves, if it can."""
+        return provider.kind == "embedded" and isinstance(self.local, ManyModel)
+
+    async def complete_many(self, requests: Sequence[ModelRequest]) -> list[ModelReply | Exception]:
+        """Answer requests to the local model in one pass (see `ManyModel`); only for `answers_together` providers.
+
+        Raises:
+            ValueError: a request is not for the local model (the call path never sends one).
+        """
+        if not isinstance(self.local, ManyModel) or any(r.provider.kind != "embedded" for r in requests):
+            raise ValueError("only requests for the embedded local model are answered together")
+        return await self.local.complete_many(requests)
 
     async def aclose(self) -> None:
         for model in (self.remote, self.local):
