@@ -1,14 +1,18 @@
 """Local-tier classify throughput, in process and through the real server over stdio, with CPU ms per text.
 
-Run: LOCAL_BENCH_CACHE=/tmp/bench python benchmarks/local_throughput.py [--short 1000] [--long 100] [--skip-mcp]
+Run: LOCAL_BENCH_CACHE=/tmp/bench python benchmarks/local_throughput.py [--short 1000] [--long 100] [--rounds 2]
+        [--skip-in-process] [--skip-mcp] [--baseline-src /path/to/other/checkout/src]
 
 Texts: short = tweets from the vaderSentiment sdist (~13 words); news-length = the first 400 words of ACLSum papers
 (abstract + introduction). Every text is distinct (tiered-mcp caches identical calls). Labels: 3 topic labels.
 
 In process: LocalEngine.run_many (one batch) and LocalEngine.run with 64 concurrent callers.
 Over MCP: `python -m tiered_mcp serve` with no API key (so classify runs on the local tier), one stdio client;
-classify with `items` (the server's batch path) and one call per text with 32 calls in flight. CPU is the server
-process's user + system time over the run (from /proc), divided by the texts.
+classify with `items` (the server's batch path, 1000 items a call) and one call per text with 32 calls in flight.
+CPU is the server process's user + system time over the run (from /proc), divided by the texts. With
+`--baseline-src` a second server runs from that source tree, and every measurement alternates between the two
+(round by round), so both see the same load. Each round uses fresh texts (a round prefix), so the cache never
+answers. The load average (1 minute) is printed on every line.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ def _children() -> list[int]:
 
 
 def line(what: str, n: int, wall: float, cpu: float) -> None:
-    print(f"  {what:52s} {n:5d} texts  {n / wall:7.0f} texts/s  {1000 * cpu / n:6.1f} CPU ms/text", flush=True)
+    print(f"  {what:58s} {n:5d} texts  {n / wall:7.0f} texts/s  {1000 * cpu / n:6.1f} CPU ms/text  "
+          f"load {os.getloadavg()[0]:.2f}", flush=True)
 
 
 async def in_process(shorts: list[str], longs: list[str]) -> None:
@@ -85,54 +90,70 @@ async def in_process(shorts: list[str], longs: list[str]) -> None:
         line(f"run, 64 concurrent callers, {name}", len(items), time.perf_counter() - w, time.process_time() - c)
 
 
-async def over_mcp(shorts: list[str], longs: list[str]) -> None:
+async def over_mcp(shorts: list[str], longs: list[str], rounds: int, baseline: str | None) -> None:
     from mcp import Client, StdioServerParameters
 
-    tmp = tempfile.mkdtemp(prefix="local-bench-")
-    env = {k: os.environ[k] for k in ("HOME", "PATH", "LANG") if k in os.environ}
-    env.update(XDG_STATE_HOME=tmp, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT.parent / "src"))
-    params = StdioServerParameters(command=sys.executable,
-                                   args=["-m", "tiered_mcp", "serve", "--ledger", os.path.join(tmp, "l.sqlite3")],
-                                   env=env)
-    async with Client(params) as client:
-        await client.list_tools()
-        warm = await client.call_tool("classify", {"text": "warm-up text", "labels": LABELS})
-        assert not warm.is_error, warm
-        [pid] = _children()
-        print(f"over MCP stdio (tiered-mcp serve, no key; tier {warm.structured_content and 'local'}):")
-        for name, batch in (("short", shorts), ("news-length", longs)):
-            chunk = 1000
-            w, c = time.perf_counter(), _cpu_of(pid)
-            for start in range(0, len(batch), chunk):
-                r = await client.call_tool("classify", {"items": batch[start : start + chunk], "labels": LABELS})
-                assert not r.is_error, r.content
-            line(f"classify items=[...], {name}", len(batch), time.perf_counter() - w, _cpu_of(pid) - c)
-            sem = asyncio.Semaphore(32)
+    servers = {"this tree": str(ROOT.parent / "src"), **({"baseline": baseline} if baseline else {})}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {}
+        for name, src in servers.items():
+            tmp = tempfile.mkdtemp(prefix="local-bench-")
+            env = {k: os.environ[k] for k in ("HOME", "PATH", "LANG") if k in os.environ}
+            env.update(XDG_STATE_HOME=tmp, HF_HUB_OFFLINE="1", PYTHONPATH=src)
+            params = StdioServerParameters(
+                command=sys.executable, args=["-m", "tiered_mcp", "serve", "--ledger", os.path.join(tmp, "l.sqlite3")],
+                env=env)
+            before = set(_children())
+            client = await stack.enter_async_context(Client(params))
+            await client.list_tools()
+            warm = await client.call_tool("classify", {"items": [f"warm-up {i}" for i in range(256)], "labels": LABELS})
+            assert not warm.is_error, warm
+            [pid] = set(_children()) - before
+            clients[name] = (client, pid)
+            print(f"over MCP stdio: {name} = tiered-mcp serve from {src} (no key, so the local tier), pid {pid}")
+        for r in range(rounds):
+            for kind, batch in (("short", shorts), ("news-length", longs)):
+                for name, (client, pid) in clients.items():
+                    texts = [f"r{r} {t}" for t in batch]
+                    w, c = time.perf_counter(), _cpu_of(pid)
+                    for start in range(0, len(texts), 1000):
+                        res = await client.call_tool("classify", {"items": texts[start : start + 1000],
+                                                                  "labels": LABELS})
+                        assert not res.is_error, res.content
+                    line(f"[{name}] round {r + 1}: items=[...], {kind}", len(texts), time.perf_counter() - w,
+                         _cpu_of(pid) - c)
+                for name, (client, pid) in clients.items():
+                    sem = asyncio.Semaphore(32)
 
-            async def one(text: str, sem: asyncio.Semaphore = sem) -> None:
-                async with sem:
-                    r = await client.call_tool("classify", {"text": "1 " + text, "labels": LABELS})
-                    assert not r.is_error, r.content
+                    async def one(text: str, sem: asyncio.Semaphore = sem, client: Client = client) -> None:
+                        async with sem:
+                            res = await client.call_tool("classify", {"text": text, "labels": LABELS})
+                            assert not res.is_error, res.content
 
-            w, c = time.perf_counter(), _cpu_of(pid)
-            await asyncio.gather(*(one(t) for t in batch))
-            line(f"one call per text, 32 in flight, {name}", len(batch), time.perf_counter() - w, _cpu_of(pid) - c)
+                    w, c = time.perf_counter(), _cpu_of(pid)
+                    await asyncio.gather(*(one(f"r{r} single {t}") for t in batch))
+                    line(f"[{name}] round {r + 1}: one call per text, 32 in flight, {kind}", len(batch),
+                         time.perf_counter() - w, _cpu_of(pid) - c)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--short", type=int, default=1000)
     parser.add_argument("--long", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--skip-in-process", action="store_true")
     parser.add_argument("--skip-mcp", action="store_true")
+    parser.add_argument("--baseline-src", help="also serve from this source tree (e.g. main's src), interleaved")
     args = parser.parse_args()
     shorts, longs = texts(args.short, args.long)
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
     print(f"{os.cpu_count()} CPUs, load average {' '.join(load)} at start (other work on the machine slows wall "
           f"time; CPU ms per text is the steadier figure); short ~{sum(len(t.split()) for t in shorts) / len(shorts):.0f} words, "
           f"news-length ~{sum(len(t.split()) for t in longs) / len(longs):.0f} words")
-    asyncio.run(in_process(shorts, longs))
+    if not args.skip_in_process:
+        asyncio.run(in_process(shorts, longs))
     if not args.skip_mcp:
-        asyncio.run(over_mcp(shorts, longs))
+        asyncio.run(over_mcp(shorts, longs, args.rounds, args.baseline_src))
 
 
 if __name__ == "__main__":

@@ -87,8 +87,10 @@ class _Encoder:
             raise ValueError("batch_size must be at least 1")
         self.batch_size = batch_size
         # More BLAS threads than cores is catastrophic here, not just wasteful: measured on 2 cores,
-        # 4 threads gave 72 texts/s against 1,450 with 2 (the package's own default is 4).
-        self.threads = threads or min(4, _usable_cpus())
+        # 4 threads gave 72 texts/s against 1,450 with 2 (the package's own default is 4). One core is left to the
+        # event loop that feeds the model: on 2 busy cores (load 6-7) 2 threads spun to 9 CPU ms per short text and
+        # 92 per news-length one, 1 thread took 1.6 and 32 (benchmarks/local_throughput.py, docs/local-tier.md).
+        self.threads = threads or max(1, min(4, _usable_cpus() - 1))
         self._model: Any = None
         self._load_seconds: float | None = None
         self._version = ""
@@ -123,7 +125,7 @@ class Embedder(_Encoder):
 
     Args:
         batch_size: texts per forward pass; bounds the memory of one pass on long inputs.
-        threads: BLAS threads; defaults to the CPUs this process may use, at most 4.
+        threads: BLAS threads; defaults to one less than the CPUs this process may use (at least 1, at most 4).
     """
 
     calibration = "use"  # which fitted confidence model of local_calibration applies
@@ -204,7 +206,7 @@ class E5Embedder(_Encoder):
 
     Args:
         batch_size: texts per call into the engine.
-        threads: OpenMP threads; defaults to the CPUs this process may use, at most 4.
+        threads: OpenMP threads; defaults to one less than the CPUs this process may use (at least 1, at most 4).
     """
 
     calibration = "e5"
