@@ -248,3 +248,24 @@ async def test_request_many_on_the_local_tier_is_one_pass(runner, engine, specs)
     for (reply_, attempt), request in zip(out, requests):
         assert attempt.input_tokens == count_messages(request.messages) and attempt.estimated
         assert attempt.output_tokens == count(reply_.content) and attempt.cost_usd == 0.0
+
+
+async def test_a_priced_local_tier_reserves_each_item_and_the_cap_holds_across_the_pass(runner, engine, ledger, specs):
+    # Priced at $1,000 per million input tokens, a cap of 2.5 items' worst case lets exactly two of five through:
+    # every item reserves before the shared pass runs, so the holds add up as if the calls were made one by one.
+    price = 1000.0
+    r = runner(tiers={"local": {"provider": "embedded", "model": "use-multilingual-v3", "input_price": price,
+                                "output_price": 0.0}})
+    spec = specs.get("classify")
+    tokens_in = count_messages(spec.render(r.check_arguments(spec, {"text": TEXTS[0], "labels": LABELS})))
+    worst = tokens_in * price / 1e6
+    r = runner(tiers={"local": {"provider": "embedded", "model": "use-multilingual-v3", "input_price": price,
+                                "output_price": 0.0}}, budgets={"daily_usd": 2.5 * worst})
+    result = await r.call("classify", {"items": [TEXTS[0]] * 5, "labels": LABELS}, options=CallOptions(cache=False))
+    assert result.receipt["ok"] == 2 and result.receipt["failed"] == 3
+    assert engine.passes == [2]  # the refused items never reached the model
+    assert result.receipt["cost_usd"] == pytest.approx(2 * worst)
+    refused = [x for x in result.receipt["per_item"] if not x["ok"]]
+    assert len(refused) == 3 and all([a["outcome"] for a in x["attempts"]] == ["budget"] for x in refused)
+    spent = sum(row["cost_usd"] or 0 for row in ledger.calls())
+    assert spent == pytest.approx(2 * worst) and spent <= 2.5 * worst

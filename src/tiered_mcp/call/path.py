@@ -91,9 +91,6 @@ class ModelPath:
                 out[i] = await self.request(receipts[i], tier, requests[i], reason=reason, seat=seat)
             except Exception as e:  # noqa: BLE001 (each request's failure is its own)
                 out[i] = e
-            finally:
-                if seat is not None:
-                    seat.release()
 
         async with anyio.create_task_group() as tg:
             for i in range(len(requests)):
@@ -117,6 +114,14 @@ class ModelPath:
         Raises:
             BudgetExceeded: a cap would be passed (the attempt is on the receipt with outcome "budget").
         """
+        try:
+            return await self._request(receipt, tier, request, reason, trigger, progress, seat)
+        finally:
+            if seat is not None:  # used by now, or never will be (refused by the budget): the pass must not wait
+                seat.release()
+
+    async def _request(self, receipt: Receipt, tier: str, request: ModelRequest, reason: str, trigger: str | None,
+                       progress: Progress | None, seat: Seat | None) -> tuple[ModelReply | None, Attempt]:
         settings = self.config.tiers[tier]
         provider = self.config.providers[settings.provider]
         retries = 0

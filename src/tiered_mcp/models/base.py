@@ -6,8 +6,8 @@ about half a second of start-up) is the real implementation; `tiered_mcp.testing
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Protocol, runtime_checkable
 
 from tiered_mcp.core.config import Provider, Tier
