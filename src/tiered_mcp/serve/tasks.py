@@ -12,8 +12,9 @@ outlives the session that started it, and on a shared PostgreSQL ledger the repl
 takes it over once its lease runs out (at once when the holder shut down cleanly) and runs only the items not yet
 answered. A task is visible to its caller only (the named token on HTTP; on stdio, whoever shares the ledger).
 
-Who runs a job's items is pluggable (`Executor`): by default the model path item by item; another executor (e.g. a
-provider's batch API) gets the same `BatchJob` and reports each item through `job.record`.
+Who runs a job's items is pluggable (`Executor`): by default the model path item by item (on the local tier, the
+items' first requests share one pass of the model, `WORKERS` at a time: `call.batch.run_items`); another executor
+(e.g. a provider's batch API) gets the same `BatchJob` and reports each item through `job.record`.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ LEASE_S = 30.0
 FLUSH_S, FLUSH_ITEMS = 0.5, 256
 """Finished items are saved at least this often, or every this many, whichever comes first."""
 WORKERS = 256
-"""Items started at once by the default executor (the provider's limit still bounds the requests in flight)."""
+"""Items started at once by the default executor (the provider's limit still bounds the requests in flight); on the
+local tier, also the most items one shared pass of the model answers (`call.batch.LOCAL_PASS` caps it too)."""
 TASK_ID = re.compile(r"[0-9a-f]{32}")
 MODERN = frozenset(MODERN_PROTOCOL_VERSIONS)
 
