@@ -121,7 +121,9 @@ ItemDone = Callable[[int, "Result | CallError", CallWrite], Awaitable[None]]
 async def run_items(runner: Runner, plan: BatchPlan, indices: Iterable[int], on_item: ItemDone,
                     workers: int | None = None) -> None:
     """Run the items at `indices` through the one model path, concurrently (the provider's limit bounds the
-    requests in flight); `workers` bounds the items started at once (None: all of them)."""
+    requests in flight); `workers` bounds the items under way at once (None: all of them). On a ladder that starts
+    on a tier with a shared pass (the local tier), the items' first requests go `LOCAL_PASS` (at most `workers`) to
+    a pass."""
     todo = list(indices)
 
     async def one(i: int, seat: Seat | None = None) -> None:
