@@ -286,14 +286,13 @@ class OpenAIModels:
             params["reasoning_effort"] = tier.reasoning_effort
         if request.service_tier is not None:
             params["service_tier"] = request.service_tier
-        options: dict[str, Any] = {} if request.timeout_s is None else {"timeout": request.timeout_s}
+        options: Any = {} if request.timeout_s is None else {"timeout": request.timeout_s}  # the SDK's RequestOptions
         with _translate(where, scrubber):
             # The SDK's documented raw `post` rather than `chat.completions.create`: create() walks every parameter
             # through its TypedDict transforms on each request, which measured as most of its CPU per request (our
             # body is plain JSON that we built and checked). The response is still parsed into a ChatCompletion,
             # or comes back as a str (a body that is not JSON) or a bare list/dict: checked below.
-            resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=params,
-                                     options=options)  # type: ignore[arg-type]
+            resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=params, options=options)
         return self._reply(where, resp, tier.model, scrubber)
 
     def _reply(self, where: str, resp: Any, model: str, scrubber: Scrubber) -> ModelReply:
