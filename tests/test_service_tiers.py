@@ -192,3 +192,15 @@ async def test_a_baseline_whose_flagship_has_no_price_at_that_service_tier_is_un
         "provider": "openai", "model": "other-flagship", "input_price": 3.0, "output_price": 12.0}})
     r = (await runner.call("classify", ARGS)).receipt
     assert close(r["cost_usd"], usd(NANO_FLEX, 1000, 50)) and r["baseline_usd"] is None and r["saved_usd"] is None
+
+
+def test_the_tier_table_names_the_service_tier_a_tool_asks_for(specs):
+    from tiered_mcp.serve.server import tier_table
+
+    cfg = config_from_dict({"tiers": {"nano": {"service_tier": "flex"}},
+                            "tools": {"summarize": {"service_tier": "flex"}}})
+    rows = {r["tool"]: r for r in tier_table(cfg, specs)}
+    assert rows["classify"]["tier"] == "nano" and rows["classify"]["service_tier"] == "flex"
+    assert rows["summarize"]["tier"] == "mini" and rows["summarize"]["service_tier"] == "flex"
+    assert all(("service_tier" in r) == (r["tier"] == "nano" or r["tool"] == "summarize") for r in rows.values())
+    assert any(r["tier"] != "nano" and r["tool"] != "summarize" for r in rows.values())
