@@ -204,3 +204,13 @@ def test_the_tier_table_names_the_service_tier_a_tool_asks_for(specs):
     assert rows["summarize"]["tier"] == "mini" and rows["summarize"]["service_tier"] == "flex"
     assert all(("service_tier" in r) == (r["tier"] == "nano" or r["tool"] == "summarize") for r in rows.values())
     assert any(r["tier"] != "nano" and r["tool"] != "summarize" for r in rows.values())
+
+
+def test_auto_tiering_estimates_a_flex_tier_at_its_flex_prices(specs):
+    from tiered_mcp.call.budget import utc_now
+    from tiered_mcp.evidence.tiering import AutoTiering
+
+    cfg = config_from_dict({"tiers": {"nano": {"service_tier": "flex"}}, "tools": {"classify": {"auto": True}}})
+    costs = AutoTiering(cfg, specs, None, utc_now).costs("classify", ("nano", "mini", "flagship"))
+    # Before any call: 1000 input and 200 output tokens at each tier's prices, nano's at flex.
+    assert close(costs["nano"], (1000 * 0.10 + 200 * 0.625) / 1e6) and close(costs["mini"], usd(MINI, 1000, 200))

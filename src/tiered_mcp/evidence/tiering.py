@@ -347,11 +347,15 @@ class AutoTiering:
             self._tokens[tool] = new if old is None else (0.9 * old[0] + 0.1 * new[0], 0.9 * old[1] + 0.1 * new[1])
 
     def costs(self, tool: str, ladder: tuple[str, ...]) -> dict[str, float]:
-        """Estimated USD per call of each tier: the tool's recent mean tokens at each tier's prices."""
+        """Estimated USD per call of each tier: the tool's recent mean tokens at each tier's prices (at the service
+        tier its requests ask for, where that price is known)."""
         tokens_in, tokens_out = self._tokens.get(tool, DEFAULT_TOKENS)
+        settings = self.config.tools.get(tool)
         out = {}
         for t in ladder:
-            price = price_of(self.config.tiers[t])
+            tier = self.config.tiers[t]
+            service = (settings.service_tier if settings else None) or tier.service_tier
+            price = (price_of(tier, service) if service else None) or price_of(tier)
             out[t] = 0.0 if price is None else (tokens_in * price.input + tokens_out * price.output) / 1e6
         return out
 
