@@ -4,7 +4,8 @@
 - `SchemaModel`: a Model that answers anything with an object valid against the requested schema.
 - `FakeUpstream`: a real OpenAI-compatible HTTP server on loopback, scripted the same way, for end-to-end runs of
   the real `openai` client; unscripted, it answers from the request's text (`answer_from_text`), so answers pass
-  the shipped validators.
+  the shipped validators. A completion reports the request's `service_tier` (or a scripted one);
+  `service_tier_unavailable()` scripts flex's 429 `resource_unavailable`.
 - `network_guard`: refuses (and records) every connection that is not to loopback.
 """
 
