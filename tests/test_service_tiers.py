@@ -214,3 +214,26 @@ def test_auto_tiering_estimates_a_flex_tier_at_its_flex_prices(specs):
     costs = AutoTiering(cfg, specs, None, utc_now).costs("classify", ("nano", "mini", "flagship"))
     # Before any call: 1000 input and 200 output tokens at each tier's prices, nano's at flex.
     assert close(costs["nano"], (1000 * 0.10 + 200 * 0.625) / 1e6) and close(costs["mini"], usd(MINI, 1000, 200))
+
+
+async def test_a_flex_requests_budget_hold_outlives_its_long_timeout(make_runner, ledger):
+    """A hold expires (for a process that died) 900 s after it is taken; a flex request may itself take 900 s, so
+    its hold lasts its timeout plus 60 s: 950 s on, it is still held, where an ordinary request's is gone."""
+    import time
+
+    from tiered_mcp.ledger.base import spend_key
+
+    held = {}
+
+    def step(req):
+        key = spend_key(time.strftime("%Y-%m-%d", time.gmtime()))
+        held[req.tier] = ledger.budget_committed([key], time.time() + 950)[key]
+        return reply(GOOD, input_tokens=10, output_tokens=1)
+
+    model = ScriptedModel({"nano": [step], "mini": [step]})
+    runner = make_runner(model, budgets={"daily_usd": 1.0}, tiers={"nano": {"service_tier": "flex"}})
+    first = (await runner.call("classify", ARGS)).receipt
+    await runner.call("classify", {**ARGS, "tier": "mini"})
+    # nano's own hold (its worst case, ~$0.0051) is still counted 950 s on; at mini's request only the first
+    # call's spend is (the scripted reply names no service tier: 10 x 0.20 + 1 x 1.25 = 3.25e-6).
+    assert held["nano"] > 0.005 and close(first["cost_usd"], 3.25e-6) and close(held["mini"], 3.25e-6)

@@ -32,6 +32,7 @@ from tiered_mcp.core.tokens import count_messages
 from tiered_mcp.ledger.base import LedgerStore, Settle, off_loop, spend_key
 
 HOLD_TTL_S = 900.0
+HOLD_MARGIN_S = 60.0  # a hold outlives its request's timeout by this much (a flex request may wait 900 s)
 Clock = Callable[[], datetime]
 
 
@@ -119,12 +120,14 @@ class Budget:
         return caps
 
     async def reserve(self, tool: str, tier_name: str, tier: Tier, messages: list[dict[str, str]], *,
-                      evidence: bool = False, service_tier: str | None = None) -> Hold | None:
+                      evidence: bool = False, service_tier: str | None = None,
+                      timeout_s: float | None = None) -> Hold | None:
         """Reserve the worst case of one request, or refuse it. None: no cap applies (or the tier is free).
 
         Args:
             evidence: the request is evidence work (shadow, judge, eval): the tool's `evidence_daily_usd` applies.
             service_tier: the service tier the request asks for (its price may be the dearer one).
+            timeout_s: the request's timeout: the hold lasts at least this long (plus a margin) before it expires.
 
         Raises:
             BudgetExceeded: naming the cap, what is committed, what the request could cost and what remains.
@@ -141,7 +144,8 @@ class Budget:
         if shared:
             if self.ledger is not None:
                 ok, committed = await off_loop(self.ledger.budget_reserve, shared, worst, hold.id,
-                                               self.clock().timestamp(), HOLD_TTL_S)
+                                               self.clock().timestamp(),
+                                               max(HOLD_TTL_S, (timeout_s or 0.0) + HOLD_MARGIN_S))
             else:
                 committed = {k: self._memory[k] for k, _ in shared}
                 ok = all(committed[k] + worst <= cap for k, cap in shared)

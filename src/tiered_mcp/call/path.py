@@ -104,7 +104,8 @@ class ModelPath:
             async with self.limiter(settings.provider, receipt.evidence):
                 try:
                     hold = await self.budget.reserve(receipt.tool, tier, settings, request.messages,
-                                                     evidence=receipt.evidence, service_tier=request.service_tier)
+                                                     evidence=receipt.evidence, service_tier=request.service_tier,
+                                                     timeout_s=request.timeout_s or provider.timeout_s)
                 except BudgetExceeded as e:
                     attempt.outcome, attempt.detail = "budget", str(e)
                     raise
