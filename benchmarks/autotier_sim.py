@@ -25,7 +25,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,12 @@ DAYS = 5
 CONFIG = AutoTierConfig(daily_evidence_limit=1.00)
 VERSIONS = Versions(models={"nano": "nano-1", "mini": "mini-1", "flagship": "flagship-1"}, spec_version="1")
 GOALS = {"cheaper": 0.70, "agreement": 0.95, "detect": 300, "spend_share": 0.10}
+LADDER = ("nano", "mini", "flagship")
+PARTS = ("serving: flagship, proving a tier", "serving: flagship, held for a cheaper tier",
+         "serving: flagship, after a step up", "serving: mini where nano suffices", "serving: drifted nano",
+         "evidence: probes on the flagship", "evidence: guard reruns", "evidence: alert reruns",
+         "evidence: sentinel reruns", "evidence: probes on a rerun")
+"""Where the gap between auto-tiering and the oracle goes (see `oracle_tier` and `part_of`)."""
 
 
 @dataclass
@@ -64,6 +70,10 @@ class Result:
     false_alarms: int
     """Step-ups other than the drifted tool's after the release: alarms with nothing to find."""
     calls: int = CALLS
+    parts: dict[tuple[str, str], float] = field(default_factory=dict)
+    """(part of PARTS, tool) -> USD above the oracle: serving on a dearer tier than the oracle's, or evidence."""
+    oracle: float = 0.0
+    """What the oracle pays: every call on the cheapest tier whose true rate meets the bar, no evidence."""
 
     @property
     def flagship_cost(self) -> float:
@@ -87,6 +97,33 @@ def rate(tool: str, tier: str, released: bool) -> float:
     return DRIFT_RATE if tool == DRIFTED and released else NANO[tool]
 
 
+def oracle_tier(tool: str, released: bool, bar: float = CONFIG.quality_bar) -> str:
+    """The cheapest tier whose true agreement on `tool` meets the bar: what a policy that knew every rate serves."""
+    return next(t for t in LADDER if rate(tool, t, released) >= bar)
+
+
+def part_of(tier: str, cleared_below: bool, stepped_up: bool, oracle: str) -> str | None:
+    """Which part of PARTS a call served on `tier` falls in, when `oracle` is the oracle's tier for it.
+
+    `cleared_below`: the tier below the flagship had cleared the bar (so the flagship is holding for a cheaper one);
+    `stepped_up`: the tool has stepped up before.
+    """
+    if tier == "flagship":
+        if stepped_up:
+            return PARTS[2]
+        return PARTS[1] if cleared_below else PARTS[0]
+    if tier == "mini" and oracle == "nano":
+        return PARTS[3]
+    if tier == "nano" and oracle != "nano":
+        return PARTS[4]
+    return None
+
+
+def add_part(parts: dict[tuple[str, str], float], part: str | None, tool: str, usd: float) -> None:
+    if part is not None and usd:
+        parts[(part, tool)] = parts.get((part, tool), 0.0) + usd
+
+
 def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
     rng = random.Random(seed)
     start = datetime(2026, 12, 1, tzinfo=timezone.utc)
@@ -98,12 +135,25 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
     delay_calls, detected, on_nano_at_drift = 0, None, None
     switches: list[str] = []
     false_alarms = 0
+    parts: dict[tuple[str, str], float] = {}
+    oracle = 0.0
+    stepped_up: set[str] = set()
     for i in range(CALLS):
         now[0] = start + timedelta(days=DAYS) * i / CALLS
         tool = rng.choice(list(NANO))
         if i == DRIFT_AT:
             on_nano_at_drift = states[DRIFTED].tier == "nano"
+        alert = states[tool].detector > 0
         states[tool], plan, events = policy.plan(states[tool], f"{tool}-{i}", VERSIONS, COST)
+        best = oracle_tier(tool, i >= DRIFT_AT)
+        oracle += COST[best]
+        cleared = policy.bounds(states[tool], "mini", VERSIONS).lower >= config.quality_bar
+        add_part(parts, part_of(plan.tier, cleared, tool in stepped_up, best), tool, COST[plan.tier] - COST[best])
+        if plan.reference:
+            kind = PARTS[8] if plan.sentinel else PARTS[7] if alert else PARTS[6]
+            add_part(parts, kind, tool, COST["flagship"])
+        for probe in plan.probes:
+            add_part(parts, PARTS[9] if plan.reference else PARTS[5], tool, COST[probe])
         switches += [f"{e.call}:{e.tool}:{e.from_tier}->{e.to_tier}" for e in events]
         false_alarms += sum(1 for e in events if e.kind == "step_up" and (e.tool != DRIFTED or i < DRIFT_AT))
         static_disagree += rng.random() >= rate(tool, "nano", i >= DRIFT_AT)
@@ -124,12 +174,14 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
         states[tool], events = policy.observe(states[tool], plan, verdicts, VERSIONS, spend)
         for e in events:
             switches.append(f"{e.call}:{e.tool}:{e.from_tier}->{e.to_tier}")
+            if e.kind == "step_up":
+                stepped_up.add(e.tool)
             false_alarms += e.kind == "step_up" and (e.tool != DRIFTED or i < DRIFT_AT)
             if e.tool == DRIFTED and e.kind == "step_up" and e.from_tier == "nano" and i >= DRIFT_AT:
                 detected = delay_calls if detected is None else detected
     delay = detected if on_nano_at_drift else None
     return Result(seed, serving + evidence, serving, evidence, disagree, CALLS * COST["nano"], static_disagree,
-                  delay, sum(s.skipped_total for s in states.values()), switches, false_alarms)
+                  delay, sum(s.skipped_total for s in states.values()), switches, false_alarms, CALLS, parts, oracle)
 
 
 TOOL_NAMES = {"classify": "tool97", "extract": "tool93", "summarize": "tool80", "rank": "tool99"}
@@ -231,6 +283,29 @@ async def _through_runner(seed: int, calls: int, drift_at: int, overrides: dict[
                   delay, skipped, switches, false_alarms, calls)
 
 
+def print_breakdown(results: list[Result]) -> None:
+    """The gap between auto-tiering and the oracle, by part and tool, as a mean over the seeds (means add up)."""
+    n = len(results)
+    tools = [TOOL_NAMES.get(t, t) for t in NANO] if any(t in TOOL_NAMES.values() for _, t in results[0].parts) \
+        else list(NANO)
+    oracle = statistics.fmean(r.oracle for r in results)
+    flagship = statistics.fmean(r.flagship_cost for r in results)
+    print(f"where the gap to the oracle goes (USD, mean over {n} seeds; oracle ${oracle:.2f} = "
+          f"{1 - oracle / flagship:.1%} cheaper than all-flagship; 1 point of 'cheaper' = ${flagship / 100:.2f})")
+    print(f"{'':<44}" + "".join(f"{t:>10}" for t in tools) + f"{'total':>10}{'points':>8}")
+    total = 0.0
+    for part in PARTS:
+        row = [sum(r.parts.get((part, t), 0.0) for r in results) / n for t in tools]
+        if not any(row):
+            continue
+        total += sum(row)
+        print(f"{part:<44}" + "".join(f"{v:>10.2f}" for v in row) + f"{sum(row):>10.2f}"
+              f"{100 * sum(row) / flagship:>8.1f}")
+    gap = statistics.fmean(r.cost - r.oracle for r in results)
+    print(f"{'total gap (auto cost - oracle cost)':<44}{'':>{10 * len(tools)}}{total:>10.2f}{100 * total / flagship:>8.1f}"
+          f"   (check: cost - oracle = {gap:.2f})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
@@ -286,6 +361,7 @@ def main() -> int:
     summary("false alarms", [r.false_alarms for r in results], "{:.0f}")
     summary("evidence USD", [r.evidence for r in results], "{:.2f}")
     summary("evidence / saving", [r.spend_share for r in results], "{:.1%}")
+    print_breakdown(results)
     med = statistics.median
     checks = [
         (f">= {GOALS['cheaper']:.0%} cheaper than all-flagship", [r.cheaper >= GOALS["cheaper"] for r in results]),
