@@ -105,7 +105,7 @@ def oracle_tier(tool: str, released: bool, bar: float = CONFIG.quality_bar) -> s
 def part_of(tier: str, cleared_below: bool, stepped_up: bool, oracle: str) -> str | None:
     """Which part of PARTS a call served on `tier` falls in, when `oracle` is the oracle's tier for it.
 
-    `cleared_below`: the tier below the flagship had cleared the bar (so the flagship is holding for a cheaper one);
+    `cleared_below`: mini had cleared the bar (Policy.cleared), so the flagship is holding for nano;
     `stepped_up`: the tool has stepped up before.
     """
     if tier == "flagship":
@@ -147,7 +147,7 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
         states[tool], plan, events = policy.plan(states[tool], f"{tool}-{i}", VERSIONS, COST)
         best = oracle_tier(tool, i >= DRIFT_AT)
         oracle += COST[best]
-        cleared = policy.bounds(states[tool], "mini", VERSIONS).lower >= config.quality_bar
+        cleared = policy.cleared(states[tool], "mini", VERSIONS)
         add_part(parts, part_of(plan.tier, cleared, tool in stepped_up, best), tool, COST[plan.tier] - COST[best])
         if plan.reference:
             kind = PARTS[8] if plan.sentinel else PARTS[7] if alert else PARTS[6]
@@ -171,7 +171,7 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
             spend += COST[probe]
             verdicts[probe] = rng.random() < rate(tool, probe, i >= DRIFT_AT)
         evidence += spend
-        states[tool], events = policy.observe(states[tool], plan, verdicts, VERSIONS, spend)
+        states[tool], events = policy.observe(states[tool], plan, verdicts, VERSIONS, spend, COST)
         for e in events:
             switches.append(f"{e.call}:{e.tool}:{e.from_tier}->{e.to_tier}")
             if e.kind == "step_up":
@@ -207,7 +207,7 @@ async def _through_runner(seed: int, calls: int, drift_at: int, overrides: dict[
     from tiered_mcp.call.runner import Runner
     from tiered_mcp.core.config import config_from_dict
     from tiered_mcp.evidence.shadow import Shadows
-    from tiered_mcp.evidence.tiering import AutoTiering
+    from tiered_mcp.evidence.tiering import AutoTiering, versions_of
     from tiered_mcp.ledger.base import open_ledger
     from tiered_mcp.specs.spec import default_specs_dir, load_specs
     from tiered_mcp.testing import ScriptedModel, reply
@@ -246,8 +246,11 @@ async def _through_runner(seed: int, calls: int, drift_at: int, overrides: dict[
         last: dict[str, str] = {}
         switches: list[str] = []
         false_alarms = 0
-        ladder = ("nano", "mini", "flagship")
+        ladder = LADDER
         drifted_name = TOOL_NAMES[DRIFTED]
+        parts: dict[tuple[str, str], float] = {}
+        oracle = 0.0
+        stepped_up: set[str] = set()
         async with runner.running():
             for i in range(calls):
                 now[0] = start + timedelta(days=DAYS) * i / calls
@@ -256,14 +259,22 @@ async def _through_runner(seed: int, calls: int, drift_at: int, overrides: dict[
                     drifted[0] = True
                     on_nano_at_drift = tiering.state(drifted_name).tier == "nano"
                 text = f"case {i}"
+                spec = specs.get(name)
+                assert spec is not None
+                policy = tiering.policies[name]
+                cleared = policy.cleared(tiering.state(name), "mini", versions_of(config, spec, ladder))
                 result = await runner.call(name, {"text": text, "labels": ["bug", "feature"]})
                 tier = result.receipt["tier"]
+                best = oracle_tier(names[name], drifted[0])
+                oracle += COST[best]
+                add_part(parts, part_of(tier, cleared, name in stepped_up, best), name, COST[tier] - COST[best])
                 disagree += result.output["label"] != "bug"
                 static_disagree += not agrees(name, "nano", text, drifted[0] and name == drifted_name)
                 if name in last and last[name] != tier:
                     switches.append(f"{i}:{name}:{last[name]}->{tier}")
-                    if ladder.index(tier) > ladder.index(last[name]) and (name != drifted_name or i < drift_at):
-                        false_alarms += 1
+                    if ladder.index(tier) > ladder.index(last[name]):
+                        stepped_up.add(name)
+                        false_alarms += name != drifted_name or i < drift_at
                     if (name == drifted_name and i >= drift_at and last[name] == "nano" and tier != "nano"
                             and detected is None):
                         detected = delay_calls
@@ -274,13 +285,21 @@ async def _through_runner(seed: int, calls: int, drift_at: int, overrides: dict[
                     await anyio.sleep(0)
             await runner.writer.flush()
         usage = ledger.usage()
+        kinds = {"guard": PARTS[6], "alert": PARTS[7], "sentinel": PARTS[8]}
+        rows = [(r, r.detail.split(":", 1)[0].removeprefix("auto ")) for r in ledger.shadows()]
+        reruns = {r.call_id for r, why in rows if why in kinds}
+        for r, why in rows:
+            if why == "probe":  # on a rerun when the same call has a reference row (a guard's, an alert's)
+                add_part(parts, PARTS[9] if r.call_id in reruns else PARTS[5], r.tool, r.cost_usd or 0.0)
+            elif why in kinds:
+                add_part(parts, kinds[why], r.tool, r.comparison_cost_usd or 0.0)
         skipped = sum(tiering.state(n).skipped_total for n in TOOL_NAMES.values())
         ledger.close()
     serving, evidence = usage.total.cost_usd, usage.evidence_usd
     # A drift never caught within the run counts every call the drifted nano served (a miss past 300).
     delay = (detected if detected is not None else delay_calls) if on_nano_at_drift else None
     return Result(seed, serving + evidence, serving, evidence, disagree, calls * COST["nano"], static_disagree,
-                  delay, skipped, switches, false_alarms, calls)
+                  delay, skipped, switches, false_alarms, calls, parts, oracle)
 
 
 def print_breakdown(results: list[Result]) -> None:

@@ -206,7 +206,7 @@ class AutoTiering:
         policy = self.policies[spec.name]
         plan, ref = pending.plan, policy.config.reference
         agree_at = spec.compare.agree_at if spec.compare else 0.8
-        why = "sentinel" if plan.sentinel else "guard" if plan.reference else "probe"
+        why = "sentinel" if plan.sentinel else "alert" if plan.alert else "guard" if plan.reference else "probe"
         verdicts: dict[str, bool | None] = {}
         rows: list[ShadowRow] = []
         spend = 0.0
@@ -250,7 +250,8 @@ class AutoTiering:
                                 confidence=float(confidence) if isinstance(confidence, (int, float)) else None,
                                 status="scored" if value is not None else "failed"))
         await runner.writer.put([], rows)
-        await self._write(spec.name, lambda s: policy.observe(s, plan, verdicts, pending.versions, spend))
+        costs = self.costs(spec.name, policy.config.ladder)
+        await self._write(spec.name, lambda s: policy.observe(s, plan, verdicts, pending.versions, spend, costs))
 
     # ---- state in the ledger --------------------------------------------------------------------------------------
 
