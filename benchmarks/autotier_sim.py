@@ -350,18 +350,19 @@ def main() -> int:
     print(f"config: {config}")
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     print(f"{'seed':>4} {'cost $':>8} {'cheaper':>8} {'disagree':>8} {'detect':>6} {'evidence $':>10} "
-          f"{'of saving':>9} {'skipped':>7} {'false':>5}   static nano: {'cost $':>6} {'disagree':>8}  {'s':>5}")
+          f"{'of saving':>9} {'skipped':>7} {'false':>5}   static nano: {'cost $':>6} {'disagree':>8}  {'wall s':>6} "
+          f"{'cpu s':>6} {'load':>5}")
     results = []
     overrides = {"guard_share": args.guard_share, "alert_rate": args.alert_rate, "drift_alpha": args.drift_alpha}
     for seed in args.seeds:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = run_through_runner(seed, calls, drift_at, overrides) if args.through == "runner" else run(seed, config)
-        took = time.perf_counter() - t0
+        took, cpu = time.perf_counter() - t0, time.process_time() - c0
         results.append(r)
         print(f"{seed:>4} {r.cost:>8.2f} {r.cheaper:>8.1%} {r.disagree / r.calls:>8.2%} "
               f"{'-' if r.delay is None else r.delay:>6} {r.evidence:>10.2f} {r.spend_share:>9.1%} {r.skipped:>7}"
               f" {r.false_alarms:>5}                {r.static_nano_cost:>6.2f} "
-              f"{r.static_nano_disagree / r.calls:>8.2%}  {took:>5.0f}", flush=True)
+              f"{r.static_nano_disagree / r.calls:>8.2%}  {took:>6.1f} {cpu:>6.1f} {os.getloadavg()[0]:>5.1f}", flush=True)
         if args.switches:
             print("      switches: " + " ".join(r.switches))
     print(f"all-flagship: cost ${flagship:.2f}, disagreement 0 by definition")
