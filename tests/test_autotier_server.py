@@ -136,7 +136,10 @@ async def test_steps_down_on_evidence_guards_then_steps_up_on_drift(tmp_path, ca
         # served on mini may have had a guard rerun that probed nano once more, and the drifted nano disagreed.)
         nano = row["auto"]["evidence"]["nano"]
         assert nano["trials"] <= 1 and nano["successes"] == 0
-        assert row["auto"]["evidence"]["mini"]["trials"] >= NEED
+        mini = row["auto"]["evidence"]["mini"]
+        assert mini["trials"] >= NEED and mini["clears"] is True
+        assert mini["e_value"] == pytest.approx(math.exp(clear_log_evalue(mini["successes"], mini["trials"], 0.95)))
+        assert nano["clears"] is False
 
     assert main(["logs", "--switches", "--ledger", ledger_path, "--config", config, "--json"]) == 0
     logged = json.loads(capsys.readouterr().out)
