@@ -25,7 +25,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,12 @@ DAYS = 5
 CONFIG = AutoTierConfig(daily_evidence_limit=1.00)
 VERSIONS = Versions(models={"nano": "nano-1", "mini": "mini-1", "flagship": "flagship-1"}, spec_version="1")
 GOALS = {"cheaper": 0.70, "agreement": 0.95, "detect": 300, "spend_share": 0.10}
+LADDER = ("nano", "mini", "flagship")
+PARTS = ("serving: flagship, proving a tier", "serving: flagship, held for a cheaper tier",
+         "serving: flagship, after a step up", "serving: mini where nano suffices", "serving: drifted nano",
+         "evidence: probes on the flagship", "evidence: guard reruns", "evidence: alert reruns",
+         "evidence: sentinel reruns", "evidence: probes on a rerun")
+"""Where the gap between auto-tiering and the oracle goes (see `oracle_tier` and `part_of`)."""
 
 
 @dataclass
@@ -64,6 +70,10 @@ class Result:
     false_alarms: int
     """Step-ups other than the drifted tool's after the release: alarms with nothing to find."""
     calls: int = CALLS
+    parts: dict[tuple[str, str], float] = field(default_factory=dict)
+    """(part of PARTS, tool) -> USD above the oracle: serving on a dearer tier than the oracle's, or evidence."""
+    oracle: float = 0.0
+    """What the oracle pays: every call on the cheapest tier whose true rate meets the bar, no evidence."""
 
     @property
     def flagship_cost(self) -> float:
@@ -87,6 +97,33 @@ def rate(tool: str, tier: str, released: bool) -> float:
     return DRIFT_RATE if tool == DRIFTED and released else NANO[tool]
 
 
+def oracle_tier(tool: str, released: bool, bar: float = CONFIG.quality_bar) -> str:
+    """The cheapest tier whose true agreement on `tool` meets the bar: what a policy that knew every rate serves."""
+    return next(t for t in LADDER if rate(tool, t, released) >= bar)
+
+
+def part_of(tier: str, cleared_below: bool, stepped_up: bool, oracle: str) -> str | None:
+    """Which part of PARTS a call served on `tier` falls in, when `oracle` is the oracle's tier for it.
+
+    `cleared_below`: mini had cleared the bar (Policy.cleared), so the flagship is holding for nano;
+    `stepped_up`: the tool has stepped up before.
+    """
+    if tier == "flagship":
+        if stepped_up:
+            return PARTS[2]
+        return PARTS[1] if cleared_below else PARTS[0]
+    if tier == "mini" and oracle == "nano":
+        return PARTS[3]
+    if tier == "nano" and oracle != "nano":
+        return PARTS[4]
+    return None
+
+
+def add_part(parts: dict[tuple[str, str], float], part: str | None, tool: str, usd: float) -> None:
+    if part is not None and usd:
+        parts[(part, tool)] = parts.get((part, tool), 0.0) + usd
+
+
 def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
     rng = random.Random(seed)
     start = datetime(2026, 12, 1, tzinfo=timezone.utc)
@@ -98,12 +135,25 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
     delay_calls, detected, on_nano_at_drift = 0, None, None
     switches: list[str] = []
     false_alarms = 0
+    parts: dict[tuple[str, str], float] = {}
+    oracle = 0.0
+    stepped_up: set[str] = set()
     for i in range(CALLS):
         now[0] = start + timedelta(days=DAYS) * i / CALLS
         tool = rng.choice(list(NANO))
         if i == DRIFT_AT:
             on_nano_at_drift = states[DRIFTED].tier == "nano"
+        alert = states[tool].detector > 0
         states[tool], plan, events = policy.plan(states[tool], f"{tool}-{i}", VERSIONS, COST)
+        best = oracle_tier(tool, i >= DRIFT_AT)
+        oracle += COST[best]
+        cleared = policy.cleared(states[tool], "mini", VERSIONS)
+        add_part(parts, part_of(plan.tier, cleared, tool in stepped_up, best), tool, COST[plan.tier] - COST[best])
+        if plan.reference:
+            kind = PARTS[8] if plan.sentinel else PARTS[7] if alert else PARTS[6]
+            add_part(parts, kind, tool, COST["flagship"])
+        for probe in plan.probes:
+            add_part(parts, PARTS[9] if plan.reference else PARTS[5], tool, COST[probe])
         switches += [f"{e.call}:{e.tool}:{e.from_tier}->{e.to_tier}" for e in events]
         false_alarms += sum(1 for e in events if e.kind == "step_up" and (e.tool != DRIFTED or i < DRIFT_AT))
         static_disagree += rng.random() >= rate(tool, "nano", i >= DRIFT_AT)
@@ -121,15 +171,17 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
             spend += COST[probe]
             verdicts[probe] = rng.random() < rate(tool, probe, i >= DRIFT_AT)
         evidence += spend
-        states[tool], events = policy.observe(states[tool], plan, verdicts, VERSIONS, spend)
+        states[tool], events = policy.observe(states[tool], plan, verdicts, VERSIONS, spend, COST)
         for e in events:
             switches.append(f"{e.call}:{e.tool}:{e.from_tier}->{e.to_tier}")
+            if e.kind == "step_up":
+                stepped_up.add(e.tool)
             false_alarms += e.kind == "step_up" and (e.tool != DRIFTED or i < DRIFT_AT)
             if e.tool == DRIFTED and e.kind == "step_up" and e.from_tier == "nano" and i >= DRIFT_AT:
                 detected = delay_calls if detected is None else detected
     delay = detected if on_nano_at_drift else None
     return Result(seed, serving + evidence, serving, evidence, disagree, CALLS * COST["nano"], static_disagree,
-                  delay, sum(s.skipped_total for s in states.values()), switches, false_alarms)
+                  delay, sum(s.skipped_total for s in states.values()), switches, false_alarms, CALLS, parts, oracle)
 
 
 TOOL_NAMES = {"classify": "tool97", "extract": "tool93", "summarize": "tool80", "rank": "tool99"}
@@ -155,7 +207,7 @@ async def _through_runner(seed: int, calls: int, drift_at: int, overrides: dict[
     from tiered_mcp.call.runner import Runner
     from tiered_mcp.core.config import config_from_dict
     from tiered_mcp.evidence.shadow import Shadows
-    from tiered_mcp.evidence.tiering import AutoTiering
+    from tiered_mcp.evidence.tiering import AutoTiering, versions_of
     from tiered_mcp.ledger.base import open_ledger
     from tiered_mcp.specs.spec import default_specs_dir, load_specs
     from tiered_mcp.testing import ScriptedModel, reply
@@ -194,8 +246,11 @@ async def _through_runner(seed: int, calls: int, drift_at: int, overrides: dict[
         last: dict[str, str] = {}
         switches: list[str] = []
         false_alarms = 0
-        ladder = ("nano", "mini", "flagship")
+        ladder = LADDER
         drifted_name = TOOL_NAMES[DRIFTED]
+        parts: dict[tuple[str, str], float] = {}
+        oracle = 0.0
+        stepped_up: set[str] = set()
         async with runner.running():
             for i in range(calls):
                 now[0] = start + timedelta(days=DAYS) * i / calls
@@ -204,14 +259,22 @@ async def _through_runner(seed: int, calls: int, drift_at: int, overrides: dict[
                     drifted[0] = True
                     on_nano_at_drift = tiering.state(drifted_name).tier == "nano"
                 text = f"case {i}"
+                spec = specs.get(name)
+                assert spec is not None
+                policy = tiering.policies[name]
+                cleared = policy.cleared(tiering.state(name), "mini", versions_of(config, spec, ladder))
                 result = await runner.call(name, {"text": text, "labels": ["bug", "feature"]})
                 tier = result.receipt["tier"]
+                best = oracle_tier(names[name], drifted[0])
+                oracle += COST[best]
+                add_part(parts, part_of(tier, cleared, name in stepped_up, best), name, COST[tier] - COST[best])
                 disagree += result.output["label"] != "bug"
                 static_disagree += not agrees(name, "nano", text, drifted[0] and name == drifted_name)
                 if name in last and last[name] != tier:
                     switches.append(f"{i}:{name}:{last[name]}->{tier}")
-                    if ladder.index(tier) > ladder.index(last[name]) and (name != drifted_name or i < drift_at):
-                        false_alarms += 1
+                    if ladder.index(tier) > ladder.index(last[name]):
+                        stepped_up.add(name)
+                        false_alarms += name != drifted_name or i < drift_at
                     if (name == drifted_name and i >= drift_at and last[name] == "nano" and tier != "nano"
                             and detected is None):
                         detected = delay_calls
@@ -222,13 +285,44 @@ async def _through_runner(seed: int, calls: int, drift_at: int, overrides: dict[
                     await anyio.sleep(0)
             await runner.writer.flush()
         usage = ledger.usage()
+        kinds = {"guard": PARTS[6], "alert": PARTS[7], "sentinel": PARTS[8]}
+        rows = [(r, r.detail.split(":", 1)[0].removeprefix("auto ")) for r in ledger.shadows()]
+        reruns = {r.call_id for r, why in rows if why in kinds}
+        for r, why in rows:
+            if why == "probe":  # on a rerun when the same call has a reference row (a guard's, an alert's)
+                add_part(parts, PARTS[9] if r.call_id in reruns else PARTS[5], r.tool, r.cost_usd or 0.0)
+            elif why in kinds:
+                add_part(parts, kinds[why], r.tool, r.comparison_cost_usd or 0.0)
         skipped = sum(tiering.state(n).skipped_total for n in TOOL_NAMES.values())
         ledger.close()
     serving, evidence = usage.total.cost_usd, usage.evidence_usd
     # A drift never caught within the run counts every call the drifted nano served (a miss past 300).
     delay = (detected if detected is not None else delay_calls) if on_nano_at_drift else None
     return Result(seed, serving + evidence, serving, evidence, disagree, calls * COST["nano"], static_disagree,
-                  delay, skipped, switches, false_alarms, calls)
+                  delay, skipped, switches, false_alarms, calls, parts, oracle)
+
+
+def print_breakdown(results: list[Result]) -> None:
+    """The gap between auto-tiering and the oracle, by part and tool, as a mean over the seeds (means add up)."""
+    n = len(results)
+    tools = [TOOL_NAMES.get(t, t) for t in NANO] if any(t in TOOL_NAMES.values() for _, t in results[0].parts) \
+        else list(NANO)
+    oracle = statistics.fmean(r.oracle for r in results)
+    flagship = statistics.fmean(r.flagship_cost for r in results)
+    print(f"where the gap to the oracle goes (USD, mean over {n} seeds; oracle ${oracle:.2f} = "
+          f"{1 - oracle / flagship:.1%} cheaper than all-flagship; 1 point of 'cheaper' = ${flagship / 100:.2f})")
+    print(f"{'':<44}" + "".join(f"{t:>10}" for t in tools) + f"{'total':>10}{'points':>8}")
+    total = 0.0
+    for part in PARTS:
+        row = [sum(r.parts.get((part, t), 0.0) for r in results) / n for t in tools]
+        if not any(row):
+            continue
+        total += sum(row)
+        print(f"{part:<44}" + "".join(f"{v:>10.2f}" for v in row) + f"{sum(row):>10.2f}"
+              f"{100 * sum(row) / flagship:>8.1f}")
+    gap = statistics.fmean(r.cost - r.oracle for r in results)
+    print(f"{'total gap (auto cost - oracle cost)':<44}{'':>{10 * len(tools)}}{total:>10.2f}{100 * total / flagship:>8.1f}"
+          f"   (check: cost - oracle = {gap:.2f})")
 
 
 def main() -> int:
@@ -256,18 +350,19 @@ def main() -> int:
     print(f"config: {config}")
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     print(f"{'seed':>4} {'cost $':>8} {'cheaper':>8} {'disagree':>8} {'detect':>6} {'evidence $':>10} "
-          f"{'of saving':>9} {'skipped':>7} {'false':>5}   static nano: {'cost $':>6} {'disagree':>8}  {'s':>5}")
+          f"{'of saving':>9} {'skipped':>7} {'false':>5}   static nano: {'cost $':>6} {'disagree':>8}  {'wall s':>6} "
+          f"{'cpu s':>6} {'load':>5}")
     results = []
     overrides = {"guard_share": args.guard_share, "alert_rate": args.alert_rate, "drift_alpha": args.drift_alpha}
     for seed in args.seeds:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = run_through_runner(seed, calls, drift_at, overrides) if args.through == "runner" else run(seed, config)
-        took = time.perf_counter() - t0
+        took, cpu = time.perf_counter() - t0, time.process_time() - c0
         results.append(r)
         print(f"{seed:>4} {r.cost:>8.2f} {r.cheaper:>8.1%} {r.disagree / r.calls:>8.2%} "
               f"{'-' if r.delay is None else r.delay:>6} {r.evidence:>10.2f} {r.spend_share:>9.1%} {r.skipped:>7}"
               f" {r.false_alarms:>5}                {r.static_nano_cost:>6.2f} "
-              f"{r.static_nano_disagree / r.calls:>8.2%}  {took:>5.0f}", flush=True)
+              f"{r.static_nano_disagree / r.calls:>8.2%}  {took:>6.1f} {cpu:>6.1f} {os.getloadavg()[0]:>5.1f}", flush=True)
         if args.switches:
             print("      switches: " + " ".join(r.switches))
     print(f"all-flagship: cost ${flagship:.2f}, disagreement 0 by definition")
@@ -286,6 +381,7 @@ def main() -> int:
     summary("false alarms", [r.false_alarms for r in results], "{:.0f}")
     summary("evidence USD", [r.evidence for r in results], "{:.2f}")
     summary("evidence / saving", [r.spend_share for r in results], "{:.1%}")
+    print_breakdown(results)
     med = statistics.median
     checks = [
         (f">= {GOALS['cheaper']:.0%} cheaper than all-flagship", [r.cheaper >= GOALS["cheaper"] for r in results]),

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tiered_mcp.evidence.autotier import AutoTierConfig, Policy, ToolState, Versions, hash_sample
-from tiered_mcp.evidence.stats import confidence_sequence, prior_for
+from tiered_mcp.evidence.stats import comparisons_to_clear
 
 V = Versions(models={"nano": "n-1", "mini": "m-1", "flagship": "f-1"}, spec_version="3")
 COSTS = {"nano": 0.0002, "mini": 0.0008, "flagship": 0.0027}
@@ -46,40 +46,63 @@ def test_cold_start_on_the_reference_probes_every_open_tier() -> None:
     assert plan.cost == pytest.approx(COSTS["nano"] + COSTS["mini"])
 
 
-def test_steps_down_one_rung_after_enough_agreement() -> None:
+def _all_agree_clears_at() -> int:
+    # By hand: with every comparison agreeing, E_n = (1/20) * sum_j (q_j / 0.95)^n, q_j = 0.95 + 0.05 (j - 1/2) / 20.
+    qs = [0.95 + 0.05 * (j - 0.5) / 20 for j in range(1, 21)]
+    return next(n for n in range(1, 1000) if sum((q / 0.95) ** n for q in qs) / 20 >= 20)
+
+
+def test_steps_straight_to_the_cheapest_tier_that_clears() -> None:
     p = policy()
-    prior = prior_for(0.95, 20)
-    need = next(n for n in range(1, 10_000) if confidence_sequence(n, n, 0.05, prior).lower >= 0.95)
+    need = _all_agree_clears_at()
+    assert need == 88
     s = p.new_state("classify")
     for i in range(1, need + 1):
         s, plan, _ = p.plan(s, f"k{i}", V, COSTS)
-        s, events = p.observe(s, plan, {t: True for t in plan.probes}, V, plan.cost)
+        s, events = p.observe(s, plan, {t: True for t in plan.probes}, V, plan.cost, COSTS)
         if i < need:
             assert events == [], i
-    assert [(e.kind, e.from_tier, e.to_tier) for e in events] == [("step_down", "flagship", "mini")]
-    assert events[0].evidence["bounds"]["trials"] == need and s.tier == "mini" and s.left == "flagship"
-    # nano has the same evidence, so the next comparison walks on down (one rung per decision).
-    s, plan, _ = p.plan(s, "k-next", V, COSTS)
-    assert plan.tier == "mini" and not plan.reference
-    s, events = p.observe(s, plan, {}, V, 0.0)
-    assert [(e.from_tier, e.to_tier) for e in events] == [("mini", "nano")]
+    # nano and mini cleared together: the step goes past mini to nano.
+    assert [(e.kind, e.from_tier, e.to_tier) for e in events] == [("step_down", "flagship", "nano")]
+    assert events[0].evidence["bounds"]["trials"] == need and s.tier == "nano" and s.left == "flagship"
+    assert events[0].evidence["log_evalue"] >= math.log(20)
 
 
 def _state(tier: str, **evidence: tuple[int, int]) -> ToolState:
     return ToolState(tool="t", tier=tier, evidence={V.key(k): v for k, v in evidence.items()})
 
 
-def test_holds_on_the_reference_while_a_cheaper_tier_is_close() -> None:
-    s = _state("flagship", mini=(300, 300), nano=(290, 300))  # nano: 96.7 %, not yet above the bar
+def test_steps_down_to_mini_when_nano_is_below_the_bar() -> None:
     p = policy()
-    assert p.bounds(s, "nano", V).lower < 0.95 <= p.bounds(s, "nano", V).upper
-    s2, events = p.observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0)
-    assert events == [] and s2.tier == "flagship"
-    s3, events = policy(hold_limit=300).observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0)
-    assert s3.tier == "mini" and events[0].kind == "step_down"
-    s = _state("flagship", mini=(300, 300), nano=(280, 300))  # 93.3 %: more than hold_margin under the bar
-    s3, events = p.observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0)
-    assert s3.tier == "mini" and events[0].kind == "step_down"
+    s = _state("flagship", mini=(88, 88), nano=(60, 88))  # nano 68 %: its upper bound is under the bar
+    assert p.bounds(s, "nano", V).upper < 0.95
+    s, events = p.observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0, COSTS)
+    assert [(e.from_tier, e.to_tier) for e in events] == [("flagship", "mini")]
+
+
+def test_holds_on_the_reference_while_the_cheaper_tiers_evidence_pays() -> None:
+    p = policy()
+    s = _state("flagship", mini=(300, 300), nano=(290, 300))  # nano 96.7 %: not yet shown above the bar
+    assert p.cleared(s, "mini", V) and not p.cleared(s, "nano", V)
+    # By hand: project at 29/30 + sqrt(29/30 * 1/30 / 300); each comparison on the flagship costs
+    # flagship - mini + nano = 0.0027 - 0.0008 + 0.0002 = 0.0021 and nano saves mini - nano = 0.0006 a call, so the
+    # hold is worth it while more * 0.0021 <= hold_payback * 0.0006.
+    rate = 29 / 30 + math.sqrt(29 / 30 / 30 / 300)
+    more = comparisons_to_clear(290, 300, 0.95, 0.05, rate=rate)
+    assert more is not None and 0 < more < 2000
+    payback = math.ceil(more * 0.0021 / 0.0006 - 1e-9)  # the least payback that holds
+    held, events = policy(hold_payback=payback).observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0, COSTS)
+    assert events == [] and held.tier == "flagship"
+    moved, events = policy(hold_payback=payback - 1).observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0, COSTS)
+    assert moved.tier == "mini" and events[0].kind == "step_down"
+    # Past hold_limit comparisons it steps; without costs the hold is by count alone.
+    s3, _ = policy(hold_limit=300).observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0)
+    assert s3.tier == "mini"
+    s4, _ = p.observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0)
+    assert s4.tier == "flagship"
+    s = _state("flagship", mini=(300, 300), nano=(284, 300))  # 94.7 %: even one standard error up, far off
+    s5, events = p.observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0, COSTS)
+    assert s5.tier == "mini" and events[0].kind == "step_down"
 
 
 def test_drift_detector_steps_up_after_four_straight_disagreements() -> None:
@@ -140,13 +163,17 @@ def test_an_unproven_start_tier_climbs_to_the_first_tier_with_evidence() -> None
                                                                                       ("mini", "flagship")]
 
 
-def test_holds_while_the_cheaper_tier_has_few_comparisons() -> None:
-    s = _state("flagship", mini=(300, 300), nano=(9, 10))  # 90 % of 10: below the bar, but too early to tell
+def test_holds_for_a_first_look_and_for_an_early_promising_rate() -> None:
     p = policy()
-    s2, events = p.observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0)
+    s = _state("flagship", mini=(300, 300))  # nano never compared: wait for it
+    s2, events = p.observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0, COSTS)
     assert events == [] and s2.tier == "flagship"
-    s3, events = policy(hold_min=10).observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0)
-    assert s3.tier == "mini"
+    s = _state("flagship", mini=(300, 300), nano=(9, 10))  # 90 % of 10, but one standard error up is 99.5 %
+    s3, events = p.observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0, COSTS)
+    assert events == [] and s3.tier == "flagship"
+    s = _state("flagship", mini=(300, 300), nano=(7, 10))  # 70 % + 14.5 %: under the bar, no wait
+    s4, events = p.observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0, COSTS)
+    assert s4.tier == "mini"
 
 
 def test_sentinels_are_chosen_by_hash_and_ignore_the_spend_limit() -> None:

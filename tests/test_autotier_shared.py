@@ -12,15 +12,14 @@ from tiered_mcp.call.runner import Runner
 from tiered_mcp.core.config import config_from_dict
 from tiered_mcp.evidence.autotier import ToolState
 from tiered_mcp.evidence.shadow import Shadows
-from tiered_mcp.evidence.stats import confidence_sequence, prior_for
+from tiered_mcp.evidence.stats import clears_bar
 from tiered_mcp.evidence.tiering import AutoTiering, policy_config, versions_of
 from tiered_mcp.ledger.base import open_ledger
 from tiered_mcp.testing import ScriptedModel, reply
 
 from .test_autotier_server import Tiers
 
-PRIOR = prior_for(0.95, 20)
-NEED = next(n for n in range(1, 1000) if confidence_sequence(n, n, 0.05, PRIOR).lower >= 0.95)
+NEED = next(n for n in range(1, 1000) if clears_bar(n, n, 0.95, 0.05))
 CONFIG = config_from_dict({"cache_ttl_s": 0, "shadow": {"max_pending": 64}, "tools": {"classify": {"auto": True}}})
 
 

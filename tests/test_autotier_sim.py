@@ -31,3 +31,28 @@ def test_the_cold_start_costs_what_a_hand_computation_says() -> None:
     assert r.cheaper == pytest.approx(1 - 0.1492 / 0.108)  # dearer than all-flagship while it learns
     assert r.disagree == 0 and r.switches == [] and r.delay is None
     assert r.static_nano_cost == pytest.approx(40 * 0.00022)
+
+
+def test_the_breakdown_adds_up_to_the_gap_to_the_oracle_by_hand() -> None:
+    sim = load_sim()
+    r = sim.run_through_runner(1, calls=40, drift_at=20)
+    # The same tool draws as the run: one rng.choice per call from random.Random(seed).
+    import random
+
+    rng = random.Random(1)
+    tools = [sim.TOOL_NAMES[rng.choice(list(sim.NANO))] for _ in range(40)]
+    # The oracle serves tool97 (classify) and tool99 (rank) on nano, the others on mini; after the release at
+    # call 20, tool97 on mini: nano $0.00022, mini $0.00081 a call.
+    oracle = {name: 0.0 for name in sim.TOOL_NAMES.values()}
+    for i, name in enumerate(tools):
+        nano = name == "tool99" or (name == "tool97" and i < 20)
+        oracle[name] += 0.00022 if nano else 0.00081
+    assert r.oracle == pytest.approx(sum(oracle.values()))
+    for name in sim.TOOL_NAMES.values():
+        n = tools.count(name)
+        # Every call is on the flagship proving a tier ($0.0027 a call above the oracle's tier) and probes nano
+        # and mini ($0.00103).
+        assert r.parts.get((sim.PARTS[0], name), 0.0) == pytest.approx(n * 0.0027 - oracle[name])
+        assert r.parts.get((sim.PARTS[5], name), 0.0) == pytest.approx(n * 0.00103)
+    assert set(part for part, _ in r.parts) == {sim.PARTS[0], sim.PARTS[5]}
+    assert sum(r.parts.values()) == pytest.approx(r.cost - r.oracle)

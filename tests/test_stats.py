@@ -10,6 +10,9 @@ import pytest
 
 from tiered_mcp.evidence.stats import (
     CurveRow,
+    clear_log_evalue,
+    clears_bar,
+    comparisons_to_clear,
     comparisons_to_decide,
     confidence_sequence,
     cost_quality_curve,
@@ -223,3 +226,81 @@ def test_anytime_valid_under_repeated_looks(prior: tuple[float, float]) -> None:
     naive_claims = sum(_ever_claims(0.95, bar, n, random.Random(seed), naive) for seed in range(runs))
     cs_claims = sum(_ever_claims(0.95, bar, n, random.Random(seed), cs) for seed in range(runs))
     assert naive_claims > cs_claims
+
+
+def test_clear_evalue_by_hand() -> None:
+    # Two alternatives at bar 0.9: q = 0.925 and 0.975, weight 1/2 each.
+    # One agreement: (0.925/0.9 + 0.975/0.9) / 2 = 1.05556.
+    assert math.exp(clear_log_evalue(1, 1, 0.9, grid=2)) == pytest.approx((0.925 / 0.9 + 0.975 / 0.9) / 2)
+    # 3 of 4: (q/0.9)^3 ((1-q)/0.1) averaged: 0.925 -> 1.08566 * 0.75 = 0.81424; 0.975 -> 1.27141 * 0.25 = 0.31785; mean 0.56605.
+    want = ((0.925 / 0.9) ** 3 * 0.075 / 0.1 + (0.975 / 0.9) ** 3 * 0.025 / 0.1) / 2
+    assert want == pytest.approx(0.56605, abs=1e-5)
+    assert math.exp(clear_log_evalue(3, 4, 0.9, grid=2)) == pytest.approx(want)
+    assert clear_log_evalue(0, 0, 0.9) == 0.0
+    # Large counts stay finite (log-sum-exp).
+    assert math.isfinite(clear_log_evalue(9_700, 10_000, 0.95))
+
+
+def test_clears_bar_threshold_and_edges() -> None:
+    # All agreeing at bar 0.95 (grid 20): E_n = mean_j (q_j/0.95)^n first reaches 20 at n = 88.
+    qs = [0.95 + 0.05 * (j - 0.5) / 20 for j in range(1, 21)]
+    assert sum((q / 0.95) ** 87 for q in qs) / 20 < 20 <= sum((q / 0.95) ** 88 for q in qs) / 20
+    assert not clears_bar(87, 87, 0.95) and clears_bar(88, 88, 0.95)
+    # At or under the bar every likelihood ratio is below 1: it never clears, however many comparisons.
+    assert not clears_bar(95_000, 100_000, 0.95) and not clears_bar(90, 100, 0.95)
+    with pytest.raises(ValueError):
+        clears_bar(5, 4, 0.95)
+    with pytest.raises(ValueError):
+        clears_bar(1, 1, 1.0)
+
+
+def test_comparisons_to_clear_is_the_least_m() -> None:
+    assert comparisons_to_clear(88, 88, 0.95) == 0
+    assert comparisons_to_clear(0, 0, 0.95) is None and comparisons_to_clear(95, 100, 0.95) is None
+    m = comparisons_to_clear(50, 50, 0.95)
+    assert m == 88 - 50  # all agreeing keeps agreeing: 88 in all
+    m = comparisons_to_clear(97, 100, 0.95)
+    assert m is not None
+    p = 0.97
+    need = math.log(20)
+    assert clear_log_evalue(97 + p * m, 100 + m, 0.95) >= need > clear_log_evalue(97 + p * (m - 1), 99 + m, 0.95)
+    # A projected rate given explicitly: 99 % clears sooner than the observed 97 %.
+    fast = comparisons_to_clear(97, 100, 0.95, rate=0.99)
+    assert fast is not None and fast < m
+    assert comparisons_to_clear(97, 100, 0.95, rate=0.95) is None
+
+
+def _first_clear(rate: float, n: int, rng: random.Random, check) -> int | None:
+    k = 0
+    for i in range(1, n + 1):
+        k += rng.random() < rate
+        if k / i > 0.95 and check(k, i):  # at or under the bar neither test can clear (speed only)
+            return i
+    return None
+
+
+def test_the_step_down_test_holds_its_level_under_repeated_looks() -> None:
+    """The simulated false step-down rate: the true rate at or just under the bar, the test checked after every
+    comparison for 1,000 comparisons, over 300 runs: it clears in at most alpha of them (here well under)."""
+    runs, n, alpha = 300, 1000, 0.05
+    test = lambda k, i: clears_bar(k, i, 0.95, alpha)  # noqa: E731
+    for truth in (0.95, 0.94):
+        claims = sum(_first_clear(truth, n, random.Random(seed), test) is not None for seed in range(runs))
+        assert claims / runs <= alpha, (truth, claims)
+    # The check has teeth: the best single alternative picked after seeing the data (the largest likelihood ratio
+    # on the same grid instead of their fixed average) is not an e-process, and it claims more often than alpha.
+    grid = [0.95 + 0.05 * (j - 0.5) / 20 for j in range(1, 21)]
+    picked = lambda k, i: max(k * math.log(q / 0.95) + (i - k) * math.log((1 - q) / 0.05)  # noqa: E731
+                              for q in grid) >= math.log(1 / alpha)
+    claims = sum(_first_clear(0.95, n, random.Random(seed), picked) is not None for seed in range(runs))
+    assert claims / runs > alpha
+
+
+def test_the_step_down_test_clears_a_good_tier_sooner_than_the_two_sided_bound() -> None:
+    prior = prior_for(0.95, 20)
+    two_sided = lambda k, i: confidence_sequence(k, i, 0.05, prior).lower >= 0.95  # noqa: E731
+    one_sided = lambda k, i: clears_bar(k, i, 0.95, 0.05)  # noqa: E731
+    for truth in (0.99, 0.97):
+        a = [_first_clear(truth, 2000, random.Random(seed), one_sided) or 2000 for seed in range(15)]
+        b = [_first_clear(truth, 2000, random.Random(seed), two_sided) or 2000 for seed in range(15)]
+        assert sum(a) < sum(b), truth

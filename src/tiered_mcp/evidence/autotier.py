@@ -11,10 +11,12 @@ How it decides (docs/auto-tiering.md has the formulas):
 - Evidence is counted per (tier, model, spec version): agreement with the reference (last) tier of the ladder.
 - Cold start on the reference tier. Every call there (`probe_rate`) also runs the cheaper tiers still undecided;
   their answers are compared with the served reference answer, so that evidence costs only the cheap calls.
-- Step down one rung when the tier below's anytime-valid lower bound (stats.confidence_sequence) clears the bar.
-  On the reference tier the step waits while a still cheaper tier is undecided but plausible (fewer than
-  `hold_min` comparisons, or an observed rate within `hold_margin` of the bar; at most `hold_limit`
-  comparisons): there its evidence is cheapest (off the reference, each comparison needs a reference run too).
+- Step down when a cheaper tier clears the bar: its one-sided e-value against "agreement <= bar"
+  (stats.clears_bar, a mixture of likelihood ratios) reaches 1/alpha. The step goes straight to the cheapest tier
+  that clears. On the reference the step waits for a still cheaper tier that is undecided while the evidence it is
+  projected to need (at its observed rate plus one standard error) is repaid by `hold_payback` calls of its saving,
+  and never past `hold_limit` comparisons: there its evidence is cheapest (off the reference, each comparison needs a
+  reference run too).
 - Below the reference, a guard share of calls (from `guard_share`, raised to `alert_rate` while the drift detector is
   above zero) and every sentinel call (chosen by a hash of the arguments, `sentinel_rate`) rerun on the reference.
 - Step up one rung on an alarm: the drift detector (a CUSUM e-detector, Page 1954; Shin, Ramdas & Rinaldo 2022)
@@ -33,7 +35,14 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable, Literal, Mapping
 
-from tiered_mcp.evidence.stats import Bounds, confidence_sequence, prior_for
+from tiered_mcp.evidence.stats import (
+    Bounds,
+    clear_log_evalue,
+    clears_bar,
+    comparisons_to_clear,
+    confidence_sequence,
+    prior_for,
+)
 
 __all__ = ["AutoTierConfig", "Event", "Plan", "Policy", "ToolState", "Versions", "hash_sample"]
 
@@ -55,16 +64,19 @@ class AutoTierConfig:
     prior_strength: float = 20.0
     """The mixture prior is Beta centred on the bar with a + b = prior_strength (stats.prior_for)."""
     probe_rate: float = 1.0
-    hold_min: int = 300
-    hold_margin: float = 0.01
+    hold_payback: int = 2000
+    """On the reference, the step down waits for a still cheaper, undecided tier while the evidence it is projected
+    to need (stats.comparisons_to_clear at its observed rate, each comparison costing a reference call instead of
+    the tier the step would go to, plus the cheap call) is repaid by hold_payback calls of that tier's saving."""
     hold_limit: int = 2000
-    """On the reference, the step down waits while a cheaper tier is undecided, has fewer than hold_limit
-    comparisons, and either fewer than hold_min or an observed rate of at least bar - hold_margin."""
+    """... and never past hold_limit comparisons of that tier."""
     guard_share: float = 0.05
     """Guard and sentinel reruns on a tier below the reference cost this share of what the tier saves: together
     they rerun guard_share * (reference cost - tier cost) / reference cost of its calls (4.6 % on nano, 3.5 % on
     mini at list prices)."""
-    alert_rate: float = 0.25
+    alert_rate: float = 1.0
+    """The rerun rate while the drift detector is above zero. Each false alert costs the comparisons the detector
+    needs to fall back to zero whatever the rate, so a high rate costs little more and confirms a drift sooner."""
     sentinel_rate: float = 0.01
     drift_rate: float = 0.80
     """The agreement the drift detector is tuned to catch (its alternative hypothesis)."""
@@ -149,6 +161,8 @@ class Plan:
     sentinel: bool = False
     skipped: bool = False
     """Evidence was due but the day's evidence limit was reached."""
+    alert: bool = False
+    """The rerun was drawn at `alert_rate` (the drift detector was above zero), not at the guard rate."""
     cost: float = 0.0
     """Estimated evidence cost of the plan, USD."""
 
@@ -210,9 +224,37 @@ class Policy:
         # Sentinels are reruns too: they come out of the same allowance.
         return max(0.0, rate - self.config.sentinel_rate)
 
+    def cleared(self, state: ToolState, tier: str, versions: Versions) -> bool:
+        """Whether `tier`'s evidence shows its agreement is above the bar (stats.clears_bar, the step-down test)."""
+        k, n = state.evidence.get(versions.key(tier), (0, 0))
+        return clears_bar(k, n, self.config.quality_bar, self.config.alpha)
+
     def _open(self, state: ToolState, tier: str, versions: Versions) -> bool:
-        b = self.bounds(state, tier, versions)
-        return b.lower < self.config.quality_bar <= b.upper
+        """Not cleared yet, but not shown to be below the bar either: more evidence could clear it."""
+        return not self.cleared(state, tier, versions) and self.bounds(state, tier, versions).upper >= \
+            self.config.quality_bar
+
+    def _hold(self, state: ToolState, tier: str, target: str, versions: Versions,
+              costs: Mapping[str, float] | None) -> bool:
+        """On the reference: wait for `tier` (cheaper than `target`, the tier a step would go to)?"""
+        cfg = self.config
+        k, n = state.evidence.get(versions.key(tier), (0, 0))
+        if not self._open(state, tier, versions) or n >= cfg.hold_limit:
+            return False
+        if n == 0:
+            return True  # wait for a first look
+        # Project optimistically, one standard error above the observed rate: early estimates are noisy, and the
+        # error shrinks as evidence comes in, so a tier that stays close to the bar stops being waited for.
+        p_hat = k / n
+        more = comparisons_to_clear(k, n, cfg.quality_bar, cfg.alpha, limit=cfg.hold_limit,
+                                    rate=min(1.0, p_hat + math.sqrt(p_hat * (1 - p_hat) / n)))
+        if more is None:
+            return False
+        if not costs:
+            return True
+        per_comparison = costs.get(cfg.reference, 0.0) - costs.get(target, 0.0) + costs.get(tier, 0.0)
+        saving = costs.get(target, 0.0) - costs.get(tier, 0.0)
+        return more * per_comparison <= cfg.hold_payback * saving
 
     def _event(self, state: ToolState, kind: Literal["step_down", "step_up"], to: str, reason: str,
                evidence: Mapping[str, Any]) -> Event:
@@ -246,12 +288,13 @@ class Policy:
                 probes = tuple(t for t in cfg.ladder[:-1] if self._open(state, t, versions))
             plan = Plan(state.tier, False, probes, sentinel, cost=sum(costs.get(t, 0.0) for t in probes))
         else:
-            rate = cfg.alert_rate if state.detector > 0 else self.guard_rate(state.tier, costs)
+            alert = state.detector > 0
+            rate = cfg.alert_rate if alert else self.guard_rate(state.tier, costs)
             if sentinel or self.sample(f"guard:{tick}") < rate:
                 below = cfg.ladder[idx - 1] if idx > 0 else None
                 probes = (below,) if below and self._open(state, below, versions) else ()
                 cost = costs.get(cfg.reference, 0.0) + sum(costs.get(t, 0.0) for t in probes)
-                plan = Plan(state.tier, True, probes, sentinel, cost=cost)
+                plan = Plan(state.tier, True, probes, sentinel, cost=cost, alert=alert and not sentinel)
             else:
                 plan = Plan(state.tier)
         limit = cfg.daily_evidence_limit
@@ -282,7 +325,7 @@ class Policy:
         return replace(state, skipped_today=state.skipped_today + 1, skipped_total=state.skipped_total + 1)
 
     def observe(self, state: ToolState, plan: Plan, verdicts: Mapping[str, bool | None], versions: Versions,
-                spend: float) -> tuple[ToolState, list[Event]]:
+                spend: float, costs: Mapping[str, float] | None = None) -> tuple[ToolState, list[Event]]:
         """Take one call's comparisons into the state and switch tier if the evidence says so.
 
         Args:
@@ -292,6 +335,8 @@ class Policy:
                 tier's verdict when it was rerun on the reference, and one per probe.
             versions: as given to `plan`.
             spend: USD actually spent on evidence for this call.
+            costs: estimated USD per call of each tier (the hold on the reference weighs them); None holds for any
+                open cheaper tier, up to `hold_limit` comparisons.
 
         Returns:
             The new state and the switch events (at most one).
@@ -337,16 +382,19 @@ class Policy:
                 return state, [event]
         if idx == 0:
             return state, []
-        below = cfg.ladder[idx - 1]
-        b = self.bounds(state, below, versions)
-        if b.lower < bar:
+        # Step straight to the cheapest tier below that clears the bar (from the reference, past a cleared mini to a
+        # cleared nano); on the reference, wait for a still cheaper open tier while its evidence pays (`_hold`).
+        target = next((t for t in cfg.ladder[:idx] if self.cleared(state, t, versions)), None)
+        if target is None:
             return state, []
-        ev = {"key": versions.key(below), "bounds": b.as_dict()}
         if state.tier == cfg.reference:
-            for cheaper in cfg.ladder[:idx - 1]:
-                c = self.bounds(state, cheaper, versions)
-                if c.lower < bar <= c.upper and c.trials < cfg.hold_limit:
-                    if c.trials < cfg.hold_min or c.successes / c.trials >= bar - cfg.hold_margin:
-                        return state, []  # hold: the cheaper tier's evidence is cheapest here
-        event = self._event(state, "step_down", below, f"{below}'s lower bound {b.lower:.3f} >= bar {bar:g}", ev)
-        return replace(state, tier=below, left=state.tier, detector=0.0, sentinels=(0, 0)), [event]
+            for cheaper in cfg.ladder[:cfg.ladder.index(target)]:
+                if self._hold(state, cheaper, target, versions, costs):
+                    return state, []
+        k, n = evidence.get(versions.key(target), (0, 0))
+        b = self.bounds(state, target, versions)
+        log_e = clear_log_evalue(k, n, bar)
+        ev = {"key": versions.key(target), "bounds": b.as_dict(), "log_evalue": log_e}
+        event = self._event(state, "step_down", target,
+                            f"{target}'s e-value {math.exp(log_e):.0f} >= {1 / cfg.alpha:g} against bar {bar:g}", ev)
+        return replace(state, tier=target, left=state.tier, detector=0.0, sentinels=(0, 0)), [event]

@@ -5,6 +5,8 @@ Agreement is a Bernoulli rate: a shadow comparison either agrees with the refere
 - `confidence_sequence`: bounds on that rate that stay valid however often they are looked at (anytime-valid),
   from the beta-binomial mixture martingale (Robbins 1970; Howard, Ramdas, McAuliffe & Sekhon 2021).
 - `comparisons_to_decide`: how many more comparisons the bounds need to clear (or fall below) a bar.
+- `clear_log_evalue`, `clears_bar`, `comparisons_to_clear`: the one-sided test "the rate is above the bar" that
+  auto-tiering steps down on (a mixture of likelihood ratios against the bar, Wald 1945; Robbins 1970).
 - `mcnemar_exact`, `paired_difference`: two tiers on the same cases (McNemar 1947; exact binomial form).
 - `cost_quality_curve`, `pareto_frontier`, `recommend_threshold`: which confidence threshold to escalate below.
 - `recommend_tier`: the cheapest tier of a ladder whose lower bound clears the bar.
@@ -18,8 +20,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 __all__ = [
-    "Bounds", "CurvePoint", "CurveRow", "Decision", "Paired", "TierChoice", "comparisons_to_decide",
-    "confidence_sequence", "cost_quality_curve", "decide", "log_beta", "mcnemar_exact", "mixture_log_martingale", "paired_difference",
+    "CLEAR_GRID", "Bounds", "CurvePoint", "CurveRow", "Decision", "Paired", "TierChoice", "clear_log_evalue",
+    "clears_bar", "comparisons_to_clear", "comparisons_to_decide", "confidence_sequence", "cost_quality_curve", "decide", "log_beta", "mcnemar_exact", "mixture_log_martingale", "paired_difference",
     "pareto_frontier", "prior_for", "recommend_threshold", "recommend_tier",
 ]
 
@@ -167,6 +169,75 @@ def comparisons_to_decide(successes: int, trials: int, bar: float, alpha: float 
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if decided(mid) else (mid, hi)
+    return hi if hi <= limit else None
+
+
+CLEAR_GRID = 20
+"""Alternatives of the one-sided test: the midpoints of CLEAR_GRID equal cells of (bar, 1), equally weighted."""
+
+
+@functools.lru_cache(maxsize=64)
+def _clear_terms(bar: float, grid: int) -> tuple[tuple[float, float, float], ...]:
+    qs = [bar + (1 - bar) * (j - 0.5) / grid for j in range(1, grid + 1)]
+    return tuple((-math.log(grid), math.log(q / bar), math.log((1 - q) / (1 - bar))) for q in qs)
+
+
+def clear_log_evalue(successes: float, trials: float, bar: float, grid: int = CLEAR_GRID) -> float:
+    """log E_n, the e-value against "the agreement rate is at most `bar`".
+
+    E_n = (1/J) * sum_j (q_j / bar)^S * ((1 - q_j) / (1 - bar))^(n - S), with q_j = bar + (1 - bar)(j - 1/2)/J for
+    j = 1..J (J = `grid`): a fixed mixture of Wald's likelihood ratios of "the rate is q_j" against "the rate is the
+    bar". Each factor's mean under a true rate p is p q/bar + (1 - p)(1 - q)/(1 - bar), which is 1 at p = bar and
+    falls as p falls (q > bar), so under any p <= bar E_n is a nonnegative supermartingale starting at 1 and, by
+    Ville's inequality, P(E_n >= 1/alpha at any n) <= alpha. Only the side that matters for a step down is tested,
+    so it clears a rate above the bar sooner than the two-sided `confidence_sequence` does at the same alpha.
+    Real-valued S is allowed (used for projections).
+    """
+    if trials <= 0:
+        return 0.0
+    fail = trials - successes
+    logs = [w + successes * up + fail * down for w, up, down in _clear_terms(bar, grid)]
+    top = max(logs)
+    return top + math.log(sum(math.exp(v - top) for v in logs))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def clears_bar(successes: int, trials: int, bar: float, alpha: float = 0.05, grid: int = CLEAR_GRID) -> bool:
+    """Whether k of n agreeing shows, at level `alpha` over every look, that the rate is above `bar`:
+    `clear_log_evalue` >= log(1/alpha). With an observed rate at or under the bar every term is below 1, so it
+    never clears there."""
+    if not 0 <= successes <= trials:
+        raise ValueError("need 0 <= successes <= trials")
+    if not 0 < bar < 1 or not 0 < alpha < 1:
+        raise ValueError("bar and alpha must be in (0, 1)")
+    return clear_log_evalue(successes, trials, bar, grid) >= math.log(1 / alpha)
+
+
+def comparisons_to_clear(successes: int, trials: int, bar: float, alpha: float = 0.05, limit: int = 1_000_000,
+                         grid: int = CLEAR_GRID, rate: float | None = None) -> int | None:
+    """How many more comparisons until `clears_bar` holds, if the next ones agree at `rate` (default the observed
+    p_hat = k/n): the least m with k + rate * m of n + m clearing. 0 when it holds already; None with no trials,
+    a projected rate at or under the bar, or past `limit`."""
+    if trials == 0:
+        return None
+    p_hat, need = successes / trials if rate is None else rate, math.log(1 / alpha)
+    if p_hat <= bar:
+        return None
+
+    def cleared(m: int) -> bool:
+        return clear_log_evalue(successes + p_hat * m, trials + m, bar, grid) >= need
+
+    if cleared(0):
+        return 0
+    hi = 1
+    while not cleared(hi):
+        if hi > limit:
+            return None
+        hi *= 2
+    lo = hi // 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if cleared(mid) else (mid, hi)
     return hi if hi <= limit else None
 
 

@@ -38,6 +38,7 @@ from tiered_mcp.core.receipts import Receipt
 from tiered_mcp.core.secrets import redact
 from tiered_mcp.evidence.autotier import AutoTierConfig, Event, Plan, Policy, ToolState, Versions, hash_sample
 from tiered_mcp.evidence.shadow import Shadows, args_key, compare_answers
+from tiered_mcp.evidence.stats import clear_log_evalue
 from tiered_mcp.ledger.base import LedgerStore, ShadowRow, off_loop
 from tiered_mcp.specs.spec import Specs, ToolSpec
 
@@ -209,7 +210,7 @@ class AutoTiering:
         policy = self.policies[spec.name]
         plan, ref = pending.plan, policy.config.reference
         agree_at = spec.compare.agree_at if spec.compare else 0.8
-        why = "sentinel" if plan.sentinel else "guard" if plan.reference else "probe"
+        why = "sentinel" if plan.sentinel else "alert" if plan.alert else "guard" if plan.reference else "probe"
         verdicts: dict[str, bool | None] = {}
         rows: list[ShadowRow] = []
         spend = 0.0
@@ -263,9 +264,10 @@ class AutoTiering:
         await runner.writer.put([], rows)
         spend += sum(judged)
         self.skipped += refused
+        costs = self.costs(spec.name, policy.config.ladder)
 
         def step(state: ToolState) -> tuple[ToolState, list[Event]]:
-            state, events = policy.observe(state, plan, verdicts, pending.versions, spend)
+            state, events = policy.observe(state, plan, verdicts, pending.versions, spend, costs)
             for _ in range(refused):
                 state = policy.skip(state)
             return state, events
@@ -372,7 +374,8 @@ class AutoTiering:
 def summary(config: Config, specs: Specs, states: Mapping[str, tuple[int, dict[str, Any]]],
             switches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per auto tool: the tier it is on, its ladder and bar, each cheaper tier's evidence for the current models
-    (k of n with the anytime-valid bounds the policy decides on), the day's evidence spend and skips, and its
+    (k of n with the anytime-valid bounds, and the step-down test's e-value and verdict the policy steps on), the
+    day's evidence spend and skips, and its
     switches (newest first). `report`, `report --json` and the `tiered://tiers` resource show this."""
     from datetime import timezone
 
@@ -385,11 +388,15 @@ def summary(config: Config, specs: Specs, states: Mapping[str, tuple[int, dict[s
         seq, data = states.get(name, (0, None))
         state = ToolState.from_dict(data) if data else policy.new_state(name)
         versions = versions_of(config, spec, policy.config.ladder)
+        bar = policy.config.quality_bar
         evidence = {}
         for tier in policy.config.ladder[:-1]:
             b = policy.bounds(state, tier, versions)
             evidence[tier] = {"model": versions.models[tier], "successes": b.successes, "trials": b.trials,
-                              "lower": b.lower, "upper": b.upper}
+                              "lower": b.lower, "upper": b.upper,
+                              # the step-down test the policy steps on (stats.clears_bar)
+                              "e_value": math.exp(min(700.0, clear_log_evalue(b.successes, b.trials, bar))),
+                              "clears": policy.cleared(state, tier, versions)}
         out.append({"tool": name, "tier": state.tier, "ladder": list(policy.config.ladder),
                     "reference": policy.config.reference, "quality_bar": policy.config.quality_bar,
                     "spec_version": versions.spec_version, "seq": seq, "evidence": evidence,
