@@ -6,6 +6,10 @@ cost after), the provider's concurrency limit with answers first (evidence work 
 of its own and never takes an answer's slot), retries with backoff and jitter (Retry-After honoured up to a cap),
 a trace span, secret scrubbing of error text, and the attempt's accounting (tokens, cached and reasoning tokens,
 estimates where no usage was reported, cost). The local tier is a model behind the same seam (`models.base.Models`).
+
+A batch item answered through the provider's Batch API (call/provider_batch.py) was requested outside this path's
+request loop; `ModelPath.accept` books its answer here all the same (attempt, trace span, scrubbing, accounting at
+the batch rate), and everything after it (repair, escalation) is an ordinary `request`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from tiered_mcp.call.budget import Budget
 from tiered_mcp.core import tracing
 from tiered_mcp.core.config import Config
 from tiered_mcp.core.errors import BudgetExceeded, ModelError, Permanent, RateLimited, Transient
-from tiered_mcp.core.prices import cost_of
+from tiered_mcp.core.prices import batch_cost_of, cost_of
 from tiered_mcp.core.receipts import Attempt, Receipt
 from tiered_mcp.core.tokens import count, count_messages
 from tiered_mcp.models.base import Model, ModelReply, ModelRequest
@@ -121,6 +125,29 @@ class ModelPath:
             reason = "retry"
             await self._sleep(delay)
 
+    def accept(self, receipt: Receipt, tier: str, request: ModelRequest, outcome: ModelReply | ModelError,
+               latency_ms: float = 0.0) -> tuple[ModelReply | None, Attempt]:
+        """Book the provider's Batch API answer to `request` (or its error) as the call's first attempt, priced at
+        the tier's batch rate. The budget was reserved for the whole batch before it was submitted.
+
+        Returns:
+            (reply, attempt), as `request` does.
+        """
+        settings = self.config.tiers[tier]
+        attempt = Attempt(tier=tier, model=settings.model, reason="first", batch_api=True, latency_ms=latency_ms)
+        receipt.attempts.append(attempt)
+        with tracing.span("tiered.attempt", tool=receipt.tool, kind=receipt.kind, tier=tier, model=settings.model,
+                          reason="first", batch_api=True) as span:
+            if isinstance(outcome, ModelError):
+                attempt.outcome, attempt.detail = outcome.kind, self.scrub(str(outcome))
+                reply = None
+            else:
+                reply = outcome
+                self._account(attempt, reply, request)
+            span.set(outcome=attempt.outcome if reply is None else "answered", input_tokens=attempt.input_tokens,
+                     output_tokens=attempt.output_tokens, cost_usd=attempt.cost_usd)
+        return reply, attempt
+
     def _account(self, attempt: Attempt, reply: ModelReply, request: ModelRequest) -> None:
         settings = self.config.tiers[attempt.tier]
         if reply.model:
@@ -134,7 +161,8 @@ class ModelPath:
             attempt.input_tokens = reply.input_tokens or count_messages(request.messages)
             attempt.output_tokens = reply.output_tokens or count(reply.content or reply.refusal or "")
             attempt.estimated = True
-        attempt.cost_usd = cost_of(settings, attempt.input_tokens, attempt.output_tokens, attempt.cached_input_tokens)
+        price = batch_cost_of if attempt.batch_api else cost_of
+        attempt.cost_usd = price(settings, attempt.input_tokens, attempt.output_tokens, attempt.cached_input_tokens)
 
     def _backoff(self, retries: int, error: ModelError) -> float | None:
         r = self.config.retry

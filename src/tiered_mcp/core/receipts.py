@@ -10,6 +10,10 @@ The accounting rules (docs/accounting.md has them with a worked example; every f
   call, a cached answer and evidence work (shadow, judge, eval) have a baseline of 0: they save nothing.
 - **Saving** (`saved_usd`) = baseline − spent, signed: negative when escalation cost more than the flagship alone,
   and −spent for a failed call. Evidence receipts carry no saving: their spend is evidence spend.
+- **Batch API**: an attempt answered through the provider's Batch API (`batch_api`) costs its tokens at the
+  tier's prices x `batch_discount`. A call whose first attempt was such a batch item compares like with like: its
+  baseline is the basis tokens above at the flagship's batch rate (its prices x its `batch_discount`), as the
+  flagship alone would have run the same job through the Batch API too.
 - **Estimated**: token counts that no provider reported (the local tier sends no request; some providers send no
   usage) are o200k counts, and the receipt says which figures rest on them.
 """
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tiered_mcp.core.config import FLAGSHIP, LOCAL, Config
-from tiered_mcp.core.prices import cost_of
+from tiered_mcp.core.prices import batch_cost_of, cost_of
 
 RECEIPT_META_KEY = "tiered-mcp/receipt"
 """Where a result's receipt lives in its `_meta` (hosts do not pay tokens for `_meta`)."""
@@ -42,6 +46,7 @@ class Attempt:
         cached_input_tokens: of `input_tokens`, those served from the provider's prompt cache.
         reasoning_tokens: of `output_tokens`, those spent on reasoning.
         estimated: the token counts are o200k estimates (no usage was reported).
+        batch_api: answered (or not) through the provider's Batch API, priced at its batch rate.
     """
 
     tier: str
@@ -57,6 +62,7 @@ class Attempt:
     cost_usd: float | None = 0.0
     estimated: bool = False
     latency_ms: float = 0.0
+    batch_api: bool = False
 
 
 @dataclass
@@ -124,11 +130,22 @@ class Receipt:
             return [answer]  # a lower tier answered: its answer's tokens at flagship prices
         return [a for a in self.attempts if a.tier == FLAGSHIP]  # the flagship's own attempts (its repair included)
 
+    @property
+    def batch_api(self) -> bool:
+        """The call went through the provider's Batch API (its first attempt was a batch item)."""
+        return bool(self.attempts) and self.attempts[0].batch_api
+
     def baseline_usd(self, config: Config) -> float | None:
         """What this call would have cost on the flagship alone (see the module docstring); None when unknown."""
         basis = self._basis()
         if not basis:
             return 0.0
+        if self.batch_api:
+            flagship = config.tiers.get(FLAGSHIP)
+            if flagship is None:
+                return None
+            costs = [batch_cost_of(flagship, a.input_tokens, a.output_tokens, a.cached_input_tokens) for a in basis]
+            return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
         if basis[0].tier == FLAGSHIP:
             costs = [a.cost_usd for a in basis]
             return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
@@ -166,8 +183,7 @@ class Receipt:
             "ok": self.ok,
             "tier": self.tier,
             "model": self.model,
-            # Every field of an attempt is a scalar: a shallow copy is what asdict's deep one would give, faster.
-            "attempts": [dict(vars(a)) for a in self.attempts],
+            "attempts": [_attempt_dict(a) for a in self.attempts],
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cost_usd": self.cost_usd,
@@ -179,6 +195,8 @@ class Receipt:
             out["saved_usd"] = self.saved_usd(config)
         if self.estimated:
             out["estimated"] = True
+        if self.batch_api:
+            out["batch_api"] = True
         if self.tier == LOCAL and self.ok and not self.cached:
             # Shown apart: no request was sent, so these are what the answer's o200k tokens would have cost.
             out["would_have_cost_usd"] = {t: self.would_cost_usd(config, t) for t in ("nano", FLAGSHIP)
@@ -189,3 +207,11 @@ class Receipt:
             if value:
                 out[key] = value
         return out
+
+
+def _attempt_dict(a: Attempt) -> dict[str, Any]:
+    # Every field of an attempt is a scalar: a shallow copy is what asdict's deep one would give, faster.
+    out = dict(vars(a))
+    if not a.batch_api:
+        del out["batch_api"]  # said only where it is true
+    return out

@@ -31,6 +31,7 @@ from tiered_mcp.evidence.tiering import AutoTiering
 from tiered_mcp.ledger.base import off_loop, open_ledger
 from tiered_mcp.ledger.sql import SqlLedger
 from tiered_mcp.ledger.sqlite import Ledger
+from tiered_mcp.call.provider_batch import default_executor
 from tiered_mcp.ledger.tasks import TaskStore
 from tiered_mcp.models.base import LazyOpenAI, Model
 from tiered_mcp.models.local import LocalEngine
@@ -261,7 +262,8 @@ def build_server(runner: Runner, task_executor: Executor | None = None) -> Serve
 
     manager = None
     if isinstance(runner.ledger, SqlLedger):
-        manager = TaskManager(runner, TaskStore(runner.ledger), task_executor or path_executor)
+        manager = TaskManager(runner, TaskStore(runner.ledger),
+                              task_executor or default_executor(runner) or path_executor)
 
     @asynccontextmanager
     async def lifespan(server: Any) -> AsyncIterator[Runner]:

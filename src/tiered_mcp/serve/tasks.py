@@ -38,7 +38,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 
-from tiered_mcp.call.batch import BatchPlan, batch_result, item_result, plan_batch, run_items
+from tiered_mcp.call.batch import BatchJob, BatchPlan, Executor, batch_result, item_result, plan_batch, run_items
 from tiered_mcp.call.options import CallOptions, parse_options
 from tiered_mcp.call.runner import Result, Runner
 from tiered_mcp.core.errors import CallError
@@ -64,23 +64,6 @@ WORKERS = 256
 """Items started at once by the default executor (the provider's limit still bounds the requests in flight)."""
 TASK_ID = re.compile(r"[0-9a-f]{32}")
 MODERN = frozenset(MODERN_PROTOCOL_VERSIONS)
-
-
-@dataclass
-class BatchJob:
-    """What an executor runs: the checked batch, the indices still to answer, and where to report each item.
-
-    `record(index, outcome, write)` must be awaited once per item answered (its outcome and its ledger row); the
-    task saves it. The executor returns when every pending item is recorded; cancelling it stops the task.
-    """
-
-    task_id: str
-    plan: BatchPlan
-    pending: list[int]
-    record: Callable[[int, Result | CallError, CallWrite], Awaitable[None]]
-
-
-Executor = Callable[[Runner, BatchJob], Awaitable[None]]
 
 
 async def path_executor(runner: Runner, job: BatchJob) -> None:
@@ -305,7 +288,7 @@ class TaskManager:
                             await flush()
 
                     tg.start_soon(tick)
-                    await self.executor(self.runner, BatchJob(row.id, plan, pending, record))
+                    await self.executor(self.runner, BatchJob(row.id, plan, pending, record, self.owner))
                     tg.cancel_scope.cancel()
         except Exception as e:  # a bug, or a ledger that stayed down: the task fails, the server stays up
             log.exception("task %s failed", row.id)
