@@ -443,7 +443,8 @@ def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, by
     fields = {}
     for part in message.iter_parts():  # type: ignore[attr-defined]
         name = part.get_param("name", header="content-disposition")
-        fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
+        payload = part.get_payload(decode=True)
+        fields[str(name)] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
     return fields
 
 
@@ -629,8 +630,8 @@ class FakeUpstream:
                     self.wfile.write(data)
                 elif route.endswith("/batches"):
                     with upstream._lock:
-                        data = [dict(b) for b in reversed(upstream.batches.values())]
-                    self._send(200, {"object": "list", "data": data, "has_more": False})
+                        listed = [dict(b) for b in reversed(upstream.batches.values())]
+                    self._send(200, {"object": "list", "data": listed, "has_more": False})
                 elif len(parts) >= 2 and parts[-2] == "batches":
                     if parts[-1] not in upstream.batches:
                         self._send(404, {"error": {"message": f"no batch {parts[-1]}"}})

@@ -58,6 +58,8 @@ def batch_receipt(spec: ToolSpec, receipts: list[dict[str, Any] | None], started
         **({"estimated_saved_usd": _sum(r.get("saved_usd") for r in items if r.get("estimated"))}
            if any(r.get("estimated") for r in items) else {}),
         "attempts_total": sum(len(r.get("attempts") or ()) for r in items),
+        **({"batch_api": sum(1 for r in items if r.get("batch_api"))} if any(r.get("batch_api") for r in items)
+           else {}),
         "latency_ms": round((time.perf_counter() - started) * 1000, 1),
         "per_item": [{"index": i, **r} for i, r in enumerate(receipts) if r and _notable(r)],
     }

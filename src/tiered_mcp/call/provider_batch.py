@@ -32,6 +32,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -172,11 +173,11 @@ class ProviderBatches:
                                      "body": self.api.chat_body(r)}, ensure_ascii=False, separators=(",", ":"))
                          for i, r in zip(row.items, requests)]
                 input_file = await self.api.batch_upload(provider, ("\n".join(lines) + "\n").encode())
-                await off_loop(lambda: self.store.update(job.task_id, job.owner, input_file=input_file))
+                await off_loop(partial(self.store.update, job.task_id, job.owner, input_file=input_file))
             found = await self.api.batch_create(provider, input_file, runner.config.batch_api.completion_window,
                                                 {METADATA_KEY: job.task_id})
             log.info("task %s: %d items submitted to the Batch API as %s", job.task_id, len(row.items), found.id)
-        await off_loop(lambda: self.store.update(job.task_id, job.owner, batch_id=found.id, status=found.status))
+        await off_loop(partial(self.store.update, job.task_id, job.owner, batch_id=found.id, status=found.status))
         return found
 
     # ---- waiting and answering -------------------------------------------------------------------------------------
@@ -203,16 +204,15 @@ class ProviderBatches:
                     continue
                 if state.status != seen:
                     seen = state.status
-                    await off_loop(lambda: self.store.update(job.task_id, job.owner, status=seen))
+                    await off_loop(partial(self.store.update, job.task_id, job.owner, status=seen))
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 if state is not None and await off_loop(self.tasks.cancel_requested, job.task_id):
                     await self._cancel(provider, state.id)
             raise
         ended = self.clock()
-        await off_loop(lambda: self.store.update(job.task_id, job.owner, status=state.status,
-                                                 output_file=state.output_file, error_file=state.error_file,
-                                                 ended=row.ended or ended))
+        await off_loop(partial(self.store.update, job.task_id, job.owner, status=state.status,
+                               output_file=state.output_file, error_file=state.error_file, ended=row.ended or ended))
         answers: dict[str, ModelReply | ModelError] = {}
         for file_id in (state.error_file, state.output_file):  # an answer in the output file wins
             if file_id:
@@ -230,7 +230,7 @@ class ProviderBatches:
         hold = hold_from_json(row.hold, here=row.hold is not None and row.hold["id"] in self._mine)
         if hold is not None and not row.settled:
             await runner.budget.settle(hold, actual)
-            await off_loop(lambda: self.store.update(job.task_id, job.owner, settled=True))
+            await off_loop(partial(self.store.update, job.task_id, job.owner, settled=True))
         left = len(submitted)
 
         async def record(i: int, outcome: Result | CallError, write: CallWrite) -> None:

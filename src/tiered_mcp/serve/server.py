@@ -19,6 +19,7 @@ from mcp.shared.exceptions import MCPError
 from tiered_mcp import __version__
 from tiered_mcp.call.budget import utc_now
 from tiered_mcp.call.options import parse_options
+from tiered_mcp.call.provider_batch import default_executor
 from tiered_mcp.call.routing import Usable, ladder_for
 from tiered_mcp.call.runner import Runner, UnknownTool
 from tiered_mcp.core.config import LOCAL, TIERS, Config, load_config, spec_dirs, unexpanded_variables
@@ -31,7 +32,6 @@ from tiered_mcp.evidence.tiering import AutoTiering
 from tiered_mcp.ledger.base import off_loop, open_ledger
 from tiered_mcp.ledger.sql import SqlLedger
 from tiered_mcp.ledger.sqlite import Ledger
-from tiered_mcp.call.provider_batch import default_executor
 from tiered_mcp.ledger.tasks import TaskStore
 from tiered_mcp.models.base import LazyOpenAI, Model
 from tiered_mcp.models.local import LocalEngine
