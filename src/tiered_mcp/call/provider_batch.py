@@ -55,6 +55,8 @@ WORKERS = 256
 HOLD_TTL_S = 26 * 3600.0
 """A batch's budget hold outlives the 24-hour completion window (a hold that expires stops counting)."""
 METADATA_KEY = "tiered_mcp_task"
+MAX_REQUESTS, MAX_BYTES = 50_000, 190 * 1024 * 1024
+"""What one provider batch takes (OpenAI: 50,000 requests, a 200 MB file); a task's further items take the path."""
 PREPARING = "preparing"
 
 
@@ -121,36 +123,52 @@ class ProviderBatches:
 
     # ---- submitting ------------------------------------------------------------------------------------------------
 
-    async def _requests(self, runner: Runner, plan: BatchPlan, tier: str, indices: list[int]) -> list[Any]:
-        def build() -> list[Any]:
-            return [runner.first_request(plan.spec, {**plan.shared, plan.name: plan.items[i]}, tier) for i in indices]
+    async def _lines(self, runner: Runner, plan: BatchPlan, tier: str, indices: list[int],
+                     worst: bool = False) -> list[tuple[bytes, float]]:
+        """Per item, its JSONL line and (with `worst`) its worst case at the batch rate; built in a worker thread."""
+        assert self.api is not None
+        api, settings = self.api, runner.config.tiers[tier]
+
+        def build() -> list[tuple[bytes, float]]:
+            out = []
+            for i in indices:
+                request = runner.first_request(plan.spec, {**plan.shared, plan.name: plan.items[i]}, tier)
+                line = json.dumps({"custom_id": str(i), "method": "POST", "url": "/v1/chat/completions",
+                                   "body": api.chat_body(request)}, ensure_ascii=False, separators=(",", ":"))
+                cost = (worst_case_usd(settings, request.messages) or 0.0) * settings.batch_discount if worst else 0.0
+                out.append((line.encode() + b"\n", cost))
+            return out
 
         return await anyio.to_thread.run_sync(build)
 
     async def _prepare(self, runner: Runner, job: BatchJob, tier: str) -> ProviderBatchRow:
-        """Choose the items the budget leaves room for, reserve them, and record the batch before sending it."""
+        """Choose the items one provider batch takes (its limits, and the room the budget caps leave), reserve
+        them, and record the batch before sending anything."""
         plan, settings = job.plan, runner.config.tiers[tier]
-        chosen = list(job.pending)
-        hold = None
-        if runner.budget.caps(plan.spec.name):
-            requests = await self._requests(runner, plan, tier, chosen)
-            worst = [(worst_case_usd(settings, r.messages) or 0.0) * settings.batch_discount for r in requests]
+        capped = bool(runner.budget.caps(plan.spec.name))
+        lines = await self._lines(runner, plan, tier, job.pending, worst=capped)
+        room = float("inf")
+        if capped:
             room = min((f["remaining_usd"] for f in (await runner.budget.status(plan.spec.name)).values()),
                        default=float("inf"))
-            total, n = 0.0, 0
-            while n < len(worst) and total + worst[n] <= room:
-                total, n = total + worst[n], n + 1
-            chosen = chosen[:n]
-            if chosen:
-                try:
-                    hold = await runner.budget.reserve_usd(
-                        plan.spec.name, total, f"a {tier} batch of {n} requests ({settings.model}, Batch API)",
-                        HOLD_TTL_S)
-                except CallError:  # another call took the room meanwhile: nothing is submitted
-                    chosen, hold = [], None
+        total = size = 0.0
+        n = 0
+        while (n < len(lines) and n < MAX_REQUESTS and size + len(lines[n][0]) <= MAX_BYTES
+               and total + lines[n][1] <= room):
+            total, size, n = total + lines[n][1], size + len(lines[n][0]), n + 1
+        chosen = list(job.pending[:n])
+        hold = None
+        if chosen and capped:
+            try:
+                hold = await runner.budget.reserve_usd(
+                    plan.spec.name, total, f"a {tier} batch of {n} requests ({settings.model}, Batch API)", HOLD_TTL_S)
+            except CallError:  # another call took the room meanwhile: nothing is submitted
+                chosen, hold = [], None
             if hold is not None:
                 self._mine.add(hold.id)
-            log.info("task %s: %d of %d items fit the budget for the Batch API", job.task_id, n, len(job.pending))
+        if len(chosen) < len(job.pending):
+            log.info("task %s: %d of %d items go to the Batch API (its limits, the budget); the rest to the model "
+                     "path", job.task_id, len(chosen), len(job.pending))
         row = ProviderBatchRow(job.task_id, tier, chosen, hold_json(hold), None, None, PREPARING, None, None,
                                self.clock(), None, False)
         if not await off_loop(self.store.create, row, job.owner):
@@ -164,15 +182,13 @@ class ProviderBatches:
         provider = runner.config.providers[runner.config.tiers[row.tier].provider]
         if row.batch_id is not None:
             return await self.api.batch_get(provider, row.batch_id)
-        found = await self.api.batch_find(provider, METADATA_KEY, job.task_id) if row.input_file else None
+        found = (await self.api.batch_find(provider, METADATA_KEY, job.task_id, since=row.created - 3600)
+                 if row.input_file else None)
         if found is None:
             input_file = row.input_file
             if input_file is None:
-                requests = await self._requests(runner, job.plan, row.tier, row.items)
-                lines = [json.dumps({"custom_id": str(i), "method": "POST", "url": "/v1/chat/completions",
-                                     "body": self.api.chat_body(r)}, ensure_ascii=False, separators=(",", ":"))
-                         for i, r in zip(row.items, requests)]
-                input_file = await self.api.batch_upload(provider, ("\n".join(lines) + "\n").encode())
+                lines = await self._lines(runner, job.plan, row.tier, row.items)
+                input_file = await self.api.batch_upload(provider, b"".join(line for line, _ in lines))
                 await off_loop(partial(self.store.update, job.task_id, job.owner, input_file=input_file))
             found = await self.api.batch_create(provider, input_file, runner.config.batch_api.completion_window,
                                                 {METADATA_KEY: job.task_id})

@@ -320,14 +320,16 @@ class OpenAIModels:
                                                 completion_window=window, metadata=metadata)  # type: ignore[arg-type]
         return _batch_state(batch)
 
-    async def batch_find(self, provider: Provider, key: str, value: str) -> BatchState | None:
-        """The newest batch whose metadata has `key` = `value` (one submitted before a crash), or None."""
+    async def batch_find(self, provider: Provider, key: str, value: str, since: float = 0.0) -> BatchState | None:
+        """The newest batch created after `since` (a Unix time) whose metadata has `key` = `value` (one submitted
+        before a crash), or None. The provider lists batches newest first: the walk stops at `since`."""
         client, scrubber, where = self._batch_client(provider)
         with _translate(where, scrubber):
-            page = await client.batches.list(limit=100)
-        for batch in page.data:
-            if (batch.metadata or {}).get(key) == value:
-                return _batch_state(batch)
+            async for batch in client.batches.list(limit=100):
+                if (batch.metadata or {}).get(key) == value:
+                    return _batch_state(batch)
+                if batch.created_at < since:
+                    break
         return None
 
     async def batch_get(self, provider: Provider, batch_id: str) -> BatchState:
