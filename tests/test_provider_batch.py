@@ -11,6 +11,7 @@ import pytest
 from mcp import Client
 
 from tiered_mcp.call.budget import worst_case_usd
+from tiered_mcp.cli.main import main
 from tiered_mcp.core.receipts import RECEIPT_META_KEY
 from tiered_mcp.ledger.provider_batches import ProviderBatchStore
 from tiered_mcp.models._openai import OpenAIModels
@@ -132,7 +133,7 @@ async def test_an_invalid_batch_answer_is_repaired_synchronously(make_runner, up
     assert receipt_of(task)["cost_usd"] == pytest.approx(3 * NANO_BATCH + NANO, abs=1e-15)
 
 
-async def test_items_in_the_error_file_run_on_the_model_path(make_runner, ledger, upstream):
+async def test_items_in_the_error_file_run_on_the_model_path(make_runner, ledger, ledger_target, upstream, capsys):
     upstream.script_batch(FakeBatch(errors=("1",)))
     runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
     task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
@@ -149,6 +150,11 @@ async def test_items_in_the_error_file_run_on_the_model_path(make_runner, ledger
     assert row["baseline_usd"] == pytest.approx(FLAGSHIP_BATCH, abs=1e-15)
     assert receipt_of(task)["cost_usd"] == pytest.approx(2 * NANO_BATCH + NANO, abs=1e-15)
     assert receipt_of(task)["baseline_usd"] == pytest.approx(3 * FLAGSHIP_BATCH, abs=1e-15)
+    # `tiered-mcp logs CALL` says which attempt went through the Batch API.
+    assert main(["logs", row["uid"], "--ledger", ledger_target]) == 0
+    out = capsys.readouterr().out
+    assert "attempt 1: nano (gpt-5.4-nano), first (Batch API, batch rate) -> error_object" in out
+    assert "attempt 2: nano (gpt-5.4-nano), retry -> ok" in out
 
 
 async def test_items_unanswered_when_the_batch_expires_run_on_the_model_path(make_runner, ledger, upstream):
