@@ -279,3 +279,38 @@ async def test_progress_while_the_batch_runs(make_runner, upstream):
         upstream._batch_plans[batch_id].polls = 0
         task = await wait_task(client, handle.task_id)
     assert task.status == "completed"
+
+
+async def test_when_the_batch_api_refuses_the_upload_every_item_runs_on_the_model_path(make_runner, ledger, upstream):
+    upstream.fail_next("upload", 503)
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["ok"] == 3
+    assert upstream.batches == {} and len(upstream.completions()) == 3
+    for row in rows_by_batch(ledger):
+        first, second = ledger.attempts(row["uid"])
+        assert first["batch_api"] == 1 and first["outcome"] == "server_error" and "503" in first["detail"]
+        assert second["reason"] == "retry" and second["outcome"] == "ok"
+    assert receipt_of(task)["cost_usd"] == pytest.approx(3 * NANO, abs=1e-15)
+
+
+async def test_a_download_or_a_look_that_fails_for_a_while_is_asked_for_again(make_runner, ledger, upstream):
+    upstream.script_batch(FakeBatch(polls=1))
+    upstream.fail_next("look", 500, 502)
+    upstream.fail_next("download", 503, 500)
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["ok"] == 3
+    assert upstream.completions() == []  # every answer came from the batch in the end
+    downloads = [s for s in upstream.seen if s.path.endswith("/content")]
+    assert len(downloads) == 3  # two failures, then the output file
+    assert receipt_of(task)["cost_usd"] == pytest.approx(3 * NANO_BATCH, abs=1e-15)
+
+
+async def test_a_download_that_keeps_failing_leaves_the_items_to_the_model_path(make_runner, upstream):
+    upstream.fail_next("download", *[500] * 5)
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["ok"] == 3
+    assert len([s for s in upstream.seen if s.path.endswith("/content")]) == 5
+    assert len(upstream.completions()) == 3

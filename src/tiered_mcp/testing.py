@@ -472,6 +472,7 @@ class FakeUpstream:
         self.batches: dict[str, dict[str, Any]] = {}
         self._batch_script: deque[FakeBatch] = deque()
         self._batch_plans: dict[str, FakeBatch] = {}
+        self._failures: dict[str, deque[int]] = defaultdict(deque)
         self._lock = threading.RLock()  # the Batch API's handlers nest
         self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-upstream", daemon=True)
@@ -486,6 +487,12 @@ class FakeUpstream:
 
     def completions(self) -> list[Seen]:
         return [s for s in self.seen if s.path.split("?")[0].endswith("/chat/completions")]
+
+    def fail_next(self, step: str, *statuses: int) -> None:
+        """The next requests of a Batch API step ("upload", "create", "look", "download", "cancel") answer with
+        these HTTP statuses, one each, before the step works again."""
+        with self._lock:
+            self._failures[step].extend(statuses)
 
     def script_batch(self, *plans: FakeBatch) -> None:
         """How the next batches created run, in order."""
@@ -605,6 +612,14 @@ class FakeUpstream:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _scripted_failure(self, step: str) -> bool:
+                with upstream._lock:
+                    queue = upstream._failures.get(step)
+                    status = queue.popleft() if queue else None
+                if status is not None:
+                    self._send(status, {"error": {"message": f"scripted Batch API failure {status}"}})
+                return status is not None
+
             def _wait(self, seconds: float) -> bool:
                 """Sleep, watching the socket; False when the client hung up meanwhile."""
                 end = time.monotonic() + seconds
@@ -618,6 +633,9 @@ class FakeUpstream:
                 upstream._remember(Seen("GET", self.path, {k.lower(): v for k, v in self.headers.items()}, None))
                 route = self.path.split("?")[0].rstrip("/")
                 parts = route.split("/")
+                step = ("download" if route.endswith("/content") else "look" if "/batches/" in route else "")
+                if step and self._scripted_failure(step):
+                    return
                 if route.endswith("/content") and len(parts) >= 3 and parts[-3] == "files":
                     data = upstream.files.get(parts[-2])
                     if data is None:
@@ -648,6 +666,11 @@ class FakeUpstream:
                 raw = self.rfile.read(length)
                 route = self.path.split("?")[0].rstrip("/")
                 content_type = self.headers.get("Content-Type") or ""
+                step = ("upload" if route.endswith("/files") else "create" if route.endswith("/batches")
+                        else "cancel" if route.endswith("/cancel") else "")
+                if step and self._scripted_failure(step):
+                    upstream._remember(Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, None))
+                    return
                 if route.endswith("/files") and content_type.startswith("multipart/form-data"):
                     fields = _multipart(content_type, raw)
                     upstream._remember(Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()},

@@ -21,6 +21,7 @@ task whose ladder starts on that tier, `ProviderBatches`:
    are ordinary synchronous requests). An item in the error file, or missing when the batch expired or failed, gets
    a first attempt with outcome `batch_unanswered` (cost 0) and then runs on the model path at once, on the same
    tier, synchronously (reason `retry`, full price), and climbs from there as usual.
+   A provider that refuses the upload or the batch leaves every item to the model path the same way.
 
 A task cancelled by its client cancels the provider batch too; one given up at shutdown leaves it running for the
 next server. The budget hold lasts the completion window and a margin; the last item's ledger row drops it.
@@ -40,7 +41,7 @@ import anyio
 from tiered_mcp.call.batch import BatchJob, BatchPlan, run_items
 from tiered_mcp.call.budget import Cap, Hold, worst_case_usd
 from tiered_mcp.call.runner import Prepared, Result, Runner
-from tiered_mcp.core.errors import BatchUnanswered, CallError, ModelError, Permanent
+from tiered_mcp.core.errors import BatchUnanswered, CallError, ModelError, Permanent, Transient
 from tiered_mcp.core.prices import batch_cost_of
 from tiered_mcp.ledger.base import CallWrite, off_loop
 from tiered_mcp.ledger.provider_batches import ProviderBatchRow, ProviderBatchStore
@@ -58,6 +59,7 @@ METADATA_KEY = "tiered_mcp_task"
 MAX_REQUESTS, MAX_BYTES = 50_000, 190 * 1024 * 1024
 """What one provider batch takes (OpenAI: 50,000 requests, a 200 MB file); a task's further items take the path."""
 PREPARING = "preparing"
+DOWNLOAD_TRIES = 5
 
 
 def hold_json(hold: Hold | None) -> dict[str, Any] | None:
@@ -203,8 +205,14 @@ class ProviderBatches:
         settings = runner.config.tiers[row.tier]
         provider = runner.config.providers[settings.provider]
         state: BatchState | None = None
+        refused: ModelError | None = None  # the provider would not take the batch: every item's first attempt
         try:
-            state = await self._submit(runner, job, row)
+            try:
+                state = await self._submit(runner, job, row)
+            except ModelError as e:
+                log.warning("task %s: the Batch API did not take the batch (%s); its items run on the model path",
+                            job.task_id, e)
+                refused, state = e, BatchState("", "failed", row.input_file or "")
             seen = state.status
             while not state.ended:
                 await self.sleep(runner.config.batch_api.poll_s)
@@ -223,7 +231,7 @@ class ProviderBatches:
                     await off_loop(partial(self.store.update, job.task_id, job.owner, status=seen))
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                if state is not None and await off_loop(self.tasks.cancel_requested, job.task_id):
+                if state is not None and state.id and await off_loop(self.tasks.cancel_requested, job.task_id):
                     await self._cancel(provider, state.id)
             raise
         ended = self.clock()
@@ -232,12 +240,12 @@ class ProviderBatches:
         answers: dict[str, ModelReply | ModelError] = {}
         for file_id in (state.error_file, state.output_file):  # an answer in the output file wins
             if file_id:
-                answers.update(await self.api.batch_results(provider, row.tier, settings.model, file_id))
+                answers.update(await self._download(runner, provider, row, file_id))
         latency_ms = ((row.ended or ended) - row.created) * 1000
         where = f"{row.tier} ({settings.model}, Batch API)"
         prepared: dict[int, Prepared] = {}
         for i in submitted:
-            outcome = answers.get(str(i)) or BatchUnanswered(
+            outcome = answers.get(str(i)) or refused or BatchUnanswered(
                 f"{where}: batch {state.id} ended {state.status} without answering this item")
             prepared[i] = Prepared(row.tier, outcome, latency_ms)
         # What the answers cost at the batch rate (the items' rows book the same figures, attempt by attempt).
@@ -257,6 +265,24 @@ class ProviderBatches:
             await job.record(i, outcome, write)
 
         await run_items(runner, job.plan, submitted, record, WORKERS, prepared)
+
+    async def _download(self, runner: Runner, provider: Any, row: ProviderBatchRow,
+                        file_id: str) -> dict[str, ModelReply | ModelError]:
+        """A result file, asked for again (every poll_s) while the provider fails transiently, up to
+        DOWNLOAD_TRIES times; then its items count as unanswered."""
+        assert self.api is not None
+        model = runner.config.tiers[row.tier].model
+        for n in range(DOWNLOAD_TRIES):
+            try:
+                return await self.api.batch_results(provider, row.tier, model, file_id)
+            except Transient as e:
+                log.warning("task %s: downloading %s failed (%s)", row.task_id, file_id, e)
+                if n + 1 < DOWNLOAD_TRIES:
+                    await self.sleep(runner.config.batch_api.poll_s)
+            except ModelError as e:
+                log.warning("task %s: downloading %s failed (%s)", row.task_id, file_id, e)
+                break
+        return {}
 
     async def _cancel(self, provider: Any, batch_id: str) -> None:
         assert self.api is not None
