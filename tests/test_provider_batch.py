@@ -314,3 +314,16 @@ async def test_a_download_that_keeps_failing_leaves_the_items_to_the_model_path(
     assert task.status == "completed" and receipt_of(task)["ok"] == 3
     assert len([s for s in upstream.seen if s.path.endswith("/content")]) == 5
     assert len(upstream.completions()) == 3
+
+
+async def test_items_the_cache_can_answer_are_not_submitted(make_runner, upstream):
+    runner = make_runner(openai_model(upstream), cache_ttl_s=3600, **BATCH_CONFIG)
+    async with Client(build_server(runner)) as plain:
+        await plain.call_tool("classify", {"text": ITEMS[1], "labels": LABELS})  # answered now, and cached
+    assert len(upstream.completions()) == 1
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["cached"] == 1
+    (batch_id,) = upstream.batches
+    assert [line["custom_id"] for line in upstream.batch_requests(batch_id)] == ["0", "2"]
+    assert len(upstream.completions()) == 1
+    assert receipt_of(task)["cost_usd"] == pytest.approx(2 * NANO_BATCH, abs=1e-15)

@@ -4,8 +4,8 @@ A tier opts in with `[tiers.X] batch_api = true` (a tool opts out with `[tools.Y
 calls run as MCP tasks use it, since a provider batch may take up to its 24-hour completion window. For such a
 task whose ladder starts on that tier, `ProviderBatches`:
 
-1. builds one Chat Completions request per pending item, exactly the body the model path would send for the item's
-   first attempt (`Runner.first_request`, `BatchApi.chat_body`), and reserves the budget for the batch at once: the
+1. builds one Chat Completions request per pending item the cache cannot answer (those the cache can take the
+   model path, which answers them from it), exactly the body the model path would send for the item's first attempt (`Runner.first_request`, `BatchApi.chat_body`), and reserves the budget for the batch at once: the
    items' worst cases at the batch rate, as many items (in index order) as the caps leave room for. Items beyond
    that are not submitted: they go through the model path, whose budget check refuses them (or runs them, if room
    came free meanwhile), with an ordinary budget receipt;
@@ -148,7 +148,10 @@ class ProviderBatches:
         them, and record the batch before sending anything."""
         plan, settings = job.plan, runner.config.tiers[tier]
         capped = bool(runner.budget.caps(plan.spec.name))
-        lines = await self._lines(runner, plan, tier, job.pending, worst=capped)
+        hits = await runner.cached(plan.spec, [{**plan.shared, plan.name: plan.items[i]} for i in job.pending],
+                                   plan.ladder, plan.options)
+        candidates = [i for i, hit in zip(job.pending, hits) if not hit]  # the cache answers the others, free
+        lines = await self._lines(runner, plan, tier, candidates, worst=capped)
         room = float("inf")
         if capped:
             room = min((f["remaining_usd"] for f in (await runner.budget.status(plan.spec.name)).values()),
@@ -158,7 +161,7 @@ class ProviderBatches:
         while (n < len(lines) and n < MAX_REQUESTS and size + len(lines[n][0]) <= MAX_BYTES
                and total + lines[n][1] <= room):
             total, size, n = total + lines[n][1], size + len(lines[n][0]), n + 1
-        chosen = list(job.pending[:n])
+        chosen = candidates[:n]
         hold = None
         if chosen and capped:
             try:

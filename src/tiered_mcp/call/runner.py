@@ -352,6 +352,24 @@ class Runner:
         plan = _Plan(spec, args, ladder, "call", options, batch, prepared)
         return await self._run(plan, self._receipt(spec, "call"), None)
 
+    async def cached(self, spec: ToolSpec, items: list[dict[str, Any]], ladder: list[str],
+                     options: CallOptions) -> list[bool]:
+        """Which of these batch items (checked arguments) the cache would answer now: a Batch API batch leaves
+        them out, so the cache answers them for free."""
+        plans = [_Plan(spec, args, ladder, "call", options) for args in items]
+        hits = [False] * len(plans)
+        if not plans or not self._cache_on(plans[0]):
+            return hits
+        now = self.clock().timestamp()
+
+        async def one(i: int, key: str) -> None:
+            hits[i] = await self.cache.get(key, now) is not None
+
+        async with anyio.create_task_group() as tg:
+            for i, plan in enumerate(plans):
+                tg.start_soon(one, i, self._cache_key(plan))
+        return hits
+
     def first_request(self, spec: ToolSpec, args: dict[str, Any], tier: str) -> ModelRequest:
         """The request an item's first attempt on `tier` makes (checked arguments): what a batch submits."""
         settings = self.config.tiers[tier]
