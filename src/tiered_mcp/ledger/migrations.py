@@ -151,11 +151,16 @@ CREATE TABLE IF NOT EXISTS task_items (
         cur.execute(stmt)
 
 
+def service_tiers(cur: Cursor, d: Dialect) -> None:
+    """Each attempt's provider service tier (flex, default, ...), as its response reported it: what it was priced
+    at."""
+    _add(cur, d, "attempts", [("service_tier", "TEXT")])
+
+
 def tasks_provider_batches(cur: Cursor, d: Dialect) -> None:
     """A task's items sent through a provider's Batch API: the provider's file and batch ids (so a restarted server
     polls the same batch rather than submitting again), the items submitted, the budget hold taken for them, and
-    the batch's status as last seen; and whether an attempt was such a batch item. (Named so that it also sorts
-    after `tasks`: `applied_migrations` lists migrations applied in one transaction by name.)"""
+    the batch's status as last seen; and whether an attempt was such a batch item."""
     cur.execute(f"""
 CREATE TABLE IF NOT EXISTS provider_batches (
     task_id {d.key} PRIMARY KEY, tier TEXT NOT NULL, items TEXT NOT NULL, hold TEXT, input_file TEXT, batch_id TEXT,
@@ -164,7 +169,8 @@ CREATE TABLE IF NOT EXISTS provider_batches (
     _add(cur, d, "attempts", [("batch_api", "INTEGER NOT NULL DEFAULT 0")])
 
 
-MIGRATIONS: list[Callable[[Cursor, Dialect], None]] = [initial, accounting, autotier, tasks, tasks_provider_batches]
+MIGRATIONS: list[Callable[[Cursor, Dialect], None]] = [initial, accounting, autotier, tasks, service_tiers,
+                                                      tasks_provider_batches]
 """Every migration, oldest first; each is applied once and recorded under its function's name."""
 
 
