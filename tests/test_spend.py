@@ -158,8 +158,12 @@ def test_a_receipts_attempts_are_what_asdict_gives():
 
     receipt = Receipt(tool="classify", tier="nano", model="m", ok=True)
     receipt.attempts = [Attempt("nano", "m", "first", outcome="invalid", detail="d", input_tokens=3, cost_usd=None),
-                        Attempt("mini", "m2", "escalation", trigger="invalid", outcome="ok", estimated=True)]
-    assert receipt.to_dict(config_from_dict({}))["attempts"] == [asdict(a) for a in receipt.attempts]
+                        Attempt("mini", "m2", "escalation", trigger="invalid", outcome="ok", estimated=True),
+                        Attempt("nano", "m", "first", outcome="ok", batch_api=True)]
+    # batch_api is said only where it is true (a Batch API attempt), so ordinary receipts keep their shape.
+    expected = [{k: v for k, v in asdict(a).items() if k != "batch_api" or v} for a in receipt.attempts]
+    assert receipt.to_dict(config_from_dict({}))["attempts"] == expected
+    assert [("batch_api" in a) for a in expected] == [False, False, True]
 
 
 async def test_concurrent_cache_misses_are_looked_up_together(tmp_path, specs):

@@ -6,12 +6,15 @@
   the real `openai` client; unscripted, it answers from the request's text (`answer_from_text`), so answers pass
   the shipped validators. A completion reports the request's `service_tier` (or a scripted one);
   `service_tier_unavailable()` scripts flex's 429 `resource_unavailable`.
+  It serves the Batch API too (/v1/files, /v1/batches), scripted with `FakeBatch`.
 - `network_guard`: refuses (and records) every connection that is not to loopback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.parser
+import email.policy
 import functools
 import ipaddress
 import json
@@ -425,6 +428,43 @@ def completion(request_body: dict[str, Any], r: FakeResponse) -> dict[str, Any]:
     return body
 
 
+@dataclass
+class FakeBatch:
+    """How the fake upstream runs a batch (`FakeUpstream.script_batch`; unscripted batches complete at the first
+    look).
+
+    Attributes:
+        polls: GET /v1/batches/{id} says "in_progress" this many times, then the batch has ended.
+        end: "completed"; "expired" (only the first `answered` requests, in file order, have answers; the rest
+            none, in neither file); or "failed" (the input was refused: no output at all).
+        errors: custom_ids answered in the error file (HTTP 500 with an error body) instead of the output file.
+        responses: custom_id -> how its line is answered (content, usage, finish reason, refusal).
+        answered: with end "expired", how many requests were answered before it expired.
+    """
+
+    polls: int = 0
+    end: str = "completed"
+    errors: tuple[str, ...] = ()
+    responses: dict[str, FakeResponse] = field(default_factory=dict)
+    answered: int = 0
+
+
+def _jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """A multipart/form-data body's fields: name -> (filename, bytes)."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    fields = {}
+    for part in message.iter_parts():  # type: ignore[attr-defined]
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        fields[str(name)] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
+    return fields
+
+
 class _Server(ThreadingHTTPServer):
     # socketserver's default backlog of 5 resets connections when dozens of clients connect at once.
     request_queue_size = 256
@@ -445,7 +485,12 @@ class FakeUpstream:
         self.record = record
         self.seen: list[Seen] = []
         self._script: dict[str, deque[FakeResponse]] = defaultdict(deque)
-        self._lock = threading.Lock()
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self._batch_script: deque[FakeBatch] = deque()
+        self._batch_plans: dict[str, FakeBatch] = {}
+        self._failures: dict[str, deque[int]] = defaultdict(deque)
+        self._lock = threading.RLock()  # the Batch API's handlers nest
         self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-upstream", daemon=True)
 
@@ -459,6 +504,87 @@ class FakeUpstream:
 
     def completions(self) -> list[Seen]:
         return [s for s in self.seen if s.path.split("?")[0].endswith("/chat/completions")]
+
+    def fail_next(self, step: str, *statuses: int) -> None:
+        """The next requests of a Batch API step ("upload", "create", "look", "download", "cancel") answer with
+        these HTTP statuses, one each, before the step works again."""
+        with self._lock:
+            self._failures[step].extend(statuses)
+
+    def script_batch(self, *plans: FakeBatch) -> None:
+        """How the next batches created run, in order."""
+        with self._lock:
+            self._batch_script.extend(plans)
+
+    def batch_requests(self, batch_id: str) -> list[dict[str, Any]]:
+        """The request lines of a batch's input file."""
+        data = self.files[self.batches[batch_id]["input_file_id"]]
+        return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+    def batch_creates(self) -> list[Seen]:
+        return [s for s in self.seen if s.method == "POST" and s.path.split("?")[0].rstrip("/").endswith("/batches")]
+
+    # ---- the Batch API ---------------------------------------------------------------------------------------
+
+    def _file(self, data: bytes, purpose: str, filename: str) -> dict[str, Any]:
+        with self._lock:
+            file_id = f"file-{len(self.files) + 1:04d}"
+            self.files[file_id] = data
+        return {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                "filename": filename, "purpose": purpose, "status": "processed"}
+
+    def _create_batch(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if body.get("input_file_id") not in self.files:
+            return 404, {"error": {"message": f"no file {body.get('input_file_id')}"}}
+        with self._lock:
+            batch_id = f"batch_{len(self.batches) + 1:04d}"
+            self._batch_plans[batch_id] = self._batch_script.popleft() if self._batch_script else FakeBatch()
+            total = sum(1 for line in self.files[body["input_file_id"]].splitlines() if line.strip())
+            batch = self.batches[batch_id] = {
+                "id": batch_id, "object": "batch", "endpoint": body.get("endpoint"), "errors": None,
+                "input_file_id": body["input_file_id"], "completion_window": body.get("completion_window"),
+                "status": "validating", "output_file_id": None, "error_file_id": None,
+                "created_at": int(time.time()), "metadata": body.get("metadata"),
+                "request_counts": {"total": total, "completed": 0, "failed": 0}}
+            return 200, dict(batch)
+
+    def _look(self, batch_id: str) -> dict[str, Any]:
+        """GET /v1/batches/{id}: one more look; the batch ends after its plan's polls."""
+        with self._lock:
+            batch, plan = self.batches[batch_id], self._batch_plans[batch_id]
+            if batch["status"] == "cancelling":
+                batch["status"] = "cancelled"
+            elif batch["status"] in ("validating", "in_progress"):
+                if plan.polls > 0:
+                    plan.polls -= 1
+                    batch["status"] = "in_progress"
+                else:
+                    self._end(batch, plan)
+            return dict(batch)
+
+    def _end(self, batch: dict[str, Any], plan: FakeBatch) -> None:
+        if plan.end == "failed":
+            batch["status"] = "failed"
+            batch["errors"] = {"object": "list", "data": [{"code": "invalid_request", "message": "scripted"}]}
+            return
+        out, errors = [], []
+        requests = [json.loads(line) for line in self.files[batch["input_file_id"]].splitlines() if line.strip()]
+        for n, req in enumerate(requests):
+            cid = req["custom_id"]
+            if plan.end == "expired" and n >= plan.answered:
+                continue
+            if cid in plan.errors:
+                errors.append({"id": f"batch_req_{n}", "custom_id": cid, "error": None, "response": {
+                    "status_code": 500, "request_id": f"req_{n}",
+                    "body": {"error": {"message": "scripted batch item failure", "type": "server_error"}}}})
+                continue
+            answer = completion(req["body"], plan.responses.get(cid) or FakeResponse())
+            out.append({"id": f"batch_req_{n}", "custom_id": cid, "error": None,
+                        "response": {"status_code": 200, "request_id": f"req_{n}", "body": answer}})
+        output = self._file(_jsonl(out), "batch_output", "output.jsonl")["id"] if out else None
+        error = self._file(_jsonl(errors), "batch_output", "errors.jsonl")["id"] if errors else None
+        batch.update(status=plan.end, output_file_id=output, error_file_id=error,
+                     request_counts={"total": len(requests), "completed": len(out), "failed": len(errors)})
 
     def __enter__(self) -> FakeUpstream:
         self._thread.start()
@@ -503,6 +629,14 @@ class FakeUpstream:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _scripted_failure(self, step: str) -> bool:
+                with upstream._lock:
+                    queue = upstream._failures.get(step)
+                    status = queue.popleft() if queue else None
+                if status is not None:
+                    self._send(status, {"error": {"message": f"scripted Batch API failure {status}"}})
+                return status is not None
+
             def _wait(self, seconds: float) -> bool:
                 """Sleep, watching the socket; False when the client hung up meanwhile."""
                 end = time.monotonic() + seconds
@@ -514,7 +648,31 @@ class FakeUpstream:
 
             def do_GET(self) -> None:
                 upstream._remember(Seen("GET", self.path, {k.lower(): v for k, v in self.headers.items()}, None))
-                if self.path.split("?")[0].rstrip("/").endswith("/models"):
+                route = self.path.split("?")[0].rstrip("/")
+                parts = route.split("/")
+                step = ("download" if route.endswith("/content") else "look" if "/batches/" in route else "")
+                if step and self._scripted_failure(step):
+                    return
+                if route.endswith("/content") and len(parts) >= 3 and parts[-3] == "files":
+                    data = upstream.files.get(parts[-2])
+                    if data is None:
+                        self._send(404, {"error": {"message": f"no file {parts[-2]}"}})
+                        return
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                elif route.endswith("/batches"):
+                    with upstream._lock:
+                        listed = [dict(b) for b in reversed(upstream.batches.values())]
+                    self._send(200, {"object": "list", "data": listed, "has_more": False})
+                elif len(parts) >= 2 and parts[-2] == "batches":
+                    if parts[-1] not in upstream.batches:
+                        self._send(404, {"error": {"message": f"no batch {parts[-1]}"}})
+                    else:
+                        self._send(200, upstream._look(parts[-1]))
+                elif route.endswith("/models"):
                     self._send(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"}
                                                                 for m in upstream.models]})
                 else:
@@ -522,10 +680,40 @@ class FakeUpstream:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
+                route = self.path.split("?")[0].rstrip("/")
+                content_type = self.headers.get("Content-Type") or ""
+                step = ("upload" if route.endswith("/files") else "create" if route.endswith("/batches")
+                        else "cancel" if route.endswith("/cancel") else "")
+                if step and self._scripted_failure(step):
+                    upstream._remember(Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, None))
+                    return
+                if route.endswith("/files") and content_type.startswith("multipart/form-data"):
+                    fields = _multipart(content_type, raw)
+                    upstream._remember(Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()},
+                                            {"purpose": fields.get("purpose", (None, b""))[1].decode()}))
+                    filename, data = fields.get("file", ("upload", b""))
+                    self._send(200, upstream._file(data, fields.get("purpose", (None, b"batch"))[1].decode(),
+                                                   filename or "upload"))
+                    return
+                body = json.loads(raw or b"{}")
                 seen = Seen("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 upstream._remember(seen)
-                if not self.path.split("?")[0].rstrip("/").endswith("/chat/completions"):
+                if route.endswith("/batches"):
+                    self._send(*upstream._create_batch(body))
+                    return
+                if route.endswith("/cancel") and "/batches/" in route:
+                    batch_id = route.split("/")[-2]
+                    with upstream._lock:
+                        batch = upstream.batches.get(batch_id)
+                        if batch is not None and batch["status"] in ("validating", "in_progress"):
+                            batch["status"] = "cancelling"
+                    if batch is None:
+                        self._send(404, {"error": {"message": f"no batch {batch_id}"}})
+                    else:
+                        self._send(200, dict(batch))
+                    return
+                if not route.endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
                 r = upstream._next(body.get("model", ""))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from tiered_mcp.ledger.base import CallWrite
 from tiered_mcp.specs.spec import ToolSpec
 
 if TYPE_CHECKING:
-    from tiered_mcp.call.runner import Progress, Result, Runner
+    from tiered_mcp.call.runner import Prepared, Progress, Result, Runner
 
 
 def _sum(values: Any) -> float | None:
@@ -63,6 +63,8 @@ def batch_receipt(spec: ToolSpec, receipts: list[dict[str, Any] | None], started
         **({"estimated_saved_usd": _sum(r.get("saved_usd") for r in items if r.get("estimated"))}
            if any(r.get("estimated") for r in items) else {}),
         "attempts_total": sum(len(r.get("attempts") or ()) for r in items),
+        **({"batch_api": sum(1 for r in items if r.get("batch_api"))} if any(r.get("batch_api") for r in items)
+           else {}),
         "latency_ms": round((time.perf_counter() - started) * 1000, 1),
         "per_item": [{"index": i, **r} for i, r in enumerate(receipts) if r and _notable(r)],
     }
@@ -118,17 +120,39 @@ ItemDone = Callable[[int, "Result | CallError", CallWrite], Awaitable[None]]
 """Told of each finished item: its index, its outcome and its ledger row (which the callee writes)."""
 
 
+@dataclass
+class BatchJob:
+    """What a task's executor runs: the checked batch, the indices still to answer, and where to report each item.
+
+    `record(index, outcome, write)` must be awaited once per item answered (its outcome and its ledger row); the
+    task saves it. The executor returns when every pending item is recorded; cancelling it stops the task.
+    `owner` is the replica holding the task (writes of the executor's own state are fenced by it).
+    """
+
+    task_id: str
+    plan: BatchPlan
+    pending: list[int]
+    record: ItemDone
+    owner: str | None = None
+
+
+Executor = Callable[["Runner", BatchJob], Awaitable[None]]
+"""Who runs a task's items (serve/tasks.py): the model path item by item, or a provider's Batch API."""
+
+
 async def run_items(runner: Runner, plan: BatchPlan, indices: Iterable[int], on_item: ItemDone,
-                    workers: int | None = None) -> None:
+                    workers: int | None = None, prepared: Mapping[int, Prepared] | None = None) -> None:
     """Run the items at `indices` through the one model path, concurrently (the provider's limit bounds the
     requests in flight); `workers` bounds the items under way at once (None: all of them). On a ladder that starts
     on a tier with a shared pass (the local tier), the items' first requests go `LOCAL_PASS` (at most `workers`) to
-    a pass."""
+    a pass. `prepared`: answers the provider's Batch API already gave, per index (each is its item's first
+    attempt)."""
     todo = list(indices)
+    given = prepared or {}
 
     async def one(i: int, seat: Seat | None = None) -> None:
         outcome, write = await runner.run_item(plan.spec, {**plan.shared, plan.name: plan.items[i]}, plan.ladder,
-                                               plan.options, plan.batch_id, seat)
+                                               plan.options, plan.batch_id, seat, given.get(i))
         await on_item(i, outcome, write)
 
     async def worker(queue: list[int]) -> None:

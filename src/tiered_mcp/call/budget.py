@@ -138,14 +138,26 @@ class Budget:
         worst = worst_case_usd(tier, messages, await prompt_tokens(messages), service_tier)
         if not worst:
             return None  # free (the local tier), or unpriced: a USD cap cannot hold it; such calls say "unknown"
+        return await self.reserve_usd(tool, worst, f"this {tier_name} request ({tier.model})",
+                                      max(HOLD_TTL_S, (timeout_s or 0.0) + HOLD_MARGIN_S), evidence=evidence)
+
+    async def reserve_usd(self, tool: str, worst: float, what: str, ttl_s: float = HOLD_TTL_S, *,
+                          evidence: bool = False) -> Hold | None:
+        """Reserve `worst` USD for `what` (e.g. a batch of requests) for `ttl_s`, or refuse it; as `reserve`.
+
+        Raises:
+            BudgetExceeded: as `reserve`.
+        """
+        caps = self.caps(tool, evidence)
+        if not caps or not worst:
+            return None
         hold = Hold(uuid.uuid4().hex, tool, caps, worst)
         shared = [(c.key, c.usd) for c in caps if c.key is not None]
         committed: dict[str, float] = {}
         if shared:
             if self.ledger is not None:
                 ok, committed = await off_loop(self.ledger.budget_reserve, shared, worst, hold.id,
-                                               self.clock().timestamp(),
-                                               max(HOLD_TTL_S, (timeout_s or 0.0) + HOLD_MARGIN_S))
+                                               self.clock().timestamp(), ttl_s)
             else:
                 committed = {k: self._memory[k] for k, _ in shared}
                 ok = all(committed[k] + worst <= cap for k, cap in shared)
@@ -154,13 +166,13 @@ class Budget:
                         self._memory[k] += worst
             if not ok:
                 self._refuse(next(c for c in caps if c.key is not None and committed[c.key] + worst > c.usd),
-                             committed, worst, tier_name, tier)
+                             committed, worst, what)
         session = next((c for c in caps if c.key is None), None)
         if session is not None:
             if self._session + worst > session.usd:
                 if shared:
                     await self._release(hold, shared, 0.0)
-                self._refuse(session, {"": self._session}, worst, tier_name, tier)
+                self._refuse(session, {"": self._session}, worst, what)
             committed[""] = self._session
             self._session += worst
         hold.status = {c.name: self._figure(c.usd, committed[c.key or ""] + worst) for c in caps}
@@ -205,11 +217,11 @@ class Budget:
         return {"cap_usd": cap, "spent_usd": committed, "remaining_usd": max(0.0, cap - committed)}
 
     @staticmethod
-    def _refuse(cap: Cap, committed: dict[str, float], worst: float, tier_name: str, tier: Tier) -> None:
+    def _refuse(cap: Cap, committed: dict[str, float], worst: float, what: str) -> None:
         spent = committed[cap.key or ""]
         raise BudgetExceeded(
-            f"budget {cap.name} = ${cap.usd:.2f} would be passed: ${spent:.4f} spent or reserved, and this "
-            f"{tier_name} request ({tier.model}) could cost up to ${worst:.4f}; ${max(0.0, cap.usd - spent):.4f} "
+            f"budget {cap.name} = ${cap.usd:.2f} would be passed: ${spent:.4f} spent or reserved, and "
+            f"{what} could cost up to ${worst:.4f}; ${max(0.0, cap.usd - spent):.4f} "
             f"remains. Raise {cap.name} in the config" + (", or wait for the next UTC day" if cap.key else "")
         )
 

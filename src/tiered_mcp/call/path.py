@@ -17,6 +17,10 @@ spent, a tier with `service_tier_fallback` makes the same request on that servic
 `ModelPath.shared_pass` lets many requests share one model pass (a batch's first requests on the local tier): each
 still goes through `request` (its own attempt, reservation, span and accounting); only the model call is shared,
 and the pass takes one concurrency slot, since it is one request to the model.
+
+A batch item answered through the provider's Batch API (call/provider_batch.py) was requested outside this path's
+request loop; `ModelPath.accept` books its answer here all the same (attempt, trace span, scrubbing, accounting at
+the batch rate), and everything after it (repair, escalation) is an ordinary `request`.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from tiered_mcp.core.errors import (
     ServiceTierUnavailable,
     Transient,
 )
-from tiered_mcp.core.prices import cost_of
+from tiered_mcp.core.prices import batch_cost_of, cost_of
 from tiered_mcp.core.receipts import Attempt, Receipt
 from tiered_mcp.core.tokens import count, count_messages
 from tiered_mcp.models.base import ManyModel, Model, ModelReply, ModelRequest
@@ -213,6 +217,29 @@ class ModelPath:
             reason, seat = "retry", None
             await self._sleep(delay)
 
+    def accept(self, receipt: Receipt, tier: str, request: ModelRequest, outcome: ModelReply | ModelError,
+               latency_ms: float = 0.0) -> tuple[ModelReply | None, Attempt]:
+        """Book the provider's Batch API answer to `request` (or its error) as the call's first attempt, priced at
+        the tier's batch rate. The budget was reserved for the whole batch before it was submitted.
+
+        Returns:
+            (reply, attempt), as `request` does.
+        """
+        settings = self.config.tiers[tier]
+        attempt = Attempt(tier=tier, model=settings.model, reason="first", batch_api=True, latency_ms=latency_ms)
+        receipt.attempts.append(attempt)
+        with tracing.span("tiered.attempt", tool=receipt.tool, kind=receipt.kind, tier=tier, model=settings.model,
+                          reason="first", batch_api=True) as span:
+            if isinstance(outcome, ModelError):
+                attempt.outcome, attempt.detail = outcome.kind, self.scrub(str(outcome))
+                reply = None
+            else:
+                reply = outcome
+                self._account(attempt, reply, request)
+            span.set(outcome=attempt.outcome if reply is None else "answered", input_tokens=attempt.input_tokens,
+                     output_tokens=attempt.output_tokens, cost_usd=attempt.cost_usd)
+        return reply, attempt
+
     def _account(self, attempt: Attempt, reply: ModelReply, request: ModelRequest) -> None:
         settings = self.config.tiers[attempt.tier]
         if reply.model:
@@ -226,10 +253,15 @@ class ModelPath:
             attempt.input_tokens = reply.input_tokens or count_messages(request.messages)
             attempt.output_tokens = reply.output_tokens or count(reply.content or reply.refusal or "")
             attempt.estimated = True
-        # Priced at the service tier the provider reports it used (one that names none: the standard rates).
+        # Priced at the service tier the provider reports it used (one that names none: the standard rates); a
+        # Batch API answer at the tier's batch rate.
         attempt.service_tier = reply.service_tier
-        attempt.cost_usd = cost_of(settings, attempt.input_tokens, attempt.output_tokens, attempt.cached_input_tokens,
-                                   service_tier=reply.service_tier)
+        if attempt.batch_api:
+            attempt.cost_usd = batch_cost_of(settings, attempt.input_tokens, attempt.output_tokens,
+                                             attempt.cached_input_tokens)
+        else:
+            attempt.cost_usd = cost_of(settings, attempt.input_tokens, attempt.output_tokens,
+                                       attempt.cached_input_tokens, service_tier=reply.service_tier)
 
     def _backoff(self, retries: int, error: ModelError) -> float | None:
         r = self.config.retry

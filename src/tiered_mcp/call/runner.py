@@ -32,7 +32,7 @@ from tiered_mcp.call.routing import ladder_for
 from tiered_mcp.call.writer import LedgerWriter
 from tiered_mcp.core import tracing
 from tiered_mcp.core.config import FLAGSHIP, LOCAL, TRIGGERS, Config
-from tiered_mcp.core.errors import ArgumentsError, BudgetExceeded, CallError, TierNotAllowed, ToolFailed
+from tiered_mcp.core.errors import ArgumentsError, BudgetExceeded, CallError, ModelError, TierNotAllowed, ToolFailed
 from tiered_mcp.core.identity import current_caller
 from tiered_mcp.core.receipts import Receipt
 from tiered_mcp.core.secrets import Scrubber
@@ -46,7 +46,7 @@ from tiered_mcp.specs.schema_safety import excerpt, schema_problems
 from tiered_mcp.specs.spec import Specs, ToolSpec, strict_compatible
 from tiered_mcp.specs.validators import Candidate, Verdict, best_answer, check
 
-__all__ = ["Observer", "Progress", "Result", "Runner", "Steering", "UnknownTool", "schema_problems"]
+__all__ = ["Observer", "Prepared", "Progress", "Result", "Runner", "Steering", "UnknownTool", "schema_problems"]
 
 Observer = Callable[["Runner", ToolSpec, dict[str, Any], Receipt, dict[str, Any]], None]
 """observer(runner, spec, arguments, receipt, output): offered every answered host call that was not cached (shadow
@@ -82,6 +82,16 @@ class Result:
 
     output: dict[str, Any]
     receipt: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch item's first answer, already given by the provider's Batch API (call/provider_batch.py): the reply,
+    or why there is none, and how long the batch took."""
+
+    tier: str
+    outcome: ModelReply | ModelError
+    latency_ms: float = 0.0
 
 
 class _PerSchema:
@@ -128,6 +138,7 @@ class _Plan:
     kind: str  # the receipt's kind: "call" (a host's call or a batch item), "shadow" or "eval"
     options: CallOptions
     batch: str | None = None
+    prepared: Prepared | None = None
 
     @property
     def cacheable(self) -> bool:
@@ -334,16 +345,49 @@ class Runner:
         return result
 
     async def run_item(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], options: CallOptions,
-                       batch: str, seat: Seat | None = None) -> tuple[Result | CallError, CallWrite]:
+                       batch: str, seat: Seat | None = None,
+                       prepared: Prepared | None = None) -> tuple[Result | CallError, CallWrite]:
         """One item of a batch, with arguments already checked; the caller writes the row (one transaction for
         the whole batch). With a `seat` (of `ModelPath.shared_pass` on the ladder's first tier), the item's first
-        request is answered in that shared pass; the seat is released if the item makes none (a cache hit)."""
+        request is answered in that shared pass; the seat is released if the item makes none (a cache hit). With
+        `prepared` (the Batch API's answer on the ladder's first tier) that answer is the first attempt, checked,
+        repaired and escalated like any other; the cache is not asked (it was paid for)."""
         try:
-            return await self._run(_Plan(spec, args, ladder, "call", options, batch), self._receipt(spec, "call"),
-                                   None, seat)
+            return await self._run(_Plan(spec, args, ladder, "call", options, batch, prepared),
+                                   self._receipt(spec, "call"), None, seat)
         finally:
             if seat is not None:
                 seat.release()
+
+    async def cached(self, spec: ToolSpec, items: list[dict[str, Any]], ladder: list[str],
+                     options: CallOptions) -> list[bool]:
+        """Which of these batch items (checked arguments) the cache would answer now: a Batch API batch leaves
+        them out, so the cache answers them for free."""
+        plans = [_Plan(spec, args, ladder, "call", options) for args in items]
+        hits = [False] * len(plans)
+        if not plans or not self._cache_on(plans[0]):
+            return hits
+        now = self.clock().timestamp()
+
+        async def one(i: int, key: str) -> None:
+            hits[i] = await self.cache.get(key, now) is not None
+
+        async with anyio.create_task_group() as tg:
+            for i, plan in enumerate(plans):
+                tg.start_soon(one, i, self._cache_key(plan))
+        return hits
+
+    def first_request(self, spec: ToolSpec, args: dict[str, Any], tier: str) -> ModelRequest:
+        """The request an item's first attempt on `tier` makes (checked arguments): what a batch submits."""
+        settings = self.config.tiers[tier]
+        return ModelRequest(tier=tier, settings=settings, provider=self.config.providers[settings.provider],
+                            **self._base(spec, args))
+
+    def _base(self, spec: ToolSpec, args: dict[str, Any]) -> dict[str, Any]:
+        messages = spec.render(args)
+        schema = spec.model_output_schema(args)
+        return dict(messages=messages, schema=schema, schema_name=spec.name, strict=_strict(schema),
+                    local_task=spec.local_task, arguments=args)
 
     async def run_shadow(self, spec: ToolSpec, args: dict[str, Any], tier: str) -> Result:
         """The same (checked) arguments on `tier` alone: no escalation, no cache, evidence priority."""
@@ -417,7 +461,8 @@ class Runner:
         with tracing.span("tiered.call", tool=spec.name, kind=plan.kind) as span:
             try:
                 key = self._cache_key(plan) if self._cache_on(plan) else None
-                hit = await self.cache.get(key, self.clock().timestamp()) if key else None
+                hit = (await self.cache.get(key, self.clock().timestamp())
+                       if key and plan.prepared is None else None)
                 if hit is not None:
                     output, receipt.tier, receipt.model = hit
                     receipt.ok = receipt.cached = True
@@ -490,10 +535,7 @@ class Runner:
         spec, args, ladder = plan.spec, plan.args, plan.ladder
         if not ladder:
             raise TierNotAllowed(f"no configured tier can run {spec.name}; add a [tiers.{spec.tier}] table to the config")
-        messages = spec.render(args)
-        schema = spec.model_output_schema(args)
-        base = dict(messages=messages, schema=schema, schema_name=spec.name, strict=_strict(schema),
-                    local_task=spec.local_task, arguments=args)
+        base = self._base(spec, args)
         triggers = self._triggers(spec, plan.options)
         threshold = self._threshold(spec, plan.options)
         failures: list[str] = []
@@ -505,7 +547,8 @@ class Runner:
             more = i + 1 < len(ladder)
             try:
                 output, clean = await self._on_tier(tier, spec, args, base, receipt, trigger, progress, triggers,
-                                                    candidates, seat if i == 0 else None)
+                                                    candidates, seat if i == 0 else None,
+                                                    plan.prepared if i == 0 else None)
             except BudgetExceeded:
                 if unsure is None:
                     raise
@@ -562,7 +605,8 @@ class Runner:
     async def _on_tier(self, tier: str, spec: ToolSpec, args: dict[str, Any], base: dict[str, Any],
                        receipt: Receipt, trigger: str | None, progress: Progress | None,
                        triggers: frozenset[str], candidates: list[tuple[Candidate, int]],
-                       seat: Seat | None = None) -> tuple[dict[str, Any] | None, bool]:
+                       seat: Seat | None = None,
+                       prepared: Prepared | None = None) -> tuple[dict[str, Any] | None, bool]:
         """Try one tier: one repair for an invalid answer (retries happen in the path). (None, _) means climb; the
         flag says whether the answer passed every check."""
         settings = self.config.tiers[tier]
@@ -572,9 +616,16 @@ class Runner:
         while True:
             request = ModelRequest(tier=tier, settings=settings, provider=self.config.providers[settings.provider],
                                    **{**base, "messages": messages})
-            reply, attempt = await self.path.request(receipt, tier, request, reason=reason, trigger=trigger,
-                                                     progress=progress, seat=seat)
-            seat = None  # a repair goes alone
+            if prepared is not None and prepared.tier == tier:
+                reply, attempt = self.path.accept(receipt, tier, request, prepared.outcome, prepared.latency_ms)
+                prepared = None
+                if reply is None:
+                    reason = "retry"  # the Batch API gave no answer: the same tier at once, synchronously
+                    continue
+            else:
+                reply, attempt = await self.path.request(receipt, tier, request, reason=reason, trigger=trigger,
+                                                         progress=progress, seat=seat)
+                seat = None  # a repair goes alone
             if reply is None:
                 return None, False
             output, (outcome, detail), verdict = self._check(reply, base["schema"], spec, args)

@@ -168,8 +168,9 @@ def _show_one(d: dict[str, Any], as_json: bool) -> int:
         con.print(f"  [red]error[/]: {escape(d['error'])}")
     for a in d.get("attempt_rows") or []:
         trigger = f" ({a['trigger']})" if a.get("trigger") else ""
+        via = " (Batch API, batch rate)" if a.get("batch_api") else ""
         service = f", service tier {a['service_tier']}" if a.get("service_tier") else ""
-        con.print(f"  [bold]attempt {a['n']}[/]: {a['tier']} ({escape(a['model'])}{service}), {a['reason']}{trigger} -> "
+        con.print(f"  [bold]attempt {a['n']}[/]: {a['tier']} ({escape(a['model'])}{service}), {a['reason']}{trigger}{via} -> "
                   f"{a['outcome']}; {a['input_tokens']}/{a['output_tokens']} tokens, {money(a['cost_usd'])}, "
                   f"{a['latency_ms']:.0f} ms")
         if a.get("detail"):

@@ -155,6 +155,10 @@ class Tier(_Frozen):
     cached_input_price: float | None = Field(
         default=None, ge=0, description="USD per million input tokens served from the provider's prompt cache "
                                         "(default: the input price).")
+    batch_api: bool = Field(default=False, description="Batch calls run as MCP tasks send this tier's first "
+                            "attempts through the provider's Batch API (/v1/files + /v1/batches), at batch prices.")
+    batch_discount: float = Field(default=0.5, gt=0, le=1, description="Batch API price as a share of this tier's "
+                                  "prices (OpenAI's Batch API: half).")
     service_tier: ServiceTier | None = Field(
         default=None, description="Sent as the request's service_tier (e.g. \"flex\": slower, cheaper); each "
         "attempt is priced at the service tier the response reports (docs/accounting.md).")
@@ -201,6 +205,8 @@ class ToolSettings(_Frozen):
     service_tier: ServiceTier | None = Field(default=None, description="Run this tool's requests on this service "
                                              "tier whatever tier serves them (e.g. \"flex\" for a latency-tolerant "
                                              "tool); overrides the tier's own service_tier.")
+    batch_api: bool = Field(default=True, description="false: this tool's tasks never use the provider's Batch API, "
+                            "even on a tier with batch_api = true.")
 
 
 class Retry(_Frozen):
@@ -225,6 +231,13 @@ class Shadow(_Frozen):
     drain_s: float = Field(default=10.0, ge=0, description="At shutdown, how long pending shadow runs may finish.")
 
 
+class BatchApi(_Frozen):
+    """How batches sent through a provider's Batch API are waited for (`[tiers.X] batch_api = true` opts in)."""
+
+    poll_s: float = Field(default=30.0, gt=0, description="Seconds between looks at a submitted batch's status.")
+    completion_window: Literal["24h"] = "24h"
+
+
 class Config(_Frozen):
     """The whole configuration. Build it with `load_config`."""
 
@@ -239,6 +252,7 @@ class Config(_Frozen):
         default=False, description="On a team server with named tokens: one cache and one tiered://usage for every "
                                    "caller (default: each caller has its own).")
     shadow: Shadow = Field(default_factory=Shadow)
+    batch_api: BatchApi = Field(default_factory=BatchApi)
     providers: dict[str, Provider]
     if TYPE_CHECKING:  # keys are validated as TierName; the code looks tiers up by plain str names (ladders, attempts)
         tiers: dict[str, Tier]

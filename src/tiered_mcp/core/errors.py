@@ -19,7 +19,8 @@
         │   ├── UpstreamUnreachable   connection refused, DNS, TLS
         │   ├── UpstreamDisconnected  the connection closed before an answer came
         │   ├── UpstreamMalformed     a body that is not a chat completion (bad JSON, missing choices)
-        │   └── UpstreamErrorObject   a 200 whose body is an error object (the provider's message kept)
+        │   ├── UpstreamErrorObject   a 200 whose body is an error object (the provider's message kept)
+        │   └── BatchUnanswered       the provider's Batch API gave no answer for an item (expired, failed)
         └── Permanent           retrying the same request will not help
             ├── UpstreamRejected      4xx other than 429 (bad key, unknown model, bad request)
             ├── UpstreamNotAPI        an HTML or other non-JSON page (proxy error, captive portal, a web UI)
@@ -159,6 +160,12 @@ class UpstreamErrorObject(Transient):
     """A 200 whose body is `{"error": {...}}` (gateways relaying a failed upstream); the message is the provider's."""
 
     kind = "error_object"
+
+
+class BatchUnanswered(Transient):
+    """A batch item the provider's Batch API did not answer: the batch expired, failed or was cancelled first."""
+
+    kind = "batch_unanswered"
 
 
 class Permanent(ModelError):

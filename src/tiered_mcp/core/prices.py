@@ -127,3 +127,9 @@ def cost_of(tier: Tier, input_tokens: int, output_tokens: int, cached_input_toke
             input_tokens, output_tokens, cached_input_tokens)
     name = _table_model(tier)
     return None if name is None else _table_cost(name, input_tokens, output_tokens, cached_input_tokens)
+
+
+def batch_cost_of(tier: Tier, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float | None:
+    """USD for these tokens answered through the provider's Batch API: the tier's price x its `batch_discount`."""
+    cost = cost_of(tier, input_tokens, output_tokens, cached_input_tokens)
+    return None if cost is None else cost * tier.batch_discount

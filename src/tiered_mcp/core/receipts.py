@@ -11,6 +11,10 @@ The accounting rules (docs/accounting.md has them with a worked example; every f
   call, a cached answer and evidence work (shadow, judge, eval) have a baseline of 0: they save nothing.
 - **Saving** (`saved_usd`) = baseline − spent, signed: negative when escalation cost more than the flagship alone,
   and −spent for a failed call. Evidence receipts carry no saving: their spend is evidence spend.
+- **Batch API**: an attempt answered through the provider's Batch API (`batch_api`) costs its tokens at the
+  tier's prices x `batch_discount`. A call whose first attempt was such a batch item compares like with like: its
+  baseline is the basis tokens above at the flagship's batch rate (its prices x its `batch_discount`), as the
+  flagship alone would have run the same job through the Batch API too.
 - **Estimated**: token counts that no provider reported (the local tier sends no request; some providers send no
   usage) are o200k counts, and the receipt says which figures rest on them.
 """
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tiered_mcp.core.config import FLAGSHIP, LOCAL, Config
-from tiered_mcp.core.prices import cost_of
+from tiered_mcp.core.prices import batch_cost_of, cost_of
 
 RECEIPT_META_KEY = "tiered-mcp/receipt"
 """Where a result's receipt lives in its `_meta` (hosts do not pay tokens for `_meta`)."""
@@ -45,6 +49,7 @@ class Attempt:
         estimated: the token counts are o200k estimates (no usage was reported).
         service_tier: the provider's service tier: for an answered attempt the one its response reported (None:
             it named none, priced at the standard rates), otherwise the one asked for.
+        batch_api: answered (or not) through the provider's Batch API, priced at its batch rate.
     """
 
     tier: str
@@ -61,6 +66,7 @@ class Attempt:
     estimated: bool = False
     latency_ms: float = 0.0
     service_tier: str | None = None
+    batch_api: bool = False
 
 
 @dataclass
@@ -128,11 +134,22 @@ class Receipt:
             return [answer]  # a lower tier answered: its answer's tokens at flagship prices
         return [a for a in self.attempts if a.tier == FLAGSHIP]  # the flagship's own attempts (its repair included)
 
+    @property
+    def batch_api(self) -> bool:
+        """The call went through the provider's Batch API (its first attempt was a batch item)."""
+        return bool(self.attempts) and self.attempts[0].batch_api
+
     def baseline_usd(self, config: Config) -> float | None:
         """What this call would have cost on the flagship alone (see the module docstring); None when unknown."""
         basis = self._basis()
         if not basis:
             return 0.0
+        if self.batch_api:
+            flagship = config.tiers.get(FLAGSHIP)
+            if flagship is None:
+                return None
+            costs = [batch_cost_of(flagship, a.input_tokens, a.output_tokens, a.cached_input_tokens) for a in basis]
+            return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
         if basis[0].tier == FLAGSHIP:
             costs = [a.cost_usd for a in basis]
             return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
@@ -171,8 +188,7 @@ class Receipt:
             "ok": self.ok,
             "tier": self.tier,
             "model": self.model,
-            # Every field of an attempt is a scalar: a shallow copy is what asdict's deep one would give, faster.
-            "attempts": [dict(vars(a)) for a in self.attempts],
+            "attempts": [_attempt_dict(a) for a in self.attempts],
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cost_usd": self.cost_usd,
@@ -187,6 +203,8 @@ class Receipt:
         answer = self.answer
         if answer is not None and answer.service_tier is not None:
             out["service_tier"] = answer.service_tier  # what the provider reports it served the answer at
+        if self.batch_api:
+            out["batch_api"] = True
         if self.tier == LOCAL and self.ok and not self.cached:
             # Shown apart: no request was sent, so these are what the answer's o200k tokens would have cost.
             out["would_have_cost_usd"] = {t: self.would_cost_usd(config, t) for t in ("nano", FLAGSHIP)
@@ -197,3 +215,11 @@ class Receipt:
             if value:
                 out[key] = value
         return out
+
+
+def _attempt_dict(a: Attempt) -> dict[str, Any]:
+    # Every field of an attempt is a scalar: a shallow copy is what asdict's deep one would give, faster.
+    out = dict(vars(a))
+    if not a.batch_api:
+        del out["batch_api"]  # said only where it is true
+    return out

@@ -157,7 +157,20 @@ def service_tiers(cur: Cursor, d: Dialect) -> None:
     _add(cur, d, "attempts", [("service_tier", "TEXT")])
 
 
-MIGRATIONS: list[Callable[[Cursor, Dialect], None]] = [initial, accounting, autotier, tasks, service_tiers]
+def tasks_provider_batches(cur: Cursor, d: Dialect) -> None:
+    """A task's items sent through a provider's Batch API: the provider's file and batch ids (so a restarted server
+    polls the same batch rather than submitting again), the items submitted, the budget hold taken for them, and
+    the batch's status as last seen; and whether an attempt was such a batch item."""
+    cur.execute(f"""
+CREATE TABLE IF NOT EXISTS provider_batches (
+    task_id {d.key} PRIMARY KEY, tier TEXT NOT NULL, items TEXT NOT NULL, hold TEXT, input_file TEXT, batch_id TEXT,
+    status TEXT NOT NULL, output_file TEXT, error_file TEXT, created {d.real} NOT NULL, ended {d.real},
+    settled INTEGER NOT NULL DEFAULT 0)""")
+    _add(cur, d, "attempts", [("batch_api", "INTEGER NOT NULL DEFAULT 0")])
+
+
+MIGRATIONS: list[Callable[[Cursor, Dialect], None]] = [initial, accounting, autotier, tasks, service_tiers,
+                                                      tasks_provider_batches]
 """Every migration, oldest first; each is applied once and recorded under its function's name."""
 
 

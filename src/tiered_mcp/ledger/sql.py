@@ -27,7 +27,7 @@ _CALL_COLUMNS = ("uid, ts, tool, tier, model, ok, error, attempts, input_tokens,
                  " reasoning_tokens, cost_usd, baseline_usd, estimated, latency_ms, arguments, output, kind, session,"
                  " batch, cached, spec_version, caller, unverified")
 _ATTEMPT_COLUMNS = ("call_id, n, tier, model, reason, trigger, outcome, detail, input_tokens, output_tokens,"
-                    " cached_input_tokens, reasoning_tokens, cost_usd, estimated, latency_ms, service_tier")
+                    " cached_input_tokens, reasoning_tokens, cost_usd, estimated, latency_ms, service_tier, batch_api")
 _SHADOW_COLUMNS = ("ts, tool, call_uid, shadow_call_uid, tier, comparison_tier, score, agree, detail, cost_usd,"
                    " comparison_cost_usd, model, comparison_model, spec_version, confidence, args_key, status")
 
@@ -97,7 +97,7 @@ class SqlLedger:
                         f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES ({_marks(_ATTEMPT_COLUMNS)})",
                         [(call_id, n, a.tier, a.model, a.reason, a.trigger, a.outcome, hide(a.detail), a.input_tokens,
                           a.output_tokens, a.cached_input_tokens, a.reasoning_tokens, a.cost_usd, int(a.estimated),
-                          a.latency_ms, a.service_tier) for n, a in enumerate(r.attempts, 1)],
+                          a.latency_ms, a.service_tier, int(a.batch_api)) for n, a in enumerate(r.attempts, 1)],
                     )
                 if c.cache is not None:
                     e = c.cache

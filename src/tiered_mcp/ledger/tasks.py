@@ -185,4 +185,5 @@ class TaskStore:
             params = (now, *TERMINAL)
             where = "expires < ? AND status IN (?, ?, ?)"
             cur.execute(f"DELETE FROM task_items WHERE task_id IN (SELECT id FROM tasks WHERE {where})", params)
+            cur.execute(f"DELETE FROM provider_batches WHERE task_id IN (SELECT id FROM tasks WHERE {where})", params)
             return int(cur.execute(f"DELETE FROM tasks WHERE {where}", params).rowcount or 0)

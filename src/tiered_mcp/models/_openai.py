@@ -35,7 +35,7 @@ from tiered_mcp.core.errors import (
     UpstreamUnreachable,
 )
 from tiered_mcp.core.secrets import Scrubber, env_secrets, provider_secrets, url_credentials, without_credentials
-from tiered_mcp.models.base import FinishReason, ModelReply, ModelRequest
+from tiered_mcp.models.base import BatchState, FinishReason, ModelReply, ModelRequest
 
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content_filter": "content_filter",
                                     "tool_calls": "tool_calls", "function_call": "tool_calls"}
@@ -192,6 +192,14 @@ def _default_http_client() -> Any:
         return None
 
 
+def _batch_state(batch: Any) -> BatchState:
+    counts = batch.request_counts
+    return BatchState(id=batch.id, status=batch.status, input_file=batch.input_file_id,
+                      output_file=batch.output_file_id, error_file=batch.error_file_id,
+                      total=counts.total if counts else 0, completed=counts.completed if counts else 0,
+                      failed=counts.failed if counts else 0)
+
+
 class OpenAIModels:
     """A `Model` over any OpenAI-compatible Chat Completions endpoint.
 
@@ -257,6 +265,19 @@ class OpenAIModels:
         provider, tier = request.provider, request.settings
         where = f"{request.tier} ({tier.model} at {self.where(provider)})"
         client, scrubber = self._client(provider, where)
+        params = self.chat_body(request)
+        options: Any = {} if request.timeout_s is None else {"timeout": request.timeout_s}  # the SDK's RequestOptions
+        with _translate(where, scrubber):
+            # The SDK's documented raw `post` rather than `chat.completions.create`: create() walks every parameter
+            # through its TypedDict transforms on each request, which measured as most of its CPU per request (our
+            # body is plain JSON that we built and checked). The response is still parsed into a ChatCompletion,
+            # or comes back as a str (a body that is not JSON) or a bare list/dict: checked below.
+            resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=params, options=options)
+        return self._reply(where, resp, tier.model, scrubber)
+
+    def chat_body(self, request: ModelRequest) -> dict[str, Any]:
+        """The Chat Completions body `complete` posts for `request` (a Batch API line carries the same one)."""
+        provider, tier = request.provider, request.settings
         messages = list(request.messages)
         if provider.structured_output == "json_schema":
             response_format: dict[str, Any] = {
@@ -286,14 +307,91 @@ class OpenAIModels:
             params["reasoning_effort"] = tier.reasoning_effort
         if request.service_tier is not None:
             params["service_tier"] = request.service_tier
-        options: Any = {} if request.timeout_s is None else {"timeout": request.timeout_s}  # the SDK's RequestOptions
+        return params
+
+    # ---- the Batch API (/v1/files + /v1/batches): call/provider_batch.py drives these ----------------------------
+
+    def batch_api(self) -> OpenAIModels:
+        return self
+
+    def _batch_client(self, provider: Provider) -> tuple[openai.AsyncOpenAI, Scrubber, str]:
+        where = f"the Batch API at {self.where(provider)}"
+        client, scrubber = self._client(provider, where)
+        return client, scrubber, where
+
+    async def batch_upload(self, provider: Provider, data: bytes) -> str:
+        """Upload a JSONL file of requests (purpose "batch"); its file id."""
+        client, scrubber, where = self._batch_client(provider)
         with _translate(where, scrubber):
-            # The SDK's documented raw `post` rather than `chat.completions.create`: create() walks every parameter
-            # through its TypedDict transforms on each request, which measured as most of its CPU per request (our
-            # body is plain JSON that we built and checked). The response is still parsed into a ChatCompletion,
-            # or comes back as a str (a body that is not JSON) or a bare list/dict: checked below.
-            resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=params, options=options)
-        return self._reply(where, resp, tier.model, scrubber)
+            file = await client.files.create(file=("batch.jsonl", data, "application/jsonl"), purpose="batch")
+        return str(file.id)
+
+    async def batch_create(self, provider: Provider, input_file: str, window: str,
+                           metadata: dict[str, str]) -> BatchState:
+        client, scrubber, where = self._batch_client(provider)
+        with _translate(where, scrubber):
+            batch = await client.batches.create(input_file_id=input_file, endpoint="/v1/chat/completions",
+                                                completion_window=window, metadata=metadata)  # type: ignore[arg-type]
+        return _batch_state(batch)
+
+    async def batch_find(self, provider: Provider, key: str, value: str, since: float = 0.0) -> BatchState | None:
+        """The newest batch created after `since` (a Unix time) whose metadata has `key` = `value` (one submitted
+        before a crash), or None. The provider lists batches newest first: the walk stops at `since`."""
+        client, scrubber, where = self._batch_client(provider)
+        with _translate(where, scrubber):
+            async for batch in client.batches.list(limit=100):
+                if (batch.metadata or {}).get(key) == value:
+                    return _batch_state(batch)
+                if batch.created_at < since:
+                    break
+        return None
+
+    async def batch_get(self, provider: Provider, batch_id: str) -> BatchState:
+        client, scrubber, where = self._batch_client(provider)
+        with _translate(where, scrubber):
+            return _batch_state(await client.batches.retrieve(batch_id))
+
+    async def batch_cancel(self, provider: Provider, batch_id: str) -> BatchState:
+        client, scrubber, where = self._batch_client(provider)
+        with _translate(where, scrubber):
+            return _batch_state(await client.batches.cancel(batch_id))
+
+    async def batch_results(self, provider: Provider, tier: str, model: str,
+                            file_id: str) -> dict[str, ModelReply | ModelError]:
+        """An output or error file, line by line: per custom_id, the reply (as `complete` would give it) or the
+        error (named as `complete` would name it)."""
+        client, scrubber, where = self._batch_client(provider)
+        with _translate(where, scrubber):
+            data = (await client.files.content(file_id)).content
+        where = f"{tier} ({model} at {self.where(provider)}, Batch API)"
+        out: dict[str, ModelReply | ModelError] = {}
+        for raw in data.splitlines():
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+                custom_id = str(line["custom_id"])
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                continue  # a line we cannot tie to a request: its item counts as unanswered
+            out[custom_id] = self._batch_line(where, line, model, scrubber)
+        return out
+
+    def _batch_line(self, where: str, line: dict[str, Any], model: str, scrubber: Scrubber) -> ModelReply | ModelError:
+        response, error = line.get("response"), line.get("error")
+        if isinstance(response, dict) and response.get("status_code") == 200:
+            try:
+                completion = ChatCompletion.model_validate(response.get("body"))
+                return self._reply(where, completion, model, scrubber)
+            except ModelError as e:
+                return e
+            except Exception:  # pydantic's ValidationError: a body that is not a chat completion
+                return UpstreamMalformed(f"{where}: the batch line's body is not a chat completion")
+        status = response.get("status_code") if isinstance(response, dict) else None
+        body = response.get("body") if isinstance(response, dict) else None
+        inner = body.get("error") if isinstance(body, dict) and body.get("error") is not None else error
+        if isinstance(inner, dict) and status is not None and "status" not in inner:
+            inner = {**inner, "status": status}
+        return _error_object(where, inner or f"HTTP {status}", scrubber)
 
     def _reply(self, where: str, resp: Any, model: str, scrubber: Scrubber) -> ModelReply:
         if not isinstance(resp, ChatCompletion):

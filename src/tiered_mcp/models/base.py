@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Protocol, runtime_checkable
 
 from tiered_mcp.core.config import Provider, Tier
+from tiered_mcp.core.errors import ModelError
 
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "other"]
 
@@ -64,6 +65,41 @@ class ModelReply:
     """False when the provider sent no usage: the token counts are then o200k estimates made by the caller."""
     service_tier: str | None = None
     """The service tier the provider reports it used (None: it named none); the attempt is priced at it."""
+
+
+@dataclass(frozen=True)
+class BatchState:
+    """A batch submitted to a provider's Batch API, as last seen (`status`: validating, in_progress, finalizing,
+    completed, failed, expired, cancelling, cancelled)."""
+
+    id: str
+    status: str
+    input_file: str
+    output_file: str | None = None
+    error_file: str | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ("completed", "failed", "expired", "cancelled")
+
+
+class BatchApi(Protocol):
+    """A provider's Batch API (OpenAI-style /v1/files + /v1/batches), as `OpenAIModels` implements it. Raises
+    `ModelError` subclasses, as `Model` does."""
+
+    def chat_body(self, request: ModelRequest) -> dict[str, Any]: ...
+    async def batch_upload(self, provider: Provider, data: bytes) -> str: ...
+    async def batch_create(self, provider: Provider, input_file: str, window: str,
+                           metadata: dict[str, str]) -> BatchState: ...
+    async def batch_find(self, provider: Provider, key: str, value: str,
+                         since: float = 0.0) -> BatchState | None: ...
+    async def batch_get(self, provider: Provider, batch_id: str) -> BatchState: ...
+    async def batch_cancel(self, provider: Provider, batch_id: str) -> BatchState: ...
+    async def batch_results(self, provider: Provider, tier: str, model: str,
+                            file_id: str) -> dict[str, ModelReply | ModelError]: ...
 
 
 class Model(Protocol):
@@ -132,12 +168,19 @@ class LazyOpenAI:
     env: Mapping[str, str]
     _model: Any = field(default=None, init=False)
 
-    async def complete(self, request: ModelRequest) -> ModelReply:
+    def _get(self) -> Any:
         if self._model is None:
             from tiered_mcp.models._openai import OpenAIModels
 
             self._model = OpenAIModels(self.env)
-        return await self._model.complete(request)
+        return self._model
+
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        return await self._get().complete(request)
+
+    def batch_api(self) -> BatchApi:
+        """The provider's Batch API over the same clients (imports openai now)."""
+        return self._get()  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         if self._model is not None:

@@ -19,6 +19,7 @@ from mcp.shared.exceptions import MCPError
 from tiered_mcp import __version__
 from tiered_mcp.call.budget import utc_now
 from tiered_mcp.call.options import parse_options
+from tiered_mcp.call.provider_batch import default_executor
 from tiered_mcp.call.routing import Usable, ladder_for
 from tiered_mcp.call.runner import Runner, UnknownTool
 from tiered_mcp.core.config import LOCAL, TIERS, Config, Tier, load_config, spec_dirs, unexpanded_variables
@@ -268,7 +269,8 @@ def build_server(runner: Runner, task_executor: Executor | None = None) -> Serve
 
     manager = None
     if isinstance(runner.ledger, SqlLedger):
-        manager = TaskManager(runner, TaskStore(runner.ledger), task_executor or path_executor)
+        manager = TaskManager(runner, TaskStore(runner.ledger),
+                              task_executor or default_executor(runner) or path_executor)
 
     @asynccontextmanager
     async def lifespan(server: Any) -> AsyncIterator[Runner]:

@@ -24,7 +24,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,7 +39,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 
-from tiered_mcp.call.batch import BatchPlan, batch_result, item_result, plan_batch, run_items
+from tiered_mcp.call.batch import BatchJob, BatchPlan, Executor, batch_result, item_result, plan_batch, run_items
 from tiered_mcp.call.options import CallOptions, parse_options
 from tiered_mcp.call.runner import Result, Runner
 from tiered_mcp.core.errors import CallError
@@ -66,23 +66,6 @@ WORKERS = 256
 local tier, also the most items one shared pass of the model answers (`call.batch.LOCAL_PASS` caps it too)."""
 TASK_ID = re.compile(r"[0-9a-f]{32}")
 MODERN = frozenset(MODERN_PROTOCOL_VERSIONS)
-
-
-@dataclass
-class BatchJob:
-    """What an executor runs: the checked batch, the indices still to answer, and where to report each item.
-
-    `record(index, outcome, write)` must be awaited once per item answered (its outcome and its ledger row); the
-    task saves it. The executor returns when every pending item is recorded; cancelling it stops the task.
-    """
-
-    task_id: str
-    plan: BatchPlan
-    pending: list[int]
-    record: Callable[[int, Result | CallError, CallWrite], Awaitable[None]]
-
-
-Executor = Callable[[Runner, BatchJob], Awaitable[None]]
 
 
 async def path_executor(runner: Runner, job: BatchJob) -> None:
@@ -307,7 +290,7 @@ class TaskManager:
                             await flush()
 
                     tg.start_soon(tick)
-                    await self.executor(self.runner, BatchJob(row.id, plan, pending, record))
+                    await self.executor(self.runner, BatchJob(row.id, plan, pending, record, self.owner))
                     tg.cancel_scope.cancel()
         except Exception as e:  # a bug, or a ledger that stayed down: the task fails, the server stays up
             log.exception("task %s failed", row.id)

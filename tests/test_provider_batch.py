@@ -1,0 +1,329 @@
+"""Batch tasks through the provider's Batch API (/v1/files + /v1/batches): the real openai client against the fake
+upstream's Batch API, a real MCP client driving the task, the SQLite ledger (and PostgreSQL where the subject is
+storage: resuming the same provider batch)."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import pytest
+from mcp import Client
+
+from tiered_mcp.call.budget import worst_case_usd
+from tiered_mcp.cli.main import main
+from tiered_mcp.core.receipts import RECEIPT_META_KEY
+from tiered_mcp.ledger.provider_batches import ProviderBatchStore
+from tiered_mcp.models._openai import OpenAIModels
+from tiered_mcp.serve.server import build_server
+from tiered_mcp.testing import FakeBatch, FakeResponse
+
+from .tasks_client import TasksClient, cancel_task, get_task, start_task, wait_task
+
+pytestmark = pytest.mark.anyio
+
+LABELS = ["bug", "feature"]
+ITEMS = ["the app has a bug on save", "a feature for export please", "another bug in login"]
+BATCH_CONFIG = {"tiers": {"nano": {"batch_api": True}}, "batch_api": {"poll_s": 0.01}}
+KEY = "sk-test-batch-0123456789abcdef"
+
+# Hand computation at the fake's usage (120 in, 30 out per request) and the seed prices (USD per million tokens):
+NANO = (120 * 0.20 + 30 * 1.25) / 1e6  # 61.5e-6, a synchronous nano request
+MINI = (120 * 0.75 + 30 * 4.50) / 1e6  # 225e-6
+FLAGSHIP = (120 * 2.50 + 30 * 15.00) / 1e6  # 750e-6
+NANO_BATCH, FLAGSHIP_BATCH = NANO * 0.5, FLAGSHIP * 0.5  # 30.75e-6 and 375e-6: the batch rate is half
+
+
+def openai_model(upstream) -> OpenAIModels:
+    return OpenAIModels({"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": upstream.base_url})
+
+
+def items_of(task) -> list[dict]:
+    return task.result["structuredContent"]["results"]
+
+
+def receipt_of(task) -> dict:
+    return task.result["_meta"][RECEIPT_META_KEY]
+
+
+def rows_by_batch(ledger) -> list[dict]:
+    calls = ledger.calls()
+    return [r for r in calls if r["batch"] == calls[-1]["batch"]]
+
+
+async def run_task(runner, arguments: dict, **kwargs) -> object:
+    async with Client(build_server(runner), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", arguments)
+        return await wait_task(client, handle.task_id, **kwargs)
+
+
+async def test_a_batch_task_runs_through_the_batch_api_at_half_price(make_runner, ledger, upstream):
+    upstream.script_batch(FakeBatch(polls=2))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed", task.status_message
+    assert [r["output"]["label"] for r in items_of(task)] == ["bug", "feature", "bug"]
+    # One file, one batch, no synchronous request.
+    assert len(upstream.batch_creates()) == 1 and upstream.completions() == []
+    (batch_id,) = upstream.batches
+    assert upstream.batches[batch_id]["completion_window"] == "24h"
+    lines = upstream.batch_requests(batch_id)
+    assert [line["custom_id"] for line in lines] == ["0", "1", "2"]
+    assert {line["url"] for line in lines} == {"/v1/chat/completions"}
+    # The receipt, by hand: three answers at nano's batch rate; the baseline at the flagship's batch rate.
+    receipt = receipt_of(task)
+    assert receipt["batch_api"] == 3 and receipt["ok"] == 3 and receipt["tiers"] == {"nano": 3}
+    assert receipt["cost_usd"] == pytest.approx(3 * NANO_BATCH, abs=1e-15)
+    assert receipt["baseline_usd"] == pytest.approx(3 * FLAGSHIP_BATCH, abs=1e-15)
+    assert receipt["saved_usd"] == pytest.approx(3 * (FLAGSHIP_BATCH - NANO_BATCH), abs=1e-15)
+    # Every item's row in the ledger says the same, and its attempt is marked as a Batch API one.
+    rows = rows_by_batch(ledger)
+    assert len(rows) == 3
+    for row in rows:
+        assert row["cost_usd"] == pytest.approx(NANO_BATCH, abs=1e-15)
+        assert row["baseline_usd"] == pytest.approx(FLAGSHIP_BATCH, abs=1e-15)
+        (attempt,) = ledger.attempts(row["uid"])
+        assert attempt["batch_api"] == 1 and attempt["outcome"] == "ok" and attempt["reason"] == "first"
+    # The provider batch as the ledger last saw it.
+    pb = ProviderBatchStore(ledger).get(task.task_id)
+    assert pb is not None and pb.batch_id == batch_id and pb.status == "completed" and pb.items == [0, 1, 2]
+
+
+async def test_each_line_carries_the_body_the_synchronous_path_sends(make_runner, upstream):
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS[:1], "labels": LABELS})
+    assert task.status == "completed"
+    (batch_id,) = upstream.batches
+    async with Client(build_server(runner)) as plain:
+        await plain.call_tool("classify", {"text": ITEMS[0], "labels": LABELS})
+    (sync,) = upstream.completions()
+    assert upstream.batch_requests(batch_id)[0]["body"] == sync.body
+
+
+async def test_receipts_of_single_items_say_batch_api(make_runner, upstream):
+    upstream.script_batch(FakeBatch(responses={"0": FakeResponse(
+        content={"label": "bug", "labels": ["bug"], "confidence": 0.2, "reason": "unsure"})}))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    (item,) = receipt_of(task)["per_item"]  # the escalated item is the one whose receipt the result carries
+    assert item["index"] == 0 and item["batch_api"] is True and item["tier"] == "mini"
+    first, second = item["attempts"]
+    assert first["batch_api"] is True and first["outcome"] == "low_confidence"
+    assert first["cost_usd"] == pytest.approx(NANO_BATCH, abs=1e-15)
+    assert "batch_api" not in second and second["reason"] == "escalation" and second["tier"] == "mini"
+    assert second["cost_usd"] == pytest.approx(MINI, abs=1e-15)
+    # Spent: nano's batch answer plus mini's synchronous one; the baseline: mini's answer at the flagship's batch rate.
+    assert item["cost_usd"] == pytest.approx(NANO_BATCH + MINI, abs=1e-15)
+    assert item["baseline_usd"] == pytest.approx(FLAGSHIP_BATCH, abs=1e-15)
+    assert item["saved_usd"] == pytest.approx(FLAGSHIP_BATCH - NANO_BATCH - MINI, abs=1e-15)
+    # The escalation was an ordinary synchronous request to mini.
+    assert [s.body["model"] for s in upstream.completions()] == ["gpt-5.4-mini"]
+    assert receipt_of(task)["cost_usd"] == pytest.approx(3 * NANO_BATCH + MINI, abs=1e-15)
+
+
+async def test_an_invalid_batch_answer_is_repaired_synchronously(make_runner, upstream):
+    upstream.script_batch(FakeBatch(responses={"1": FakeResponse(content="not json at all")}))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert [r["output"]["label"] for r in items_of(task)] == ["bug", "feature", "bug"]
+    assert receipt_of(task)["per_item"] == []  # repaired on its own tier: not an item the result lists
+    (sync,) = upstream.completions()
+    assert sync.body["model"] == "gpt-5.4-nano"
+    assert "That answer is not valid" in sync.body["messages"][-1]["content"]
+    assert receipt_of(task)["cost_usd"] == pytest.approx(3 * NANO_BATCH + NANO, abs=1e-15)
+
+
+async def test_items_in_the_error_file_run_on_the_model_path(make_runner, ledger, ledger_target, upstream, capsys):
+    upstream.script_batch(FakeBatch(errors=("1",)))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["ok"] == 3
+    assert [r["output"]["label"] for r in items_of(task)] == ["bug", "feature", "bug"]
+    (sync,) = upstream.completions()  # item 1, synchronously on its first tier
+    assert "export" in json.dumps(sync.body) and sync.body["model"] == "gpt-5.4-nano"
+    row = next(r for r in rows_by_batch(ledger) if r["attempts"] == 2)
+    failed, retried = ledger.attempts(row["uid"])
+    assert failed["batch_api"] == 1 and failed["outcome"] == "error_object" and failed["cost_usd"] == 0
+    assert "scripted batch item failure" in failed["detail"]
+    assert retried["batch_api"] == 0 and retried["reason"] == "retry" and retried["outcome"] == "ok"
+    assert row["cost_usd"] == pytest.approx(NANO, abs=1e-15)
+    assert row["baseline_usd"] == pytest.approx(FLAGSHIP_BATCH, abs=1e-15)
+    assert receipt_of(task)["cost_usd"] == pytest.approx(2 * NANO_BATCH + NANO, abs=1e-15)
+    assert receipt_of(task)["baseline_usd"] == pytest.approx(3 * FLAGSHIP_BATCH, abs=1e-15)
+    # `tiered-mcp logs CALL` says which attempt went through the Batch API.
+    assert main(["logs", row["uid"], "--ledger", ledger_target]) == 0
+    out = capsys.readouterr().out
+    assert "attempt 1: nano (gpt-5.4-nano), first (Batch API, batch rate) -> error_object" in out
+    assert "attempt 2: nano (gpt-5.4-nano), retry -> ok" in out
+
+
+async def test_items_unanswered_when_the_batch_expires_run_on_the_model_path(make_runner, ledger, upstream):
+    upstream.script_batch(FakeBatch(polls=1, end="expired", answered=1))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["ok"] == 3
+    assert [r["output"]["label"] for r in items_of(task)] == ["bug", "feature", "bug"]
+    assert len(upstream.completions()) == 2  # items 1 and 2
+    retried = [r for r in rows_by_batch(ledger) if r["attempts"] == 2]
+    assert len(retried) == 2
+    for row in retried:
+        first, second = ledger.attempts(row["uid"])
+        assert first["outcome"] == "batch_unanswered" and "ended expired" in first["detail"]
+        assert second["reason"] == "retry" and second["outcome"] == "ok"
+    assert receipt_of(task)["cost_usd"] == pytest.approx(NANO_BATCH + 2 * NANO, abs=1e-15)
+
+
+async def test_a_batch_that_failed_validation_runs_every_item_on_the_model_path(make_runner, upstream):
+    upstream.script_batch(FakeBatch(end="failed"))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["ok"] == 3
+    assert len(upstream.completions()) == 3
+    assert receipt_of(task)["cost_usd"] == pytest.approx(3 * NANO, abs=1e-15)
+
+
+async def test_without_opting_in_or_without_the_tasks_extension_no_batch_is_submitted(make_runner, upstream):
+    runner = make_runner(openai_model(upstream))  # no tier has batch_api
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed" and upstream.batches == {} and len(upstream.completions()) == 3
+    # A tool can opt out of a tier's Batch API.
+    runner = make_runner(openai_model(upstream), tools={"classify": {"batch_api": False}}, **BATCH_CONFIG)
+    await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert upstream.batches == {} and len(upstream.completions()) == 6
+    # A synchronous batch (no task) never waits on the Batch API.
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    async with Client(build_server(runner)) as plain:
+        result = await plain.call_tool("classify", {"items": ITEMS, "labels": LABELS})
+    assert not result.is_error and upstream.batches == {} and len(upstream.completions()) == 9
+
+
+async def test_the_daily_cap_bounds_what_is_submitted(make_runner, ledger, upstream):
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    spec = runner.specs.get("classify")
+    nano = runner.config.tiers["nano"]
+    worst = [worst_case_usd(nano, runner.first_request(spec, runner.check_arguments(
+        spec, {"text": t, "labels": LABELS}), "nano").messages) * 0.5 for t in ITEMS]
+    cap = worst[0] + worst[1] + 0.25 * worst[2]  # room for two items' worst case at the batch rate, not three
+    runner = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed"
+    (batch_id,) = upstream.batches
+    assert [line["custom_id"] for line in upstream.batch_requests(batch_id)] == ["0", "1"]
+    results = items_of(task)
+    assert "output" in results[0] and "output" in results[1]
+    assert "budget" in results[2]["error"] and upstream.completions() == []  # refused on the path, not sent
+    # The ledger's day total is the rows' spend, within the cap, and the batch's hold is gone.
+    rows = rows_by_batch(ledger)
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(2 * NANO_BATCH, abs=1e-15)
+    assert ledger._rows("SELECT count(*) FROM budget_holds WHERE amount > 0")[0][0] == 0
+    day = ledger._rows("SELECT spent FROM budget_spend WHERE key LIKE 'day:%'")[0][0]
+    assert day == pytest.approx(2 * NANO_BATCH, abs=1e-15) and day <= cap
+
+
+async def test_a_cancelled_task_cancels_the_provider_batch(make_runner, upstream):
+    upstream.script_batch(FakeBatch(polls=10**6))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    async with Client(build_server(runner), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": ITEMS, "labels": LABELS})
+        with anyio.fail_after(10):
+            while not upstream.batches:
+                await anyio.sleep(0.01)
+        await cancel_task(client, handle.task_id)
+        task = await wait_task(client, handle.task_id)
+    assert task.status == "cancelled"
+    (batch,) = upstream.batches.values()
+    assert batch["status"] in ("cancelling", "cancelled")
+    assert any(s.path.endswith(f"/batches/{batch['id']}/cancel") for s in upstream.seen)
+
+
+@pytest.mark.parametrize("ledger_target", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("crash_before_recording_the_id", [False, True])
+async def test_a_restarted_server_resumes_polling_the_same_batch(make_runner, ledger, upstream,
+                                                                 crash_before_recording_the_id):
+    upstream.script_batch(FakeBatch(polls=10**6))
+    first = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    async with Client(build_server(first), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": ITEMS, "labels": LABELS})
+        store = ProviderBatchStore(ledger)
+        with anyio.fail_after(10):
+            while (row := store.get(handle.task_id)) is None or row.status != "in_progress":
+                await anyio.sleep(0.01)
+    # The first server has stopped (and given the task up); the provider's batch runs on.
+    (batch_id,) = upstream.batches
+    assert row.batch_id == batch_id and upstream.batches[batch_id]["status"] == "in_progress"
+    if crash_before_recording_the_id:  # as if it had died between creating the batch and recording its id
+        store.update(handle.task_id, None, batch_id=None, status="preparing")
+    upstream._batch_plans[batch_id].polls = 0  # the batch ends at the next look
+    second = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    async with Client(build_server(second), extensions=[TasksClient()]) as client:
+        task = await wait_task(client, handle.task_id)
+    assert task.status == "completed" and receipt_of(task)["ok"] == 3
+    assert len(upstream.batch_creates()) == 1  # never submitted twice
+    assert len([s for s in upstream.seen if s.path.endswith("/files")]) == 1
+    assert upstream.completions() == []
+    assert receipt_of(task)["cost_usd"] == pytest.approx(3 * NANO_BATCH, abs=1e-15)
+    assert store.get(handle.task_id).batch_id == batch_id
+
+
+async def test_progress_while_the_batch_runs(make_runner, upstream):
+    upstream.script_batch(FakeBatch(polls=10**6))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    async with Client(build_server(runner), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": ITEMS, "labels": LABELS})
+        with anyio.fail_after(10):
+            while not upstream.batches:
+                await anyio.sleep(0.01)
+        task = await get_task(client, handle.task_id)
+        assert task.status == "working"
+        (batch_id,) = upstream.batches
+        upstream._batch_plans[batch_id].polls = 0
+        task = await wait_task(client, handle.task_id)
+    assert task.status == "completed"
+
+
+async def test_when_the_batch_api_refuses_the_upload_every_item_runs_on_the_model_path(make_runner, ledger, upstream):
+    upstream.fail_next("upload", 503)
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["ok"] == 3
+    assert upstream.batches == {} and len(upstream.completions()) == 3
+    for row in rows_by_batch(ledger):
+        first, second = ledger.attempts(row["uid"])
+        assert first["batch_api"] == 1 and first["outcome"] == "server_error" and "503" in first["detail"]
+        assert second["reason"] == "retry" and second["outcome"] == "ok"
+    assert receipt_of(task)["cost_usd"] == pytest.approx(3 * NANO, abs=1e-15)
+
+
+async def test_a_download_or_a_look_that_fails_for_a_while_is_asked_for_again(make_runner, ledger, upstream):
+    upstream.script_batch(FakeBatch(polls=1))
+    upstream.fail_next("look", 500, 502)
+    upstream.fail_next("download", 503, 500)
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["ok"] == 3
+    assert upstream.completions() == []  # every answer came from the batch in the end
+    downloads = [s for s in upstream.seen if s.path.endswith("/content")]
+    assert len(downloads) == 3  # two failures, then the output file
+    assert receipt_of(task)["cost_usd"] == pytest.approx(3 * NANO_BATCH, abs=1e-15)
+
+
+async def test_a_download_that_keeps_failing_leaves_the_items_to_the_model_path(make_runner, upstream):
+    upstream.fail_next("download", *[500] * 5)
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["ok"] == 3
+    assert len([s for s in upstream.seen if s.path.endswith("/content")]) == 5
+    assert len(upstream.completions()) == 3
+
+
+async def test_items_the_cache_can_answer_are_not_submitted(make_runner, upstream):
+    runner = make_runner(openai_model(upstream), cache_ttl_s=3600, **BATCH_CONFIG)
+    async with Client(build_server(runner)) as plain:
+        await plain.call_tool("classify", {"text": ITEMS[1], "labels": LABELS})  # answered now, and cached
+    assert len(upstream.completions()) == 1
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["cached"] == 1
+    (batch_id,) = upstream.batches
+    assert [line["custom_id"] for line in upstream.batch_requests(batch_id)] == ["0", "2"]
+    assert len(upstream.completions()) == 1
+    assert receipt_of(task)["cost_usd"] == pytest.approx(2 * NANO_BATCH, abs=1e-15)
