@@ -170,7 +170,8 @@ async def measure(transport: str, levels: list[int], mode: str, upstream_port: i
 
 
 def print_level(level: Level) -> None:
-    print(f"\n{level.transport}, {level.callers} concurrent caller(s), {level.calls['direct']} calls each")
+    print(f"\n{level.transport}, {level.callers} concurrent caller(s), {level.calls['direct']} calls each; "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"  {'subject':<11} {'calls/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'rate vs direct':>15}")
     for s in level.calls:
         print(f"  {s:<11} {level.rate(s):>9.1f} {C.ms(C.pct(level.times[s], 50)):>8} "
