@@ -154,12 +154,16 @@ async def test_stdio_end_to_end_in_both_protocol_eras(upstream, tmp_path, mode):
 
 
 async def test_stdio_cancel_closes_the_upstream_request(upstream, tmp_path):
-    upstream.push("gpt-5.4-nano", FakeResponse(delay_s=10))
+    upstream.push("gpt-5.4-nano", FakeResponse())  # a schema-valid answer built from the request
+    upstream.push("gpt-5.4-nano", FakeResponse(delay_s=30))
     async with Client(stdio_params(upstream, tmp_path), mode="legacy") as client:
+        # A first call warms the server (its model client is imported on first use, which a loaded machine can
+        # stretch past the read timeout below), so the second surely reaches the upstream before it is cancelled.
+        assert not (await client.call_tool("classify", ARGS)).is_error
         with pytest.raises(MCPError):  # the read timeout; the client sends notifications/cancelled
-            await client.call_tool("classify", ARGS, read_timeout_seconds=1.0)
-        with anyio.fail_after(5):
-            while not (upstream.completions() and upstream.completions()[0].disconnected):
+            await client.call_tool("classify", {**ARGS, "text": "another text"}, read_timeout_seconds=3.0)
+        with anyio.fail_after(10):
+            while not (len(upstream.completions()) == 2 and upstream.completions()[1].disconnected):
                 await anyio.sleep(0.05)
 
 

@@ -93,9 +93,8 @@ def test_logs_follow_prints_new_calls_as_they_arrive(ledger, make_runner, capsys
 
     from tiered_mcp.cli.logs import follow
 
-    runner = make_runner()
-
     async def one():
+        runner = make_runner()  # one per event loop: a running runner's events belong to the loop that ran it
         async with runner.running():
             await runner.call("classify", ARGS)
     anyio.run(one)
