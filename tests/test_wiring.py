@@ -106,7 +106,7 @@ async def test_one_whole_receipt(make_runner):
     assert {k: v for k, v in a.items() if k != "latency_ms"} == {
         "tier": "nano", "model": "gpt-5.4-nano", "reason": "first", "outcome": "ok", "detail": "", "trigger": None,
         "input_tokens": 1000, "output_tokens": 50, "cached_input_tokens": 0, "reasoning_tokens": 0,
-        "cost_usd": pytest.approx(0.0002625, abs=1e-12), "estimated": False}
+        "cost_usd": pytest.approx(0.0002625, abs=1e-12), "estimated": False, "service_tier": None}
     json.dumps(r)  # plain JSON, as it travels in _meta
 
 

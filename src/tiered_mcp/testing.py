@@ -4,7 +4,8 @@
 - `SchemaModel`: a Model that answers anything with an object valid against the requested schema.
 - `FakeUpstream`: a real OpenAI-compatible HTTP server on loopback, scripted the same way, for end-to-end runs of
   the real `openai` client; unscripted, it answers from the request's text (`answer_from_text`), so answers pass
-  the shipped validators.
+  the shipped validators. A completion reports the request's `service_tier` (or a scripted one);
+  `service_tier_unavailable()` scripts flex's 429 `resource_unavailable`.
 - `network_guard`: refuses (and records) every connection that is not to loopback.
 """
 
@@ -287,11 +288,11 @@ def _checker(schema_json: str) -> Draft202012Validator:
 
 
 def reply(content: Any = None, *, finish_reason: str = "stop", refusal: str | None = None,
-          input_tokens: int = 100, output_tokens: int = 20) -> ModelReply:
+          input_tokens: int = 100, output_tokens: int = 20, service_tier: str | None = None) -> ModelReply:
     """A ModelReply; `content` that is not a string is sent as JSON."""
     text = content if isinstance(content, str) or content is None else json.dumps(content)
     return ModelReply(content=text, finish_reason=finish_reason, refusal=refusal,  # type: ignore[arg-type]
-                      input_tokens=input_tokens, output_tokens=output_tokens)
+                      input_tokens=input_tokens, output_tokens=output_tokens, service_tier=service_tier)
 
 
 # ---- model doubles -----------------------------------------------------------------------------------------------
@@ -364,7 +365,9 @@ class FakeResponse:
     completion from the request's text (`answer_from_text`).
 
     `raw` sends those bytes as the body instead, with `content_type`; `hang_up` closes the connection without an
-    answer; `echo_headers` puts every request header into the body's error message (a careless upstream)."""
+    answer; `echo_headers` puts every request header into the body's error message (a careless upstream).
+    `service_tier` is the service tier the completion reports (default: the request's own, "auto" reported as
+    "default"; none when the request named none)."""
 
     status: int = 200
     json_body: Any = None
@@ -378,6 +381,14 @@ class FakeResponse:
     content_type: str = "application/json"
     hang_up: bool = False
     echo_headers: bool = False
+    service_tier: str | None = None
+
+
+def service_tier_unavailable(**kw: Any) -> FakeResponse:
+    """OpenAI's answer to a flex request when flex has no capacity: 429 with code `resource_unavailable`."""
+    return FakeResponse(status=429, json_body={"error": {
+        "message": "Resource unavailable: flex processing is temporarily out of capacity; try again later.",
+        "type": "resource_unavailable", "param": None, "code": "resource_unavailable"}}, **kw)
 
 
 @dataclass
@@ -399,7 +410,7 @@ def completion(request_body: dict[str, Any], r: FakeResponse) -> dict[str, Any]:
         schema = (fmt.get("json_schema") or {}).get("schema", {"type": "object"})
         content = answer_from_text(schema, request_body.get("messages") or [])
     text = content if isinstance(content, str) or content is None else json.dumps(content)
-    return {
+    body = {
         "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
         "model": request_body.get("model", "fake"),
         "choices": [{"index": 0, "finish_reason": r.finish_reason,
@@ -407,6 +418,11 @@ def completion(request_body: dict[str, Any], r: FakeResponse) -> dict[str, Any]:
         "usage": {"prompt_tokens": r.usage[0], "completion_tokens": r.usage[1],
                   "total_tokens": r.usage[0] + r.usage[1]},
     }
+    asked = request_body.get("service_tier")
+    served = r.service_tier or ("default" if asked == "auto" else asked)
+    if served:
+        body["service_tier"] = served
+    return body
 
 
 class _Server(ThreadingHTTPServer):

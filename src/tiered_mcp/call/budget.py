@@ -1,5 +1,6 @@
 """Budgets: USD caps per UTC day, per tool and day, per caller and day, and per server session, enforced before
-spending.
+spending; and a tool's evidence work (shadow runs, auto guards and probes, judge calls, bake-off runs) per tool and
+day (`[tools.X] evidence_daily_usd`), held by the same reservations on the same path as every other request.
 
 Before each model request the worst case is reserved (the prompt's o200k tokens at the input price plus the tier's
 whole output cap at the output price) and the request is refused if it could pass a cap; afterwards the
@@ -31,6 +32,7 @@ from tiered_mcp.core.tokens import count_messages
 from tiered_mcp.ledger.base import LedgerStore, Settle, off_loop, spend_key
 
 HOLD_TTL_S = 900.0
+HOLD_MARGIN_S = 60.0  # a hold outlives its request's timeout by this much (a flex request may wait 900 s)
 Clock = Callable[[], datetime]
 
 
@@ -41,12 +43,17 @@ def utc_now() -> datetime:
 INLINE_CHARS = 16_384  # prompts longer than this are counted in a worker thread (o200k costs ~8 ms per MB)
 
 
-def worst_case_usd(tier: Tier, messages: list[dict[str, str]], tokens: int | None = None) -> float | None:
-    """The most one request can cost on `tier`: None when the tier's price is unknown."""
+def worst_case_usd(tier: Tier, messages: list[dict[str, str]], tokens: int | None = None,
+                   service_tier: str | None = None) -> float | None:
+    """The most one request can cost on `tier`: None when the tier's price is unknown. A request for a service
+    tier may be served at the standard one, so it is held at the dearer of the two (where that one is known)."""
     price = price_of(tier)
     if price is None:
         return None
-    return price.cost(count_messages(messages) if tokens is None else tokens, tier.max_output_tokens)
+    tokens = count_messages(messages) if tokens is None else tokens
+    worst = price.cost(tokens, tier.max_output_tokens)
+    other = None if service_tier is None else price_of(tier, service_tier)
+    return worst if other is None else max(worst, other.cost(tokens, tier.max_output_tokens))
 
 
 async def prompt_tokens(messages: list[dict[str, str]]) -> int:
@@ -93,14 +100,17 @@ class Budget:
         self._memory: dict[str, float] = defaultdict(float)  # committed per key when there is no ledger
         self._session = 0.0  # committed (spent + held) by this process
 
-    def caps(self, tool: str) -> list[Cap]:
-        """The caps that apply to a request of `tool` now."""
+    def caps(self, tool: str, evidence: bool = False) -> list[Cap]:
+        """The caps that apply to a request of `tool` now (`evidence`: one of its evidence requests)."""
         b, settings, day = self.config.budgets, self.config.tools.get(tool), self.clock().strftime("%Y-%m-%d")
         caps = []
         if b.daily_usd is not None:
             caps.append(Cap("budgets.daily_usd", spend_key(day), b.daily_usd))
         if settings and settings.daily_usd is not None:
             caps.append(Cap(f"tools.{tool}.daily_usd", spend_key(day, tool=tool), settings.daily_usd))
+        if evidence and settings and settings.evidence_daily_usd is not None:
+            caps.append(Cap(f"tools.{tool}.evidence_daily_usd", spend_key(day, tool=tool, evidence=True),
+                            settings.evidence_daily_usd))
         caller = current_caller.get()
         if caller is not None and caller.daily_usd is not None:
             caps.append(Cap(f"the daily_usd of caller {caller.name!r}", spend_key(day, caller=caller.name),
@@ -109,16 +119,23 @@ class Budget:
             caps.append(Cap("budgets.session_usd", None, b.session_usd))
         return caps
 
-    async def reserve(self, tool: str, tier_name: str, tier: Tier, messages: list[dict[str, str]]) -> Hold | None:
+    async def reserve(self, tool: str, tier_name: str, tier: Tier, messages: list[dict[str, str]], *,
+                      evidence: bool = False, service_tier: str | None = None,
+                      timeout_s: float | None = None) -> Hold | None:
         """Reserve the worst case of one request, or refuse it. None: no cap applies (or the tier is free).
+
+        Args:
+            evidence: the request is evidence work (shadow, judge, eval): the tool's `evidence_daily_usd` applies.
+            service_tier: the service tier the request asks for (its price may be the dearer one).
+            timeout_s: the request's timeout: the hold lasts at least this long (plus a margin) before it expires.
 
         Raises:
             BudgetExceeded: naming the cap, what is committed, what the request could cost and what remains.
         """
-        caps = self.caps(tool)
+        caps = self.caps(tool, evidence)
         if not caps:
             return None
-        worst = worst_case_usd(tier, messages, await prompt_tokens(messages))
+        worst = worst_case_usd(tier, messages, await prompt_tokens(messages), service_tier)
         if not worst:
             return None  # free (the local tier), or unpriced: a USD cap cannot hold it; such calls say "unknown"
         hold = Hold(uuid.uuid4().hex, tool, caps, worst)
@@ -127,7 +144,8 @@ class Budget:
         if shared:
             if self.ledger is not None:
                 ok, committed = await off_loop(self.ledger.budget_reserve, shared, worst, hold.id,
-                                               self.clock().timestamp(), HOLD_TTL_S)
+                                               self.clock().timestamp(),
+                                               max(HOLD_TTL_S, (timeout_s or 0.0) + HOLD_MARGIN_S))
             else:
                 committed = {k: self._memory[k] for k, _ in shared}
                 ok = all(committed[k] + worst <= cap for k, cap in shared)

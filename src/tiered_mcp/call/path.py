@@ -5,20 +5,35 @@ call and bake-off case alike.
 cost after), the provider's concurrency limit with answers first (evidence work — shadow, judge, eval — has a share
 of its own and never takes an answer's slot), retries with backoff and jitter (Retry-After honoured up to a cap),
 a trace span, secret scrubbing of error text, and the attempt's accounting (tokens, cached and reasoning tokens,
-estimates where no usage was reported, cost). The local tier is a model behind the same seam (`models.base.Models`).
+estimates where no usage was reported, cost at the service tier the provider reports). The local tier is a model
+behind the same seam (`models.base.Models`).
+
+A provider's service tier (`[tiers.X] service_tier`, or `[tools.X] service_tier` for every request of a tool) is
+set on the request here, with the tier's timeout (900 s for flex unless `timeout_s` says otherwise) and retries.
+A 429 `resource_unavailable` (flex without capacity) is retried with backoff like any 429; once the retries are
+spent, a tier with `service_tier_fallback` makes the same request on that service tier (an attempt with reason
+"fallback", with retries of its own) before the tier counts as failed.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import anyio
 
 from tiered_mcp.call.budget import Budget
 from tiered_mcp.core import tracing
 from tiered_mcp.core.config import Config
-from tiered_mcp.core.errors import BudgetExceeded, ModelError, Permanent, RateLimited, Transient
+from tiered_mcp.core.errors import (
+    BudgetExceeded,
+    ModelError,
+    Permanent,
+    RateLimited,
+    ServiceTierUnavailable,
+    Transient,
+)
 from tiered_mcp.core.prices import cost_of
 from tiered_mcp.core.receipts import Attempt, Receipt
 from tiered_mcp.core.tokens import count, count_messages
@@ -68,10 +83,18 @@ class ModelPath:
         """
         settings = self.config.tiers[tier]
         provider = self.config.providers[settings.provider]
+        max_retries = provider.max_retries if settings.max_retries is None else settings.max_retries
+        fallback = settings.service_tier_fallback
+        if provider.kind != "embedded":
+            tool = self.config.tools.get(receipt.tool)
+            service_tier = (tool.service_tier if tool is not None else None) or settings.service_tier
+            timeout = settings.request_timeout_s(provider, service_tier)
+            request = replace(request, service_tier=service_tier,
+                              timeout_s=None if timeout == provider.timeout_s else timeout)
         retries = 0
         while True:
             attempt = Attempt(tier=tier, model=settings.model, reason=reason,
-                              trigger=trigger if reason == "escalation" else None)
+                              trigger=trigger if reason == "escalation" else None, service_tier=request.service_tier)
             receipt.attempts.append(attempt)
             if progress is not None:
                 await progress(len(receipt.attempts), None, f"{tier} ({settings.model}): {reason}")
@@ -80,7 +103,9 @@ class ModelPath:
             # A slot first, then the budget: requests queued behind the provider's limit hold no reservation.
             async with self.limiter(settings.provider, receipt.evidence):
                 try:
-                    hold = await self.budget.reserve(receipt.tool, tier, settings, request.messages)
+                    hold = await self.budget.reserve(receipt.tool, tier, settings, request.messages,
+                                                     evidence=receipt.evidence, service_tier=request.service_tier,
+                                                     timeout_s=request.timeout_s or provider.timeout_s)
                 except BudgetExceeded as e:
                     attempt.outcome, attempt.detail = "budget", str(e)
                     raise
@@ -111,11 +136,19 @@ class ModelPath:
             if reply is not None:
                 return reply, attempt
             assert error is not None
-            if isinstance(error, Permanent) or not isinstance(error, Transient) or retries >= provider.max_retries:
+            if isinstance(error, Permanent) or not isinstance(error, Transient):
                 return None, attempt
-            delay = self._backoff(retries, error)
+            delay = None if retries >= max_retries else self._backoff(retries, error)
             if delay is None:
-                attempt.detail += f" (Retry-After beyond retry.max_retry_after_s={self.config.retry.max_retry_after_s}s)"
+                if retries < max_retries:
+                    attempt.detail += (f" (Retry-After beyond retry.max_retry_after_s="
+                                       f"{self.config.retry.max_retry_after_s}s)")
+                if (isinstance(error, ServiceTierUnavailable) and fallback is not None
+                        and request.service_tier != fallback):
+                    # No capacity at this service tier: the same request at the fallback one, with its own retries.
+                    request = replace(request, service_tier=fallback)
+                    retries, reason = 0, "fallback"
+                    continue
                 return None, attempt
             retries += 1
             reason = "retry"
@@ -134,7 +167,10 @@ class ModelPath:
             attempt.input_tokens = reply.input_tokens or count_messages(request.messages)
             attempt.output_tokens = reply.output_tokens or count(reply.content or reply.refusal or "")
             attempt.estimated = True
-        attempt.cost_usd = cost_of(settings, attempt.input_tokens, attempt.output_tokens, attempt.cached_input_tokens)
+        # Priced at the service tier the provider reports it used (one that names none: the standard rates).
+        attempt.service_tier = reply.service_tier
+        attempt.cost_usd = cost_of(settings, attempt.input_tokens, attempt.output_tokens, attempt.cached_input_tokens,
+                                   service_tier=reply.service_tier)
 
     def _backoff(self, retries: int, error: ModelError) -> float | None:
         r = self.config.retry

@@ -168,7 +168,8 @@ def _show_one(d: dict[str, Any], as_json: bool) -> int:
         con.print(f"  [red]error[/]: {escape(d['error'])}")
     for a in d.get("attempt_rows") or []:
         trigger = f" ({a['trigger']})" if a.get("trigger") else ""
-        con.print(f"  [bold]attempt {a['n']}[/]: {a['tier']} ({escape(a['model'])}), {a['reason']}{trigger} -> "
+        service = f", service tier {a['service_tier']}" if a.get("service_tier") else ""
+        con.print(f"  [bold]attempt {a['n']}[/]: {a['tier']} ({escape(a['model'])}{service}), {a['reason']}{trigger} -> "
                   f"{a['outcome']}; {a['input_tokens']}/{a['output_tokens']} tokens, {money(a['cost_usd'])}, "
                   f"{a['latency_ms']:.0f} ms")
         if a.get("detail"):

@@ -22,6 +22,12 @@ FLAGSHIP: Final = "flagship"
 """Every tier name, cheapest first; the escalation ladder climbs in this order."""
 
 TierName = Literal["local", "nano", "mini", "flagship"]
+ServiceTier = Literal["auto", "default", "flex", "priority", "scale", "fast"]
+"""A provider's service tier (OpenAI's `service_tier`): how the request is processed and priced."""
+STANDARD_SERVICE_TIERS = frozenset({"auto", "default"})
+"""Service tiers priced at the tier's own (standard) prices; a response that names none is priced there too."""
+FLEX_TIMEOUT_S = 900.0
+"""A flex tier's request timeout unless it sets `timeout_s` (OpenAI advises 15 minutes for flex processing)."""
 Trigger = Literal["invalid", "low_confidence", "refused", "truncated", "validator"]
 TRIGGERS: tuple[str, ...] = ("invalid", "low_confidence", "refused", "truncated", "validator")
 """What makes a call climb to the next tier. Transport failures (429, 5xx, timeouts) always move on."""
@@ -128,6 +134,14 @@ class Provider(_Frozen):
         return env_value(env, self.api_key_env)
 
 
+class ServicePrice(_Frozen):
+    """A tier's prices (USD per million tokens) when the provider serves it at one service tier."""
+
+    input_price: float = Field(ge=0)
+    output_price: float = Field(ge=0)
+    cached_input_price: float | None = Field(default=None, ge=0)
+
+
 class Tier(_Frozen):
     """A model on a provider, with its call parameters and prices (USD per million tokens)."""
 
@@ -141,6 +155,26 @@ class Tier(_Frozen):
     cached_input_price: float | None = Field(
         default=None, ge=0, description="USD per million input tokens served from the provider's prompt cache "
                                         "(default: the input price).")
+    service_tier: ServiceTier | None = Field(
+        default=None, description="Sent as the request's service_tier (e.g. \"flex\": slower, cheaper); each "
+        "attempt is priced at the service tier the response reports (docs/accounting.md).")
+    service_tier_prices: dict[ServiceTier, ServicePrice] = Field(
+        default_factory=dict, description="Prices per reported service tier (default for flex on gpt-5 models: "
+        "half the tier's prices; otherwise unknown).")
+    service_tier_fallback: ServiceTier | None = Field(
+        default=None, description="When the service tier has no capacity (429 resource_unavailable) after the "
+        "tier's retries, make the request once more on this one (e.g. \"default\") instead of moving on.")
+    timeout_s: float | None = Field(default=None, gt=0, description="Request timeout (default: the provider's; "
+                                    "with service_tier flex, 900 s).")
+    max_retries: int | None = Field(default=None, ge=0, le=10, description="Retries of transient failures "
+                                    "(default: the provider's).")
+
+    def request_timeout_s(self, provider: Provider, service_tier: str | None) -> float:
+        """The timeout of one request on this tier at `service_tier`: `timeout_s`, else the provider's (at
+        least 900 s on flex)."""
+        if self.timeout_s is not None:
+            return self.timeout_s
+        return max(provider.timeout_s, FLEX_TIMEOUT_S) if service_tier == "flex" else provider.timeout_s
 
 
 class ToolSettings(_Frozen):
@@ -161,8 +195,12 @@ class ToolSettings(_Frozen):
                                "agree with the flagship's for a cheaper tier to serve the tool.")
     guard_share: float = Field(default=0.05, ge=0, le=1, description="With auto: the share of a cheaper tier's "
                                "saving spent on rerunning its calls on the flagship (guards and sentinels).")
-    evidence_daily_usd: float | None = Field(default=None, ge=0, description="With auto: USD of evidence runs "
-                                             "(guards, probes) per UTC day for this tool; over it they are skipped.")
+    evidence_daily_usd: float | None = Field(default=None, ge=0, description="USD of this tool's evidence work "
+                                             "(shadow runs, auto guards and probes, judge calls) per UTC day; a "
+                                             "request that could pass it is refused and the run skipped.")
+    service_tier: ServiceTier | None = Field(default=None, description="Run this tool's requests on this service "
+                                             "tier whatever tier serves them (e.g. \"flex\" for a latency-tolerant "
+                                             "tool); overrides the tier's own service_tier.")
 
 
 class Retry(_Frozen):

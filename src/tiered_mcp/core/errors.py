@@ -13,6 +13,7 @@
     └── ModelError              one model attempt failed (raised by a Model, handled by the runner)
         ├── Transient           worth retrying on the same tier
         │   ├── RateLimited     429, with the server's Retry-After when it gave one
+        │   │   └── ServiceTierUnavailable  429 resource_unavailable: no capacity at the requested service tier (flex)
         │   ├── UpstreamUnavailable   5xx
         │   ├── UpstreamTimeout
         │   ├── UpstreamUnreachable   connection refused, DNS, TLS
@@ -125,6 +126,13 @@ class RateLimited(Transient):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ServiceTierUnavailable(RateLimited):
+    """429 `resource_unavailable`: the requested service tier (flex) has no capacity now; nothing was charged.
+    Retried like any 429, then (with the tier's `service_tier_fallback`) once more on the fallback service tier."""
+
+    kind = "resource_unavailable"
 
 
 class UpstreamUnavailable(Transient):

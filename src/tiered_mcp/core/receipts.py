@@ -6,7 +6,8 @@ The accounting rules (docs/accounting.md has them with a worked example; every f
   price is unknown.
 - **Baseline** (`baseline_usd`): what this one call would have cost on the flagship alone. Where the call reached
   the flagship, the cost of its flagship attempts; otherwise the answering attempt's input tokens (cached ones at the
-  flagship's cached-input rate) and output tokens at flagship prices. Never the sum of failed attempts. A failed
+  flagship's cached-input rate) and output tokens at flagship prices, at the service tier the answer was served
+  at (like with like: a flex answer against the flagship's flex price). Never the sum of failed attempts. A failed
   call, a cached answer and evidence work (shadow, judge, eval) have a baseline of 0: they save nothing.
 - **Saving** (`saved_usd`) = baseline − spent, signed: negative when escalation cost more than the flagship alone,
   and −spent for a failed call. Evidence receipts carry no saving: their spend is evidence spend.
@@ -42,6 +43,8 @@ class Attempt:
         cached_input_tokens: of `input_tokens`, those served from the provider's prompt cache.
         reasoning_tokens: of `output_tokens`, those spent on reasoning.
         estimated: the token counts are o200k estimates (no usage was reported).
+        service_tier: the provider's service tier: for an answered attempt the one its response reported (None:
+            it named none, priced at the standard rates), otherwise the one asked for.
     """
 
     tier: str
@@ -57,6 +60,7 @@ class Attempt:
     cost_usd: float | None = 0.0
     estimated: bool = False
     latency_ms: float = 0.0
+    service_tier: str | None = None
 
 
 @dataclass
@@ -135,11 +139,12 @@ class Receipt:
         return self.would_cost_usd(config, FLAGSHIP)
 
     def would_cost_usd(self, config: Config, tier: str) -> float | None:
-        """The answering attempt's tokens priced on `tier` (None: no answer, or the tier is unconfigured/unpriced)."""
+        """The answering attempt's tokens priced on `tier` at the service tier the answer was served at (None: no
+        answer, or the tier is unconfigured or unpriced at that service tier)."""
         settings, a = config.tiers.get(tier), self.answer
         if settings is None or a is None:
             return None
-        return cost_of(settings, a.input_tokens, a.output_tokens, a.cached_input_tokens)
+        return cost_of(settings, a.input_tokens, a.output_tokens, a.cached_input_tokens, service_tier=a.service_tier)
 
     def saved_usd(self, config: Config) -> float | None:
         """Baseline − spent (signed); None for evidence receipts and where either figure is unknown."""
@@ -179,6 +184,9 @@ class Receipt:
             out["saved_usd"] = self.saved_usd(config)
         if self.estimated:
             out["estimated"] = True
+        answer = self.answer
+        if answer is not None and answer.service_tier is not None:
+            out["service_tier"] = answer.service_tier  # what the provider reports it served the answer at
         if self.tier == LOCAL and self.ok and not self.cached:
             # Shown apart: no request was sent, so these are what the answer's o200k tokens would have cost.
             out["would_have_cost_usd"] = {t: self.would_cost_usd(config, t) for t in ("nano", FLAGSHIP)

@@ -1,7 +1,8 @@
 """Shadow comparisons: after a host's call is answered, a sampled share of calls runs again on the tool's
 comparison tier in the background and the two answers are scored (specs/compare.py; `judge` asks a model to grade
 free text with the spec's rubric). Every run is evidence work: it takes the model path with evidence priority (its
-own concurrency share, never an answer's slot), counts against budgets, and is written as kind "shadow" / "judge".
+own concurrency share, never an answer's slot), counts against budgets (the tool's `evidence_daily_usd` among them),
+and is written as kind "shadow" / "judge".
 
 Sampling is deterministic by the call's arguments (the same arguments are always or never shadowed); identical
 arguments are compared once per model pair and spec version; skipped shadows (too many pending, over budget) are
@@ -69,14 +70,15 @@ def judge_tier_for(runner: Runner, spec: ToolSpec, arms: tuple[str, ...]) -> str
 
 
 async def judge(runner: Runner, spec: ToolSpec, tier: str, args: dict[str, Any], candidate: dict[str, Any],
-                reference: dict[str, Any]) -> tuple[float | None, str]:
+                reference: dict[str, Any], *, costs: list[float] | None = None) -> tuple[float | None, str]:
     """Ask `tier`'s model to grade candidate and reference blind, by the spec's rubric; written to the ledger.
 
     The two answers are shown as A and B in an order drawn from the arguments and the answers (deterministic, and
     half the time each way), so the judge cannot favour "the reference". The candidate's score is 1 minus how far
     it falls short of the reference: 1 when it is as good or better. A judge never runs on the embedded tier. The
     request takes the model path like any other: budget, evidence concurrency, retries, tracing; its spend is
-    evidence spend ("evidence: judge" in `usage`).
+    evidence spend ("evidence: judge" in `usage`), held to the tool's `evidence_daily_usd` like every evidence
+    request, and appended to `costs` when given (auto-tiering adds it to the tool's day of evidence spend).
     """
     assert spec.compare is not None
     if runner.embedded(tier):
@@ -116,20 +118,23 @@ async def judge(runner: Runner, spec: ToolSpec, tier: str, args: dict[str, Any],
         receipt.error = str(e)
         result = (None, f"judge refused by the budget: {e}")
     await runner.writer.put([CallWrite(receipt, args)])  # with the arguments, so the ledger can redact them
+    if costs is not None:
+        costs.append(receipt.cost_usd or 0.0)
     return result
 
 
 async def compare_answers(runner: Runner, spec: ToolSpec, arms: tuple[str, ...], args: dict[str, Any],
-                          candidate: dict[str, Any], reference: dict[str, Any]) -> tuple[float | None, str]:
+                          candidate: dict[str, Any], reference: dict[str, Any], *,
+                          costs: list[float] | None = None) -> tuple[float | None, str]:
     """Score `candidate` against `reference` by the spec's method; `arms` are the tiers whose answers these are
-    (a judge is never one of them)."""
+    (a judge is never one of them). A judge's cost is appended to `costs` when given."""
     method = spec.compare or Compare(method="fields")
     if method.method == "judge":
         tier = judge_tier_for(runner, spec, arms)
         if tier is None:
             return None, (f"judge: no model tier can grade {' vs '.join(arms)} without being one of them; set "
                           f"[tools.{spec.name}] judge_tier")
-        return await judge(runner, spec, tier, args, candidate, reference)
+        return await judge(runner, spec, tier, args, candidate, reference, costs=costs)
     return score(method, candidate, reference), method.method
 
 

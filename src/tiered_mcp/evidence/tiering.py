@@ -13,8 +13,11 @@
   one wrote. Each replica refreshes its copy from the ledger in the background, at most every `refresh_s`
   seconds per tool (a read of one small row), so `begin` stays O(1) and never waits.
 
-Evidence spend (the reference and probe runs) counts per tool and UTC day against `evidence_daily_usd`; a run
-over it is skipped, counted in the state and written as a skipped shadow row.
+Evidence spend (the reference and probe runs and the judge calls that score them) counts per tool and UTC day
+against `evidence_daily_usd` twice over: the plan skips evidence whose estimated cost would pass the day's spend in
+the state, and every evidence request is held to the cap by the budget on the one model path (which refuses a
+request whose worst case could pass it, whatever planned it). A run over it is skipped, counted in the state and
+written as a skipped shadow row.
 """
 
 from __future__ import annotations
@@ -210,6 +213,7 @@ class AutoTiering:
         verdicts: dict[str, bool | None] = {}
         rows: list[ShadowRow] = []
         spend = 0.0
+        judged: list[float] = []  # judge calls' costs (free-text tools): evidence spend like the runs they score
         base = Shadows._row(runner, spec, primary, ref, self.config.tiers[ref].model, pending.key, answer)
         reference, reference_cost, reference_id = answer, primary.cost_usd, primary.call_id
         try:
@@ -218,7 +222,8 @@ class AutoTiering:
                 reference, reference_cost = shadow.output, shadow.receipt.get("cost_usd")
                 reference_id = shadow.receipt.get("call_id")
                 spend += reference_cost or 0.0
-                value, detail = await compare_answers(runner, spec, (plan.tier, ref), args, answer, reference)
+                value, detail = await compare_answers(runner, spec, (plan.tier, ref), args, answer, reference,
+                                                      costs=judged)
                 verdicts[plan.tier] = None if value is None else value >= agree_at
                 rows.append(replace(base, shadow_call_id=reference_id, score=value, agree=verdicts[plan.tier],
                                     detail=f"auto {why}: {detail}", comparison_cost_usd=reference_cost,
@@ -228,7 +233,11 @@ class AutoTiering:
             text = str(e) if self.config.store_inputs else redact(str(e), args)
             rows.append(replace(base, status=status, detail=f"auto {why}: reference run {status}: {text}"))
             await runner.writer.put([], rows)
+            if isinstance(e, BudgetExceeded):  # refused by a cap: a skip like one the plan makes
+                self.skipped += 1
+                await self._write(spec.name, lambda s: (policy.skip(s), []))
             return
+        refused = 0  # probes a cap refused: skips like the plan's
         for tier in plan.probes:
             row = replace(base, tier=tier, model=self.config.tiers[tier].model, call_id=primary.call_id,
                           cost_usd=None, confidence=None, comparison_cost_usd=reference_cost)
@@ -236,13 +245,15 @@ class AutoTiering:
                 probe = await runner.run_shadow(spec, args, tier)
             except (BudgetExceeded, CallError) as e:
                 status = "skipped" if isinstance(e, BudgetExceeded) else "failed"
+                refused += isinstance(e, BudgetExceeded)
                 text = str(e) if self.config.store_inputs else redact(str(e), args)
                 rows.append(replace(row, status=status, detail=f"auto probe: run {status}: {text}",
                                     cost_usd=(e.receipt or {}).get("cost_usd") if isinstance(e, CallError) else None))
                 continue
             cost = probe.receipt.get("cost_usd")
             spend += cost or 0.0
-            value, detail = await compare_answers(runner, spec, (tier, ref), args, probe.output, reference)
+            value, detail = await compare_answers(runner, spec, (tier, ref), args, probe.output, reference,
+                                                  costs=judged)
             verdicts[tier] = None if value is None else value >= agree_at
             confidence = probe.output.get(spec.confidence_field) if spec.confidence_field else None
             rows.append(replace(row, shadow_call_id=probe.receipt.get("call_id"), score=value, agree=verdicts[tier],
@@ -250,7 +261,16 @@ class AutoTiering:
                                 confidence=float(confidence) if isinstance(confidence, (int, float)) else None,
                                 status="scored" if value is not None else "failed"))
         await runner.writer.put([], rows)
-        await self._write(spec.name, lambda s: policy.observe(s, plan, verdicts, pending.versions, spend))
+        spend += sum(judged)
+        self.skipped += refused
+
+        def step(state: ToolState) -> tuple[ToolState, list[Event]]:
+            state, events = policy.observe(state, plan, verdicts, pending.versions, spend)
+            for _ in range(refused):
+                state = policy.skip(state)
+            return state, events
+
+        await self._write(spec.name, step)
 
     # ---- state in the ledger --------------------------------------------------------------------------------------
 
@@ -327,11 +347,15 @@ class AutoTiering:
             self._tokens[tool] = new if old is None else (0.9 * old[0] + 0.1 * new[0], 0.9 * old[1] + 0.1 * new[1])
 
     def costs(self, tool: str, ladder: tuple[str, ...]) -> dict[str, float]:
-        """Estimated USD per call of each tier: the tool's recent mean tokens at each tier's prices."""
+        """Estimated USD per call of each tier: the tool's recent mean tokens at each tier's prices (at the service
+        tier its requests ask for, where that price is known)."""
         tokens_in, tokens_out = self._tokens.get(tool, DEFAULT_TOKENS)
+        settings = self.config.tools.get(tool)
         out = {}
         for t in ladder:
-            price = price_of(self.config.tiers[t])
+            tier = self.config.tiers[t]
+            service = (settings.service_tier if settings else None) or tier.service_tier
+            price = (price_of(tier, service) if service else None) or price_of(tier)
             out[t] = 0.0 if price is None else (tokens_in * price.input + tokens_out * price.output) / 1e6
         return out
 

@@ -38,8 +38,11 @@ async def off_loop(fn: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(fn, *args, limiter=_THREADS)
 
 
-def spend_key(day: str, tool: str | None = None, caller: str | None = None) -> str:
-    """The running total a budget cap reads: all spend of a UTC day, one tool's, or one caller's."""
+def spend_key(day: str, tool: str | None = None, caller: str | None = None, evidence: bool = False) -> str:
+    """The running total a budget cap reads: all spend of a UTC day, one tool's, one tool's evidence work's
+    (`evidence`), or one caller's."""
+    if tool is not None and evidence:
+        return f"evidence:{tool}:{day}"
     if tool is not None:
         return f"tool:{tool}:{day}"
     if caller is not None:

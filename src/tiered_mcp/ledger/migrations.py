@@ -151,7 +151,13 @@ CREATE TABLE IF NOT EXISTS task_items (
         cur.execute(stmt)
 
 
-MIGRATIONS: list[Callable[[Cursor, Dialect], None]] = [initial, accounting, autotier, tasks]
+def service_tiers(cur: Cursor, d: Dialect) -> None:
+    """Each attempt's provider service tier (flex, default, ...), as its response reported it: what it was priced
+    at."""
+    _add(cur, d, "attempts", [("service_tier", "TEXT")])
+
+
+MIGRATIONS: list[Callable[[Cursor, Dialect], None]] = [initial, accounting, autotier, tasks, service_tiers]
 """Every migration, oldest first; each is applied once and recorded under its function's name."""
 
 

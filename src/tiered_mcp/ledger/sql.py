@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tiered_mcp.core.secrets import redact
 from tiered_mcp.ledger.base import GROUPS, CallWrite, Settle, ShadowRow, Usage, UsageRow, now_iso, spend_key
-from tiered_mcp.ledger.migrations import Cursor
+from tiered_mcp.ledger.migrations import MIGRATIONS, Cursor
 
 if TYPE_CHECKING:
     from tiered_mcp.core.config import Config
@@ -27,7 +27,7 @@ _CALL_COLUMNS = ("uid, ts, tool, tier, model, ok, error, attempts, input_tokens,
                  " reasoning_tokens, cost_usd, baseline_usd, estimated, latency_ms, arguments, output, kind, session,"
                  " batch, cached, spec_version, caller, unverified")
 _ATTEMPT_COLUMNS = ("call_id, n, tier, model, reason, trigger, outcome, detail, input_tokens, output_tokens,"
-                    " cached_input_tokens, reasoning_tokens, cost_usd, estimated, latency_ms")
+                    " cached_input_tokens, reasoning_tokens, cost_usd, estimated, latency_ms, service_tier")
 _SHADOW_COLUMNS = ("ts, tool, call_uid, shadow_call_uid, tier, comparison_tier, score, agree, detail, cost_usd,"
                    " comparison_cost_usd, model, comparison_model, spec_version, confidence, args_key, status")
 
@@ -97,7 +97,7 @@ class SqlLedger:
                         f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES ({_marks(_ATTEMPT_COLUMNS)})",
                         [(call_id, n, a.tier, a.model, a.reason, a.trigger, a.outcome, hide(a.detail), a.input_tokens,
                           a.output_tokens, a.cached_input_tokens, a.reasoning_tokens, a.cost_usd, int(a.estimated),
-                          a.latency_ms) for n, a in enumerate(r.attempts, 1)],
+                          a.latency_ms, a.service_tier) for n, a in enumerate(r.attempts, 1)],
                     )
                 if c.cache is not None:
                     e = c.cache
@@ -118,7 +118,8 @@ class SqlLedger:
                 if spent:
                     day = r.day or now_iso()[:10]
                     for key in (spend_key(day), spend_key(day, tool=r.tool),
-                                *([spend_key(day, caller=r.caller)] if r.caller else [])):
+                                *([spend_key(day, caller=r.caller)] if r.caller else []),
+                                *([spend_key(day, tool=r.tool, evidence=True)] if r.evidence else [])):
                         totals[key] = totals.get(key, 0.0) + spent
             if totals:
                 # Keys in sorted order, as budget_reserve locks them: two transactions never wait on each other in turn.
@@ -371,7 +372,10 @@ class SqlLedger:
         return rows
 
     def applied_migrations(self) -> list[str]:
-        return [r[0] for r in self._rows("SELECT name FROM _migrations ORDER BY applied, name")]
+        # In the order they are applied in (several land within one millisecond of `applied`).
+        order = {m.__name__: i for i, m in enumerate(MIGRATIONS)}
+        names = [r[0] for r in self._rows("SELECT name FROM _migrations ORDER BY applied, name")]
+        return sorted(names, key=lambda n: order.get(n, len(order)))
 
     # ---- reading calls back (`tiered-mcp logs`) -------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from tiered_mcp.core.errors import (
     MissingKey,
     ModelError,
     RateLimited,
+    ServiceTierUnavailable,
     UpstreamDisconnected,
     UpstreamErrorObject,
     UpstreamMalformed,
@@ -77,6 +78,14 @@ def _status_message(e: openai.APIStatusError) -> str:
     return e.message
 
 
+def _status_code(e: openai.APIStatusError) -> str | None:
+    """The error object's `code` (`resource_unavailable`, ...), or None."""
+    body = e.body
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    code = inner.get("code") if isinstance(inner, dict) else None
+    return code if isinstance(code, str) else None
+
+
 def _short(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "…"
@@ -117,7 +126,9 @@ def _translate(where: str, scrubber: Scrubber) -> Iterator[None]:
         status = e.status_code
         msg = f"{where}: HTTP {status}: {scrubber.scrub(_short(_status_message(e)))}"
         if status == 429:
-            raise RateLimited(msg, retry_after=_retry_after(e.response.headers)) from e
+            # Flex processing without capacity: a 429 of its own (nothing charged), which a fallback can route around.
+            kind = ServiceTierUnavailable if _status_code(e) == "resource_unavailable" else RateLimited
+            raise kind(msg, retry_after=_retry_after(e.response.headers)) from e
         if status >= 500 or status in (408, 409):
             raise UpstreamUnavailable(msg) from e
         if status in (401, 403):
@@ -273,12 +284,15 @@ class OpenAIModels:
             params["temperature"] = tier.temperature
         if tier.reasoning_effort is not None:
             params["reasoning_effort"] = tier.reasoning_effort
+        if request.service_tier is not None:
+            params["service_tier"] = request.service_tier
+        options: Any = {} if request.timeout_s is None else {"timeout": request.timeout_s}  # the SDK's RequestOptions
         with _translate(where, scrubber):
             # The SDK's documented raw `post` rather than `chat.completions.create`: create() walks every parameter
             # through its TypedDict transforms on each request, which measured as most of its CPU per request (our
             # body is plain JSON that we built and checked). The response is still parsed into a ChatCompletion,
             # or comes back as a str (a body that is not JSON) or a bare list/dict: checked below.
-            resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=params)
+            resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=params, options=options)
         return self._reply(where, resp, tier.model, scrubber)
 
     def _reply(self, where: str, resp: Any, model: str, scrubber: Scrubber) -> ModelReply:
@@ -310,6 +324,7 @@ class OpenAIModels:
             cached_input_tokens=_count(usage, "prompt_tokens_details", "cached_tokens"),
             reasoning_tokens=_count(usage, "completion_tokens_details", "reasoning_tokens"),
             usage_reported=usage is not None,
+            service_tier=resp.service_tier if isinstance(resp.service_tier, str) and resp.service_tier else None,
         )
 
     async def probe(self, provider: Provider, timeout_s: float = 5.0) -> list[str]:

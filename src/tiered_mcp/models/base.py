@@ -28,6 +28,8 @@ class ModelRequest:
         strict: whether the schema can be enforced by strict structured output.
         local_task: the spec's in-process task, for the embedded local tier (None: the tool has none).
         arguments: the call's validated arguments, which the local tier answers from (it reads no prompt).
+        service_tier: the provider's service tier to ask for (None: send none); the call path sets it.
+        timeout_s: this request's timeout (None: the provider's); the call path sets it.
     """
 
     tier: str
@@ -39,6 +41,8 @@ class ModelRequest:
     strict: bool
     local_task: str | None = None
     arguments: Mapping[str, Any] | None = None
+    service_tier: str | None = None
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,8 @@ class ModelReply:
     """Of `output_tokens`, those spent on reasoning (already inside `output_tokens`; priced as output)."""
     usage_reported: bool = True
     """False when the provider sent no usage: the token counts are then o200k estimates made by the caller."""
+    service_tier: str | None = None
+    """The service tier the provider reports it used (None: it named none); the attempt is priced at it."""
 
 
 class Model(Protocol):

@@ -21,7 +21,7 @@ from tiered_mcp.call.budget import utc_now
 from tiered_mcp.call.options import parse_options
 from tiered_mcp.call.routing import Usable, ladder_for
 from tiered_mcp.call.runner import Runner, UnknownTool
-from tiered_mcp.core.config import LOCAL, TIERS, Config, load_config, spec_dirs, unexpanded_variables
+from tiered_mcp.core.config import LOCAL, TIERS, Config, Tier, load_config, spec_dirs, unexpanded_variables
 from tiered_mcp.core.errors import CallError, ConfigError
 from tiered_mcp.core.files import private_file
 from tiered_mcp.core.identity import current_caller
@@ -130,12 +130,19 @@ def tier_table(config: Config, specs: Specs, usable: Usable = lambda tier: True,
             "input_price": price.input if price else None,
             "output_price": price.output if price else None,
             "price_source": price.source if price else "unknown",
+            **({"service_tier": service} if (service := _service_tier(config, spec.name, tier)) else {}),
             "description": spec.description,
             **({"problem": problem} if problem else {}),
             **({"auto": {**{k: v for k, v in state.items() if k not in ("tool", "switches")},
                          "last_switch": state["switches"][0] if state["switches"] else None}} if state else {}),
         })
     return rows
+
+
+def _service_tier(config: Config, tool: str, tier: Tier | None) -> str | None:
+    """The provider service tier the tool's requests ask for on its first tier (prices above are standard)."""
+    settings = config.tools.get(tool)
+    return (settings.service_tier if settings else None) or (tier.service_tier if tier else None)
 
 
 def build_server(runner: Runner, task_executor: Executor | None = None) -> Server[Any]:

@@ -1,0 +1,98 @@
+"""`[tools.X] evidence_daily_usd` caps every evidence request of the tool on the one model path: shadow runs and the
+judge calls that score them (and an auto tool's probes and guards), worked by hand from the prices per million
+tokens below (docs/accounting.md, docs/routing.md)."""
+
+import anyio
+import pytest
+
+from tiered_mcp.call.budget import utc_now, worst_case_usd
+from tiered_mcp.call.runner import Runner
+from tiered_mcp.core.config import config_from_dict
+from tiered_mcp.evidence.tiering import AutoTiering
+from tiered_mcp.testing import ScriptedModel, reply
+
+pytestmark = pytest.mark.anyio
+
+NANO, MINI, FLAG = (0.20, 1.25), (0.75, 4.50), (2.50, 15.00)  # USD per million input / output tokens
+SUMMARY = {"summary": "s", "key_points": [], "method": "abstractive"}
+
+
+def usd(price, tokens_in, tokens_out):
+    return (tokens_in * price[0] + tokens_out * price[1]) / 1e6
+
+
+def close(a, b):
+    return a == pytest.approx(b, abs=1e-12, rel=0)
+
+
+def answer(req):
+    if req.schema_name == "judge":  # the judge (nano: neither mini nor the flagship) is expensive on purpose
+        return reply({"score_a": 0.9, "score_b": 0.9, "reason": "fine"}, input_tokens=20_000, output_tokens=1_000)
+    tokens = {"nano": (600, 80), "mini": (2000, 100), "flagship": (2000, 120)}[req.tier]
+    return reply(SUMMARY, input_tokens=tokens[0], output_tokens=tokens[1])
+
+
+async def test_the_cap_stops_evidence_when_shadow_and_judge_spend_reach_it(make_runner, ledger):
+    cap = 0.02
+    model = ScriptedModel(fallback=answer)
+    runner = make_runner(model, tools={"summarize": {"shadow_rate": 1.0, "evidence_daily_usd": cap}},
+                         tiers={"flagship": {"max_output_tokens": 200}, "nano": {"max_output_tokens": 1000}})
+    shadow, judged = usd(FLAG, 2000, 120), usd(NANO, 20_000, 1_000)
+    assert close(shadow, 0.0068) and close(judged, 0.00525)
+    for i in range(3):
+        async with runner.running():
+            await runner.call("summarize", {"text": f"A long text, number {i}."})
+
+    # The worst cases the budget reserves: the prompt's o200k tokens at the input price plus the whole output cap.
+    shadow_request = next(r for r in model.requests if r.tier == "flagship")
+    judge_request = next(r for r in model.requests if r.schema_name == "judge")
+    w_shadow = worst_case_usd(runner.config.tiers["flagship"], shadow_request.messages)
+    w_judge = worst_case_usd(runner.config.tiers["nano"], judge_request.messages)
+    assert w_shadow < 0.004 and 0.00125 < w_judge < 0.0015
+    # Call 1: shadow (0 + w_shadow <= cap) and judge (0.0068 + w_judge <= cap) run: 0.01205 spent.
+    # Call 2: shadow runs (0.01205 + w_shadow <= cap): 0.01885; its judge is refused (0.01885 + w_judge > cap).
+    # Call 3: the shadow is refused (0.01885 + w_shadow > cap). Had the judge's spend not counted, the evidence
+    # would stand at 2 x 0.0068 = 0.0136 and call 3's shadow would have run (0.0136 + w_shadow <= cap).
+    assert shadow + w_judge <= cap and shadow + judged + w_shadow <= cap
+    assert 2 * shadow + judged + w_judge > cap and 2 * shadow + judged + w_shadow > cap
+    assert 2 * shadow + w_shadow <= cap
+
+    assert sum(r.tier == "flagship" for r in model.requests) == 2  # call 3's shadow was never sent
+    assert sum(r.schema_name == "judge" for r in model.requests) == 1
+    evidence = [c for c in ledger.calls() if c["kind"] != "call"]
+    spent = [(c["kind"], c["ok"], c["cost_usd"]) for c in evidence]
+    assert sorted(spent, key=str) == sorted([("shadow", 1, pytest.approx(shadow)), ("judge", 1, pytest.approx(judged)),
+                                             ("shadow", 1, pytest.approx(shadow)), ("judge", 0, 0.0),
+                                             ("shadow", 0, 0.0)], key=str)
+    refused = [c for c in evidence if not c["ok"]]
+    assert all("tools.summarize.evidence_daily_usd" in (c["error"] or "") for c in refused)
+    usage = ledger.usage()
+    assert close(usage.evidence_usd, 2 * shadow + judged) and usage.evidence_usd <= cap
+    rows = sorted(ledger.shadows(tool="summarize"), key=lambda r: r.status)
+    assert [r.status for r in rows] == ["failed", "scored", "skipped"]
+    assert "judge refused by the budget" in rows[0].detail and "evidence_daily_usd" in rows[0].detail
+    assert "over budget" in rows[2].detail and "evidence_daily_usd" in rows[2].detail
+    # Answers are never held to the evidence cap.
+    assert sum(c["kind"] == "call" and c["ok"] for c in ledger.calls()) == 3
+
+
+async def test_an_auto_tools_day_of_evidence_spend_counts_its_judge_calls(ledger, specs, sleeps):
+    """summarize on auto starts on the flagship and probes nano and mini on every call; each probe is scored by a
+    judge that is neither arm (mini grades nano, nano grades mini). The day's evidence spend is all four."""
+    model = ScriptedModel(fallback=answer)
+    config = config_from_dict({"cache_ttl_s": 0, "tools": {"summarize": {"auto": True}}})
+    steering = AutoTiering.for_config(config, specs, ledger, utc_now)
+    assert steering is not None
+    runner = Runner(config, specs, model, ledger, env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps,
+                    jitter=lambda: 1.0, observers=(steering,), steering=steering)
+    async with runner.running():
+        await runner.call("summarize", {"text": "A long text."})
+        with anyio.fail_after(10):
+            while runner.background_pending:
+                await anyio.sleep(0.002)
+    judges = sorted(r.tier for r in model.requests if r.schema_name == "judge")
+    assert judges == ["mini", "nano"]
+    expected = usd(NANO, 600, 80) + usd(MINI, 2000, 100) + usd(MINI, 20_000, 1_000) + usd(NANO, 20_000, 1_000)
+    state = ledger.autotier_states()["summarize"][1]
+    assert close(state["day_spend"], expected)
+    assert close(ledger.usage().evidence_usd, expected)
