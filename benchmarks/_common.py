@@ -116,7 +116,8 @@ def upstream(latency_s: float) -> Iterator[int]:
 
 def server_env(upstream_port: int) -> dict[str, str]:
     """What a host passes to the server: the key, the endpoint, and a state dir of its own (no stray ledger)."""
-    env = {k: os.environ[k] for k in ("HOME", "PATH", "LANG") if k in os.environ}
+    # PYTHONPATH too: run from a checkout or a worktree, the server runs that source, not an installed copy.
+    env = {k: os.environ[k] for k in ("HOME", "PATH", "LANG", "PYTHONPATH") if k in os.environ}
     env.update(OPENAI_API_KEY=API_KEY, OPENAI_BASE_URL=f"http://127.0.0.1:{upstream_port}/v1",
                XDG_STATE_HOME=tempfile.mkdtemp(prefix="tiered-bench-state-"))
     return env

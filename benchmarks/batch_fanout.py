@@ -143,12 +143,14 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="tiered-bench-")
     subjects = ["openai alone", "tiered-mcp"] + (["over stdio"] if args.stdio else [])
     total = {s: 0.0 for s in subjects}
+    cpu = {s: 0.0 for s in subjects}  # this process's CPU seconds (every thread: the ledger writer's too)
     info: dict[str, Any] = {}
     size, sending = 0, 0.0
     with contextlib.ExitStack() as stack:
         port = stack.enter_context(C.upstream(args.latency))
         for r in range(args.rounds):
             for s in subjects[r % len(subjects):] + subjects[:r % len(subjects)]:
+                c0 = time.process_time()
                 if s == "openai alone":
                     t = anyio.run(openai_alone, args.items, args.concurrency, port, bodies)
                 elif s == "tiered-mcp":
@@ -157,16 +159,19 @@ def main() -> None:
                     t, size, send = anyio.run(over_stdio, args.items, args.concurrency, port, specs_dir, tmp)
                     sending += send / args.rounds
                 total[s] += t
-                print(f"  round {r + 1}: {s:<12} {t:6.2f} s  (load average {os.getloadavg()[0]:.2f})")
+                cpu[s] += time.process_time() - c0
+                print(f"  round {r + 1}: {s:<12} {t:6.2f} s, this process's CPU {time.process_time() - c0:6.2f} s "
+                      f"(load average {os.getloadavg()[0]:.2f})")
     ideal = math.ceil(args.items / args.concurrency) * args.latency
     mean = {s: total[s] / args.rounds for s in subjects}
     base = mean["openai alone"]
     print(f"\n{args.items} items, {args.latency * 1000:.0f} ms upstream, concurrency {args.concurrency}, "
           f"{args.rounds} round(s); ideal {ideal:.2f} s; load average at the end {os.getloadavg()[0]:.2f}")
-    print(f"  openai alone:  {base:6.2f} s  {base / ideal:.3f}x ideal")
+    per_item = {s: cpu[s] / args.rounds / args.items * 1000 for s in subjects}
+    print(f"  openai alone:  {base:6.2f} s  {base / ideal:.3f}x ideal; CPU {per_item['openai alone']:.2f} ms per item")
     t = mean["tiered-mcp"]
     print(f"  tiered-mcp:    {t:6.2f} s  {t / ideal:.3f}x ideal (goal <= 1.20)  {t / base:.3f}x openai alone "
-          f"(goal <= 1.05)  {info}")
+          f"(goal <= 1.05); CPU {per_item['tiered-mcp']:.2f} ms per item; {info}")
     if args.stdio:
         s = mean["over stdio"]
         print(f"  over stdio:    {s:6.2f} s  {s / ideal:.3f}x ideal  {s / base:.3f}x openai alone; "

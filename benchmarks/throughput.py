@@ -45,9 +45,29 @@ class Level:
     elapsed: dict[str, float] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     times: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds of the subject's server process
 
     def rate(self, subject: str) -> float:
         return self.calls[subject] / self.elapsed[subject]
+
+
+def _child_pid(marker: str) -> int | None:
+    """The process this one started whose command line holds `marker` (a server), or None."""
+    me = str(os.getpid())
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            stat = open(f"/proc/{pid}/stat", encoding="utf-8").read().rsplit(")", 1)[1].split()
+            if stat[1] == me and marker in open(f"/proc/{pid}/cmdline", encoding="utf-8").read():
+                return int(pid)
+    return None
+
+
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process, from /proc (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    fields = open(f"/proc/{pid}/stat", encoding="utf-8").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def calls_per_caller(callers: int) -> int:
@@ -147,10 +167,13 @@ async def measure(transport: str, levels: list[int], mode: str, upstream_port: i
         for src in before:
             run[C.label(src)] = _mcp(await _clients(stack, transport, "tiered", upstream_port, most, mode, tmp, src))
         subjects = tuple(run)
+        # Each server's own CPU per call, which a crowded machine changes far less than calls/s.
+        pids = {"mcp proxy": _child_pid("floor_server.py"), "tiered-mcp": _child_pid(f"ledger-{transport}-now"),
+                **{C.label(src): _child_pid(f"ledger-{transport}-{C.label(src)}") for src in before}}
         n = 0
         for callers in levels:
             level = Level(transport, callers, {s: 0.0 for s in subjects}, {s: 0 for s in subjects},
-                          {s: [] for s in subjects})
+                          {s: [] for s in subjects}, {s: 0.0 for s in subjects})
             per = max(1, calls_per_caller(callers) // rounds)
             for subject in subjects:  # warm-up at this concurrency: pools grow to it
                 for i in range(callers):
@@ -161,7 +184,9 @@ async def measure(transport: str, levels: list[int], mode: str, upstream_port: i
             for subject in order:
                 for i in range(callers * per):
                     bodies[n + i] = C.request_body(C.classify_args(n + i))  # built before the clock starts
+                cpu0 = _cpu_s(pids.get(subject))
                 level.elapsed[subject] += await _run(run[subject], callers, per, n, level.times[subject])
+                level.cpu[subject] += _cpu_s(pids.get(subject)) - cpu0
                 level.calls[subject] += callers * per
                 n += callers * per
             out.append(level)
@@ -170,12 +195,17 @@ async def measure(transport: str, levels: list[int], mode: str, upstream_port: i
 
 
 def print_level(level: Level) -> None:
-    print(f"\n{level.transport}, {level.callers} concurrent caller(s), {level.calls['direct']} calls each")
-    print(f"  {'subject':<11} {'calls/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'rate vs direct':>15}")
+    print(f"\n{level.transport}, {level.callers} concurrent caller(s), {level.calls['direct']} calls each; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"  {'subject':<11} {'calls/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'rate vs direct':>15} "
+          f"{'server CPU ms/call':>19}")
     for s in level.calls:
+        cpu = f"{level.cpu[s] / level.calls[s] * 1000:.2f}" if level.cpu.get(s) else "-"
         print(f"  {s:<11} {level.rate(s):>9.1f} {C.ms(C.pct(level.times[s], 50)):>8} "
-              f"{C.ms(C.pct(level.times[s], 95)):>8} {level.rate(s) / level.rate('direct'):>15.3f}")
-    print(f"  tiered-mcp / mcp proxy: {level.rate('tiered-mcp') / level.rate('mcp proxy'):.3f} of the floor's rate")
+              f"{C.ms(C.pct(level.times[s], 95)):>8} {level.rate(s) / level.rate('direct'):>15.3f} {cpu:>19}")
+    print(f"  tiered-mcp / mcp proxy: {level.rate('tiered-mcp') / level.rate('mcp proxy'):.3f} of the floor's rate"
+          + (f"; server CPU per call {level.cpu['tiered-mcp'] / level.cpu['mcp proxy']:.2f}x the floor's"
+             if level.cpu.get("mcp proxy") and level.cpu.get("tiered-mcp") else ""))
 
 
 async def run_all(transports: list[str], levels: list[int], latency_ms: float, mode: str, rounds: int = 4,

@@ -208,3 +208,62 @@ def _stat(rs: Any, server: str, field: str) -> str:
         if values["pxname"] == "tiered" and values["svname"] == server:
             return values[field]
     raise KeyError(server)
+
+
+AUTO = "cache_ttl_s = 0\n[tools.classify]\nauto = true\n"
+
+
+async def test_an_auto_tier_decision_under_load_across_replicas_is_taken_once(replica_set, pg_url, tmp_path):
+    """classify with `auto = true`, its stored state one agreeing comparison short of stepping down from the
+    flagship to mini. Every replica starts on that state and serves its first calls on the flagship, each probing
+    mini in the background; every probe agrees, so each replica alone would step down. Through the shared ledger
+    (each observation lands on the stored state under a row lock) the step is taken once: one tier_switches row."""
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.evidence.autotier import ToolState
+    from tiered_mcp.evidence.stats import confidence_sequence, prior_for
+    from tiered_mcp.evidence.tiering import policy_config, versions_of
+    from tiered_mcp.specs.spec import load_specs
+
+    config = config_from_dict({"cache_ttl_s": 0, "tools": {"classify": {"auto": True}}})  # = AUTO
+    ladder = policy_config(config, "classify").ladder
+    versions = versions_of(config, load_specs().get("classify"), ladder)
+    need = next(n for n in range(1, 1000) if confidence_sequence(n, n, 0.05, prior_for(0.95, 20)).lower >= 0.95)
+    # nano clearly below the bar: neither probed nor waited for, so mini is the only step there is to take.
+    brink = ToolState(tool="classify", tier="flagship",
+                      evidence={versions.key("mini"): (need - 1, need - 1), versions.key("nano"): (10, 300)})
+    setup = open_ledger(pg_url)
+    try:
+        setup.autotier_update("classify", lambda stored: (brink.as_dict(), []))
+    finally:
+        setup.close()
+
+    outcomes: list[Outcome] = []
+    callers, calls_each = 24, 4
+    with FakeUpstream(latency_s=0.05) as upstream:
+        with replica_set(upstream.base_url, config=AUTO, args=token_args(tmp_path)) as rs:
+            with anyio.fail_after(90):
+                async with anyio.create_task_group() as tg:
+                    for c in range(callers):
+                        tg.start_soon(caller, rs.url, f"caller {c}", outcomes, calls_each)
+        # The replicas have stopped (SIGTERM): each let its background evidence runs finish and flushed its writes.
+        ledger = open_ledger(pg_url)
+        try:
+            switches = ledger.tier_switches("classify")
+            [(_, stored)] = ledger.autotier_states("classify").values()
+            shadows = [s for s in ledger.shadows(tool="classify") if s.status == "scored"]
+            sessions = {r["uid"]: r["session"] for r in ledger.calls()}
+        finally:
+            ledger.close()
+
+    assert not [o.error for o in outcomes if o.error] and not [o for o in outcomes if o.result.is_error]
+    assert len(outcomes) == callers * calls_each
+    assert "flagship" in {o.receipt["tier"] for o in outcomes}  # the cold start; later calls may be on mini
+    probed = {sessions[s.call_id] for s in shadows if s.tier == "mini" and s.comparison_tier == "flagship"}
+    assert len(probed) >= 2, "more than one replica observed mini agree (each would have stepped down alone)"
+    assert all(s.agree for s in shadows)
+    # One decision, whatever the number of replicas that saw the evidence for it.
+    assert [(w["kind"], w["from_tier"], w["to_tier"]) for w in switches] == [("step_down", "flagship", "mini")]
+    assert stored["tier"] == "mini"
+    # Every replica's comparisons of mini landed on the one stored state: none lost to a concurrent write.
+    compared = sum(1 for s in shadows if s.tier == "mini")
+    assert stored["evidence"][versions.key("mini")] == [need - 1 + compared, need - 1 + compared]

@@ -32,6 +32,17 @@ async def test_resource_templates_are_listed_and_a_call_reads_back(make_runner, 
             assert err.value.error.data == {"uri": uri}
 
 
+@pytest.mark.anyio
+async def test_the_input_schema_lookup_gives_what_tools_list_publishes(make_runner):
+    # The SDK checks a tools/call's Mcp-Param-* headers against this lookup instead of running tools/list.
+    server = build_server(make_runner())
+    async with Client(server) as client:
+        listed = (await client.list_tools()).tools
+    assert listed and {t.name: server.get_tool_input_schema(t.name) for t in listed} == {
+        t.name: t.input_schema for t in listed}
+    assert server.get_tool_input_schema("no-such-tool") is None
+
+
 def test_ledger_reads_recent_calls_with_filters(ledger, make_runner):
     import anyio
 

@@ -170,6 +170,11 @@ def build_server(runner: Runner, task_executor: Executor | None = None) -> Serve
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return types.ListToolsResult(tools=tools)
 
+    # The same schemas tools/list publishes (it is not scoped to the caller). Without this lookup the SDK's
+    # Streamable HTTP path runs the whole tools/list handler, serialising every tool, on each tools/call to check
+    # its Mcp-Param-* headers: a fifth of the server's CPU per call at 64 callers (docs/benchmarks.md).
+    input_schemas = {tool.name: tool.input_schema for tool in tools}
+
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         async def progress(done: float, total: float | None, message: str) -> None:
             await ctx.session.report_progress(done, total, message)
@@ -285,6 +290,7 @@ def build_server(runner: Runner, task_executor: Executor | None = None) -> Serve
         "tiered-mcp",
         version=__version__,
         lifespan=lifespan,
+        get_tool_input_schema=input_schemas.get,
         instructions="Tools that run routine steps on cheaper models; each result's _meta carries a cost receipt.",
         on_list_tools=list_tools,
         on_call_tool=call_tool,
