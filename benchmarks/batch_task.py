@@ -19,7 +19,7 @@ import tempfile
 import time
 
 import anyio
-from batch_fanout import free_port
+from _common import free_port
 
 
 async def rounds(items: int, concurrency: int, port: int, n: int) -> list[tuple[float, float]]:

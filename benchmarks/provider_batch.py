@@ -22,14 +22,7 @@ import tempfile
 import time
 
 import anyio
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from _common import free_port
 
 
 async def one_task(manager, store, batch) -> None:

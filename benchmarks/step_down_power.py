@@ -10,6 +10,7 @@ At 0.95 and 0.94 (at or under the bar) the share of streams that ever claim is t
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import statistics
@@ -39,6 +40,7 @@ def first_claim(rate: float, seed: int, test) -> int | None:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options: --help says what it is
     print(f"bar {BAR}, alpha {ALPHA}, {STREAMS} streams per rate, up to {LIMIT} comparisons")
     for rate in (0.99, 0.97, 0.95, 0.94):
         for name, test in TESTS.items():
