@@ -249,37 +249,87 @@ def test_no_spelling_of_a_closing_tag_in_the_text_closes_the_prompt_delimiter(sp
 
 # ---- stdio never drops a line -------------------------------------------------------------------------------------
 
-def test_a_raw_stdio_client_gets_a_parse_error_for_every_malformed_line(upstream, tmp_path):
+STDIO_LINES = [
+    "this is not json",
+    '{"jsonrpc": "2.0", "id": 11, "method": "ping", "params": {"x": "\\ud800"}}',
+    '{"jsonrpc": "2.0", "id": 12, "method": "ping", "params": ' + '{"a": ' * 300 + "1" + "}" * 300 + "}",
+    '{"jsonrpc": "2.0", "id": "s-13"}',
+    '{"jsonrpc": "2.0", "id": 14, "method": "ping"}',
+    # A line far longer than one read (64 KiB) and than asyncio's default line limit, in many chunks.
+    '{"jsonrpc": "2.0", "id": 15, "method": "ping", "params": {"_meta": {"pad": "' + "é" * 300_000 + '"}}}',
+]
+
+
+def _check_stdio_replies(replies: list[dict]) -> None:
+    by_id = {r.get("id"): r for r in replies}
+    assert len(replies) == len(STDIO_LINES)  # one answer per line, none dropped
+    assert by_id[None]["error"]["code"] == -32700 and by_id[None]["error"]["data"]["line"] == "this is not json"
+    assert by_id[11]["error"]["code"] == -32700  # a lone surrogate: the id is still recovered
+    assert by_id[12]["error"]["code"] == -32700  # nested past what the parser takes
+    assert by_id["s-13"]["error"]["code"] == -32600  # JSON, but not a JSON-RPC message
+    assert by_id[14] == {"jsonrpc": "2.0", "id": 14, "result": {}}  # served normally after the bad lines
+    assert by_id[15] == {"jsonrpc": "2.0", "id": 15, "result": {}}
+
+
+@pytest.mark.parametrize("wiring", ["pipes", "stdout shared with stderr"])
+def test_a_raw_stdio_client_gets_a_parse_error_for_every_malformed_line(upstream, tmp_path, wiring):
+    # Pipes (as hosts start a server) are read and written by the event loop; a stdout that is also stderr by
+    # worker threads (serve/stdio.py), as are files and terminals. Every wiring answers every line.
     import json
     import subprocess
     import sys
 
     from .conftest import server_env
 
-    lines = [
-        "this is not json",
-        '{"jsonrpc": "2.0", "id": 11, "method": "ping", "params": {"x": "\\ud800"}}',
-        '{"jsonrpc": "2.0", "id": 12, "method": "ping", "params": ' + '{"a": ' * 300 + "1" + "}" * 300 + "}",
-        '{"jsonrpc": "2.0", "id": "s-13"}',
-        '{"jsonrpc": "2.0", "id": 14, "method": "ping"}',
-    ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tiered_mcp", "serve", "--ledger", str(tmp_path / "ledger.sqlite3")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**server_env(upstream, tmp_path), "PATH": "/usr/bin:/bin"})
+    command = [sys.executable, "-m", "tiered_mcp", "serve", "--ledger", str(tmp_path / "ledger.sqlite3")]
+    env = {**server_env(upstream, tmp_path), "PATH": "/usr/bin:/bin"}
+    text = "\n".join(STDIO_LINES) + "\n"
+    shared = wiring == "stdout shared with stderr"
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT if shared else subprocess.DEVNULL, text=True, env=env)
     try:
-        proc.stdin.write("\n".join(lines) + "\n")
+        proc.stdin.write(text)
         proc.stdin.flush()
-        replies = [json.loads(proc.stdout.readline()) for _ in lines]  # one answer per line, none dropped
+        replies = []
+        while len(replies) < len(STDIO_LINES):
+            line = proc.stdout.readline()
+            assert line, "the server closed stdout before answering every line"
+            if line.startswith('{"jsonrpc"'):  # with 2>&1, log lines come between the answers
+                replies.append(json.loads(line))
     finally:
         proc.stdin.close()
         proc.wait(timeout=30)
-    by_id = {r.get("id"): r for r in replies}
-    assert by_id[None]["error"]["code"] == -32700 and by_id[None]["error"]["data"]["line"] == "this is not json"
-    assert by_id[11]["error"]["code"] == -32700  # a lone surrogate: the id is still recovered
-    assert by_id[12]["error"]["code"] == -32700  # nested past what the parser takes
-    assert by_id["s-13"]["error"]["code"] == -32600  # JSON, but not a JSON-RPC message
-    assert by_id[14] == {"jsonrpc": "2.0", "id": 14, "result": {}}  # served normally after the bad lines
+    _check_stdio_replies(replies)
+
+
+async def test_stdio_over_event_loop_pipes_answers_every_line_and_ends_at_eof(make_runner):
+    # The pipe path itself, in process: a real server on two os.pipe()s, a raw client writing the lines.
+    import json
+    import os
+
+    from tiered_mcp.serve.stdio import _serve_pipes
+
+    to_server_r, to_server_w = os.pipe()
+    from_server_r, from_server_w = os.pipe()
+    replies: list[dict] = []
+    stdin = os.fdopen(to_server_r, "rb")
+
+    async def client() -> None:
+        await anyio.to_thread.run_sync(os.write, to_server_w, ("\n".join(STDIO_LINES) + "\n").encode())
+        await anyio.to_thread.run_sync(os.close, to_server_w)
+        with os.fdopen(from_server_r, "rb") as out:
+            while len(replies) < len(STDIO_LINES):
+                line = await anyio.to_thread.run_sync(out.readline)
+                assert line
+                replies.append(json.loads(line))
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client)
+            await _serve_pipes(build_server(make_runner()), stdin, from_server_w)  # returns at EOF on its stdin
+    os.close(from_server_w)
+    stdin.close()
+    _check_stdio_replies(replies)
 
 
 # ---- secrets and file modes ---------------------------------------------------------------------------------------
