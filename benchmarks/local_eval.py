@@ -78,9 +78,9 @@ def split_examples(gold: list[str], per_label: int, seed: int) -> tuple[list[int
 def run_mode(embedder, data: local_data.LabelledSet, described: bool, per_label: int, seed: int = 0,
              prior: float | None = None) -> list[tuple[tuple[float, ...], bool, float, str]]:
     """Classify a set as local_tasks.classify_many does; returns (features, correct, old confidence, text) per item."""
-    vectors = local_tasks._unit(local_data.cached_embed(embedder, data.texts))
+    vectors = local_tasks._unit(local_data.cached_embed(embedder, [local_tasks.read_text(t) for t in data.texts]))
     descriptions = data.descriptions if described else {}
-    label_texts = [local_tasks._label_text(label, descriptions.get(label)) for label in data.labels]
+    label_texts = [local_tasks.label_text(label, descriptions.get(label)) for label in data.labels]
     label_vectors = local_tasks._unit(embedder.embed(label_texts))
     if prior is not None:
         local_tasks.LABEL_PRIOR, saved = prior, local_tasks.LABEL_PRIOR

@@ -13,7 +13,17 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["SupportsEmbed", "classify", "classify_many", "prototypes", "rank", "split_sentences", "summarize"]
+__all__ = [
+    "SupportsEmbed",
+    "classify",
+    "classify_many",
+    "label_text",
+    "prototypes",
+    "rank",
+    "read_text",
+    "split_sentences",
+    "summarize",
+]
 
 # Temperature of the multi-label softmax over label cosines (cosine units), fitted on the 90 hand-made cases of
 # benchmarks/data/local_classify_eval.jsonl. Single-label confidence no longer uses it (see local_calibration).
@@ -35,6 +45,14 @@ LEAD_BONUS = 0.4
 LEAD_SPAN = 10.0
 # With examples, confidence also weighs how many of a text's nearest examples carry the label it was given.
 NEIGHBOURS = 10
+# How a label is put to the encoder (str.format with {label}, and {description} where the caller gives one). Chosen
+# on the train sets by benchmarks/local_reading.py (docs/local-tier.md, "Reading labels and long texts"): the
+# described sentence won on all six choosing sets (+1.5 to +4.8 points) and lost nothing beyond one item on the
+# reporting sets; no template of a bare label won on all of them, so a bare label is embedded as itself.
+LABEL_TEMPLATE = "{label}"
+DESCRIBED_TEMPLATE = "This article is about {label}: {description}."
+# classify reads at most this many words of a text (None: all of it); chosen by the same benchmark.
+LEAD_WORDS: int | None = None
 
 
 class SupportsEmbed(Protocol):
@@ -51,10 +69,33 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.where(norms > 0, norms, 1.0)
 
 
-def _label_text(label: str, description: str | None) -> str:
-    # Measured on the eval set with USE: "label: description" (or the bare label) beat sentence templates such as
-    # "This text is about {label}." by 5 cases of 90; describing a label helps, wrapping it in a sentence does not.
-    return f"{label}: {description}" if description else label
+def label_text(label: str, description: str | None = None) -> str:
+    """The text a label is embedded as: LABEL_TEMPLATE, or DESCRIBED_TEMPLATE where the caller describes it.
+
+    A description's own final full stop is dropped (the template ends the sentence).
+    """
+    described = (description or "").strip().rstrip(".").strip()
+    if described:
+        return DESCRIBED_TEMPLATE.format(label=label, description=described)
+    return LABEL_TEMPLATE.format(label=label)
+
+
+_label_text = label_text  # the name the benchmarks used before
+
+
+_DEFAULT_LEAD: Any = object()
+
+
+def read_text(text: str, max_words: int | None = _DEFAULT_LEAD) -> str:
+    """What classify embeds of a text: its first `max_words` words (default LEAD_WORDS; None: the whole text).
+
+    A text within the limit is returned unchanged.
+    """
+    limit = LEAD_WORDS if max_words is _DEFAULT_LEAD else max_words
+    if limit is None:
+        return text
+    words = text.split()
+    return text if len(words) <= limit else " ".join(words[:limit])
 
 
 def _softmax(similarities: np.ndarray) -> np.ndarray:
@@ -212,7 +253,7 @@ def classify_many(
 ) -> list[dict[str, object]]:
     """Classify many texts against one label set, embedding the labels once and the texts in batches.
 
-    Zero-shot, each text goes to the label whose text ("label: description" where described) is nearest. With
+    Zero-shot, each text goes to the label whose text (`label_text`) is nearest. With
     labelled examples (passed in the call, or learnt from a higher tier's answers), each label's vector is pulled
     toward the centroid of its examples (see `prototypes`). Confidence is the calibrated P(right) of
     `local_calibration.confidence`.
@@ -221,13 +262,14 @@ def classify_many(
         embedder: gives unit-length sentence embeddings.
         texts: the texts to label.
         labels: two or more distinct labels.
-        descriptions: optional label -> what it means; a described label is embedded as "label: description".
+        descriptions: optional label -> what it means; a described label is embedded by DESCRIBED_TEMPLATE.
         multi_label: when true, also keep every other label whose score reaches `threshold`: its softmax share for
             the whole text, or for one sentence weighted by that sentence's cosine to the whole text.
         threshold: the multi-label score (0..1) a label needs; default 0.3.
         examples: labelled examples given in the call, each {"text": ..., "label": one of labels}.
         stored: (embeddings, labels) of examples kept from earlier answers.
-        text_vectors: the texts' embeddings when the caller has them already (skips embedding the texts).
+        text_vectors: the embeddings of the texts as `read_text` gives them, when the caller has them already
+            (skips embedding the texts).
 
     Returns:
         One `classify` result per text, in order.
@@ -246,9 +288,9 @@ def classify_many(
         raise ValueError("text is empty")
     given = _check_examples(examples, labels)
     descriptions = descriptions or {}
-    label_texts = [_label_text(label, descriptions.get(label)) for label in labels]
-    own = [] if text_vectors is not None else list(texts)
-    vectors = _unit(embedder.embed(label_texts + [e["text"] for e in given] + own))
+    label_texts = [label_text(label, descriptions.get(label)) for label in labels]
+    own = [] if text_vectors is not None else [read_text(text) for text in texts]
+    vectors = _unit(embedder.embed(label_texts + [read_text(e["text"]) for e in given] + own))
     label_vectors = vectors[: len(labels)]
     given_vectors = vectors[len(labels) : len(labels) + len(given)]
     text_vectors = _unit(text_vectors) if text_vectors is not None else vectors[len(labels) + len(given) :]
