@@ -80,8 +80,7 @@ def run_mode(embedder, data: local_data.LabelledSet, described: bool, per_label:
     """Classify a set as local_tasks.classify_many does; returns (features, correct, old confidence, text) per item."""
     vectors = local_tasks._unit(local_data.cached_embed(embedder, [local_tasks.read_text(t) for t in data.texts]))
     descriptions = data.descriptions if described else {}
-    label_texts = [local_tasks.label_text(label, descriptions.get(label)) for label in data.labels]
-    label_vectors = local_tasks._unit(embedder.embed(label_texts))
+    label_vectors, _ = local_tasks.label_vectors(embedder, data.labels, descriptions)
     if prior is not None:
         local_tasks.LABEL_PRIOR, saved = prior, local_tasks.LABEL_PRIOR
     try:

@@ -27,28 +27,43 @@ class RecordingEmbedder:
         return np.array(rows, dtype=np.float32).reshape(len(texts), 16)
 
 
-def test_a_bare_label_is_embedded_by_the_label_template() -> None:
-    assert local_tasks.label_text("sports") == local_tasks.LABEL_TEMPLATE.format(label="sports")
-    assert local_tasks.label_text("sports", "  ") == local_tasks.LABEL_TEMPLATE.format(label="sports")
+def test_a_bare_label_is_embedded_by_each_label_template() -> None:
+    assert local_tasks.LABEL_TEMPLATES == ("{label}", "This article is about {label}.")
+    assert local_tasks.label_texts("sports") == ["sports", "This article is about sports."]
+    assert local_tasks.label_texts("sports", "  ") == ["sports", "This article is about sports."]
 
 
 def test_a_described_label_fills_the_described_template_without_a_doubled_full_stop() -> None:
-    expected = local_tasks.DESCRIBED_TEMPLATE.format(label="grain", description="wheat and corn harvests")
-    assert local_tasks.label_text("grain", "wheat and corn harvests.") == expected
-    assert local_tasks.label_text("grain", "wheat and corn harvests") == expected
-    assert local_tasks.DESCRIBED_TEMPLATE == "This article is about {label}: {description}."
-    assert expected == "This article is about grain: wheat and corn harvests."
+    expected = ["This article is about grain: wheat and corn harvests."]
+    assert local_tasks.label_texts("grain", "wheat and corn harvests.") == expected
+    assert local_tasks.label_texts("grain", "wheat and corn harvests") == expected
 
 
 def test_braces_in_a_label_or_description_are_kept_as_text() -> None:
-    assert "{x}" in local_tasks.label_text("{x}", "a {y} thing")
-    assert "a {y} thing" in local_tasks.label_text("{x}", "a {y} thing")
+    assert local_tasks.label_texts("{x}", "a {y} thing") == ["This article is about {x}: a {y} thing."]
 
 
-def test_classify_embeds_the_templated_labels() -> None:
+def test_a_label_vector_is_the_normalised_mean_of_its_template_vectors() -> None:
     embedder = RecordingEmbedder()
-    local_tasks.classify(embedder, "some text", ["a", "b"], {"b": "the letter b"})
-    assert embedder.seen[:2] == [local_tasks.label_text("a"), "This article is about b: the letter b."]
+    vectors, extra = local_tasks.label_vectors(embedder, ["a", "b"], {"b": "the letter b"}, ["some text"])
+    assert embedder.seen == ["a", "This article is about a.", "This article is about b: the letter b.", "some text"]
+    reference = RecordingEmbedder()
+    a, a_sentence, b, text = reference.embed(embedder.seen)
+    mean = (a + a_sentence) / np.linalg.norm(a + a_sentence)
+    assert np.allclose(vectors[0], mean, atol=1e-6)
+    assert np.allclose(vectors[1], b, atol=1e-6)
+    assert np.allclose(extra[0], text, atol=1e-6)
+
+
+def test_classify_scores_against_the_template_vectors() -> None:
+    embedder = RecordingEmbedder()
+    result = local_tasks.classify(embedder, "some text", ["a", "b"])
+    assert embedder.seen == ["a", "This article is about a.", "b", "This article is about b.", "some text"]
+    reference = RecordingEmbedder()
+    a, a2, b, b2, text = reference.embed(embedder.seen)
+    scores = [float(text @ (a + a2) / np.linalg.norm(a + a2)), float(text @ (b + b2) / np.linalg.norm(b + b2))]
+    assert result["label"] == ("a" if scores[0] > scores[1] else "b")
+    assert f"{abs(scores[0] - scores[1]):.3f} ahead" in result["reason"]
 
 
 def test_a_text_longer_than_the_lead_is_read_as_its_first_words_only() -> None:

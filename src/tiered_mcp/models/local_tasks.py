@@ -17,7 +17,8 @@ __all__ = [
     "SupportsEmbed",
     "classify",
     "classify_many",
-    "label_text",
+    "label_texts",
+    "label_vectors",
     "prototypes",
     "rank",
     "read_text",
@@ -45,12 +46,12 @@ LEAD_BONUS = 0.4
 LEAD_SPAN = 10.0
 # With examples, confidence also weighs how many of a text's nearest examples carry the label it was given.
 NEIGHBOURS = 10
-# How a label is put to the encoder (str.format with {label}, and {description} where the caller gives one). Chosen
-# on the train sets by benchmarks/local_reading.py (docs/local-tier.md, "Reading labels and long texts"): the
-# described sentence won on all six choosing sets (+1.5 to +4.8 points) and lost nothing beyond one item on the
-# reporting sets; no template of a bare label won on all of them, so a bare label is embedded as itself.
-LABEL_TEMPLATE = "{label}"
-DESCRIBED_TEMPLATE = "This article is about {label}: {description}."
+# How a label is put to the encoder: the texts (str.format with {label}, and {description} where the caller gives
+# one) whose unit vectors are averaged into the label's vector. Chosen on the train sets by
+# benchmarks/local_reading.py (docs/local-tier.md, "Reading labels and long texts"): both won on all six choosing
+# sets (bare: +0.1 to +6.0 points over the label alone; described: +1.5 to +4.8 over "label: description").
+LABEL_TEMPLATES = ("{label}", "This article is about {label}.")
+DESCRIBED_TEMPLATES = ("This article is about {label}: {description}.",)
 # classify reads at most this many words of a text (None: all of it); chosen by the same benchmark.
 LEAD_WORDS: int | None = None
 
@@ -69,18 +70,34 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.where(norms > 0, norms, 1.0)
 
 
-def label_text(label: str, description: str | None = None) -> str:
-    """The text a label is embedded as: LABEL_TEMPLATE, or DESCRIBED_TEMPLATE where the caller describes it.
-
-    A description's own final full stop is dropped (the template ends the sentence).
+def label_texts(label: str, description: str | None = None) -> list[str]:
+    """The texts a label is embedded as (their unit vectors are averaged): LABEL_TEMPLATES, or DESCRIBED_TEMPLATES
+    where the caller describes the label. A description's own final full stop is dropped (the template ends it).
     """
     described = (description or "").strip().rstrip(".").strip()
     if described:
-        return DESCRIBED_TEMPLATE.format(label=label, description=described)
-    return LABEL_TEMPLATE.format(label=label)
+        return [form.format(label=label, description=described) for form in DESCRIBED_TEMPLATES]
+    return [form.format(label=label) for form in LABEL_TEMPLATES]
 
 
-_label_text = label_text  # the name the benchmarks used before
+def label_vectors(
+    embedder: SupportsEmbed, labels: Sequence[str], descriptions: dict[str, str] | None = None,
+    extra: Sequence[str] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The labels' unit vectors (the mean of their `label_texts`' unit vectors), in one embed call with `extra`.
+
+    Returns:
+        ((k, d) label vectors, (len(extra), d) unit vectors of the extra texts).
+    """
+    descriptions = descriptions or {}
+    forms = [label_texts(label, descriptions.get(label)) for label in labels]
+    flat = [text for texts in forms for text in texts]
+    vectors = _unit(embedder.embed(flat + list(extra)))
+    rows, start = [], 0
+    for texts in forms:
+        rows.append(vectors[start : start + len(texts)].sum(axis=0))
+        start += len(texts)
+    return _unit(rows), vectors[len(flat) :]
 
 
 _DEFAULT_LEAD: Any = object()
@@ -253,7 +270,7 @@ def classify_many(
 ) -> list[dict[str, object]]:
     """Classify many texts against one label set, embedding the labels once and the texts in batches.
 
-    Zero-shot, each text goes to the label whose text (`label_text`) is nearest. With
+    Zero-shot, each text goes to the label whose vector (`label_vectors`) is nearest. With
     labelled examples (passed in the call, or learnt from a higher tier's answers), each label's vector is pulled
     toward the centroid of its examples (see `prototypes`). Confidence is the calibrated P(right) of
     `local_calibration.confidence`.
@@ -262,7 +279,7 @@ def classify_many(
         embedder: gives unit-length sentence embeddings.
         texts: the texts to label.
         labels: two or more distinct labels.
-        descriptions: optional label -> what it means; a described label is embedded by DESCRIBED_TEMPLATE.
+        descriptions: optional label -> what it means; a described label is embedded by DESCRIBED_TEMPLATES.
         multi_label: when true, also keep every other label whose score reaches `threshold`: its softmax share for
             the whole text, or for one sentence weighted by that sentence's cosine to the whole text.
         threshold: the multi-label score (0..1) a label needs; default 0.3.
@@ -288,12 +305,10 @@ def classify_many(
         raise ValueError("text is empty")
     given = _check_examples(examples, labels)
     descriptions = descriptions or {}
-    label_texts = [label_text(label, descriptions.get(label)) for label in labels]
     own = [] if text_vectors is not None else [read_text(text) for text in texts]
-    vectors = _unit(embedder.embed(label_texts + [read_text(e["text"]) for e in given] + own))
-    label_vectors = vectors[: len(labels)]
-    given_vectors = vectors[len(labels) : len(labels) + len(given)]
-    text_vectors = _unit(text_vectors) if text_vectors is not None else vectors[len(labels) + len(given) :]
+    label_vecs, vectors = label_vectors(embedder, labels, descriptions, [read_text(e["text"]) for e in given] + own)
+    given_vectors = vectors[: len(given)]
+    text_vectors = _unit(text_vectors) if text_vectors is not None else vectors[len(given) :]
 
     example_parts = [given_vectors] if len(given) else []
     example_labels = [e["label"] for e in given]
@@ -301,9 +316,9 @@ def classify_many(
         example_parts.insert(0, _unit(stored[0]))
         example_labels = list(stored[1]) + example_labels
     example_vectors = np.concatenate(example_parts) if example_parts else None
-    scored = score_texts(text_vectors, label_vectors, labels, example_vectors, example_labels,
+    scored = score_texts(text_vectors, label_vecs, labels, example_vectors, example_labels,
                          getattr(embedder, "calibration", "use"))
-    similarities, label_vectors = scored["similarities"], scored["prototypes"]
+    similarities, label_vecs = scored["similarities"], scored["prototypes"]
 
     sentence_scores: list[np.ndarray | None] = [None] * len(texts)
     if multi_label:
@@ -315,7 +330,7 @@ def classify_many(
         flat = [sentence for sentences in split for sentence in sentences if len(sentences) > 1]
         if flat:
             flat_vectors = _unit(embedder.embed(flat))
-            flat_scores = _softmax(flat_vectors @ label_vectors.T)
+            flat_scores = _softmax(flat_vectors @ label_vecs.T)
             start = 0
             for i, sentences in enumerate(split):
                 if len(sentences) > 1:
