@@ -275,6 +275,7 @@ class CachingEmbedder:
         import pickle
 
         self.inner, self.model_name = embedder, embedder.model_name
+        self.calibration = getattr(embedder, "calibration", "use")
         model = hashlib.sha256(embedder.model_name.encode("utf-8")).hexdigest()[:8]
         self.path = CACHE / "emb" / f"{model}-{tag}.pkl"
         self.memo: dict[str, object] = pickle.loads(self.path.read_bytes()) if self.path.exists() else {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import re
 import sys
@@ -138,10 +139,12 @@ def main() -> None:
     args = parser.parse_args()
     from tiered_mcp.models.embedder import make_embedder
 
-    embedder = make_embedder(args.encoder)
-    embedder.load()
+    inner = make_embedder(args.encoder)
+    inner.load()
+    # Texts embedded by local_reading.py before are looked up, not embedded again.
+    embedder = local_data.CachingEmbedder(inner, "reading")
     print(f"encoder: {embedder.model_name}; threshold {THRESHOLD}; n <= {args.n} per set; "
-          f"learning-curve points averaged over {args.seeds} draws of examples")
+          f"learning-curve points averaged over {args.seeds} draws of examples; load average {os.getloadavg()[0]:.2f}")
     header = f"{'set':14s} {'mode':12s} {'n':>5s} {'acc':>6s} {'AUROC':>6s} {'ECE':>6s} {'escal':>6s} {'kept acc':>8s}"
     print(header + f"   {'old AUROC':>9s} {'old escal':>9s}")
     started = time.perf_counter()
@@ -165,7 +168,7 @@ def main() -> None:
             print(f"{name:14s} {mode:12s} {stats['n']:5.0f} {stats['acc']:6.1%} {stats['auroc']:6.3f} "
                   f"{stats['ece']:6.3f} {stats['escalated']:6.1%} {stats['kept_acc']:8.1%}   "
                   f"{stats['old_auroc']:9.3f} {stats['old_escalated']:9.1%}", flush=True)
-    print(f"({time.perf_counter() - started:.0f} s)")
+    print(f"({time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":
