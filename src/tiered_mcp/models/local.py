@@ -177,7 +177,7 @@ class LocalEngine:
         # Every text of the batch in one embed call (the embedder splits it into forward passes of its batch size).
         texts = [str(call.get("text", "")) for call in calls]
         nonempty = [i for i, text in enumerate(texts) if text.strip()]
-        vectors = embedder.embed([texts[i] for i in nonempty]) if nonempty else None
+        vectors = embedder.embed([local_tasks.read_text(texts[i]) for i in nonempty]) if nonempty else None
         row = {i: r for r, i in enumerate(nonempty)}
         for members in groups.values():
             first = calls[members[0]]
@@ -225,7 +225,7 @@ class LocalEngine:
         embedder = await self.embedder()
 
         def keep() -> None:
-            vector = embedder.embed([text])[0]
+            vector = embedder.embed([local_tasks.read_text(text)])[0]
             self.store.add(task, self._key(embedder, labels), vector, label, text if self.store_inputs else None)
 
         await anyio.to_thread.run_sync(keep)

@@ -13,7 +13,18 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["SupportsEmbed", "classify", "classify_many", "prototypes", "rank", "split_sentences", "summarize"]
+__all__ = [
+    "SupportsEmbed",
+    "classify",
+    "classify_many",
+    "label_texts",
+    "label_vectors",
+    "prototypes",
+    "rank",
+    "read_text",
+    "split_sentences",
+    "summarize",
+]
 
 # Temperature of the multi-label softmax over label cosines (cosine units), fitted on the 90 hand-made cases of
 # benchmarks/data/local_classify_eval.jsonl. Single-label confidence no longer uses it (see local_calibration).
@@ -23,8 +34,9 @@ TEMPERATURE = 0.05
 DEFAULT_THRESHOLD = 0.3
 # With examples, a label's prototype is the sum of its examples' unit vectors plus the label's own vector counted as
 # this many examples: a few examples nudge the zero-shot answer, many outweigh it. Chosen on the calibration sets
-# by benchmarks/local_calibrate.py (accuracy at 8 examples per label, among 0.5, 1, 2, 4, 8).
-LABEL_PRIOR = 2.0
+# by benchmarks/local_calibrate.py (accuracy at 8 examples per label, among 0.5, 1, 2, 4, 8; 4 since the topic train
+# splits joined the calibration sets, 2 before).
+LABEL_PRIOR = 4.0
 # Extractive summary: a sentence's score is its cosine to the document's centre (pulled toward `focus` with this
 # weight) plus LEAD_BONUS / (1 + position / LEAD_SPAN). Tuned on the ACLSum train split, reported on its test split
 # (benchmarks/local_text.py).
@@ -35,6 +47,14 @@ LEAD_BONUS = 0.4
 LEAD_SPAN = 10.0
 # With examples, confidence also weighs how many of a text's nearest examples carry the label it was given.
 NEIGHBOURS = 10
+# How a label is put to the encoder: the texts (str.format with {label}, and {description} where the caller gives
+# one) whose unit vectors are averaged into the label's vector. Chosen on the train sets by
+# benchmarks/local_reading.py (docs/local-tier.md, "Reading labels and long texts"): both won on all six choosing
+# sets (bare: +0.1 to +6.0 points over the label alone; described: +1.5 to +4.8 over "label: description").
+LABEL_TEMPLATES = ("{label}", "This article is about {label}.")
+DESCRIBED_TEMPLATES = ("This article is about {label}: {description}.",)
+# classify reads at most this many words of a text (None: all of it); chosen by the same benchmark.
+LEAD_WORDS: int | None = None
 
 
 class SupportsEmbed(Protocol):
@@ -51,10 +71,50 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.where(norms > 0, norms, 1.0)
 
 
-def _label_text(label: str, description: str | None) -> str:
-    # Measured on the eval set with USE: "label: description" (or the bare label) beat sentence templates such as
-    # "This text is about {label}." by 5 cases of 90; describing a label helps, wrapping it in a sentence does not.
-    return f"{label}: {description}" if description else label
+def label_texts(label: str, description: str | None = None) -> list[str]:
+    """The texts a label is embedded as (their unit vectors are averaged): LABEL_TEMPLATES, or DESCRIBED_TEMPLATES
+    where the caller describes the label. A description's own final full stop is dropped (the template ends it).
+    """
+    described = (description or "").strip().rstrip(".").strip()
+    if described:
+        return [form.format(label=label, description=described) for form in DESCRIBED_TEMPLATES]
+    return [form.format(label=label) for form in LABEL_TEMPLATES]
+
+
+def label_vectors(
+    embedder: SupportsEmbed, labels: Sequence[str], descriptions: dict[str, str] | None = None,
+    extra: Sequence[str] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The labels' unit vectors (the mean of their `label_texts`' unit vectors), in one embed call with `extra`.
+
+    Returns:
+        ((k, d) label vectors, (len(extra), d) unit vectors of the extra texts).
+    """
+    import numpy as np
+
+    descriptions = descriptions or {}
+    forms = [label_texts(label, descriptions.get(label)) for label in labels]
+    flat = [text for texts in forms for text in texts]
+    vectors = _unit(embedder.embed(flat + list(extra)))
+    owner = np.repeat(np.arange(len(forms)), [len(texts) for texts in forms])
+    sums = np.zeros((len(forms), vectors.shape[1]), dtype=np.float32)
+    np.add.at(sums, owner, vectors[: len(flat)])
+    return _unit(sums), vectors[len(flat) :]
+
+
+_DEFAULT_LEAD: Any = object()
+
+
+def read_text(text: str, max_words: int | None = _DEFAULT_LEAD) -> str:
+    """What classify embeds of a text: its first `max_words` words (default LEAD_WORDS; None: the whole text).
+
+    A text within the limit is returned unchanged.
+    """
+    limit = LEAD_WORDS if max_words is _DEFAULT_LEAD else max_words
+    if limit is None:
+        return text
+    words = text.split()
+    return text if len(words) <= limit else " ".join(words[:limit])
 
 
 def _softmax(similarities: np.ndarray) -> np.ndarray:
@@ -212,7 +272,7 @@ def classify_many(
 ) -> list[dict[str, object]]:
     """Classify many texts against one label set, embedding the labels once and the texts in batches.
 
-    Zero-shot, each text goes to the label whose text ("label: description" where described) is nearest. With
+    Zero-shot, each text goes to the label whose vector (`label_vectors`) is nearest. With
     labelled examples (passed in the call, or learnt from a higher tier's answers), each label's vector is pulled
     toward the centroid of its examples (see `prototypes`). Confidence is the calibrated P(right) of
     `local_calibration.confidence`.
@@ -221,13 +281,14 @@ def classify_many(
         embedder: gives unit-length sentence embeddings.
         texts: the texts to label.
         labels: two or more distinct labels.
-        descriptions: optional label -> what it means; a described label is embedded as "label: description".
+        descriptions: optional label -> what it means; a described label is embedded by DESCRIBED_TEMPLATES.
         multi_label: when true, also keep every other label whose score reaches `threshold`: its softmax share for
             the whole text, or for one sentence weighted by that sentence's cosine to the whole text.
         threshold: the multi-label score (0..1) a label needs; default 0.3.
         examples: labelled examples given in the call, each {"text": ..., "label": one of labels}.
         stored: (embeddings, labels) of examples kept from earlier answers.
-        text_vectors: the texts' embeddings when the caller has them already (skips embedding the texts).
+        text_vectors: the embeddings of the texts as `read_text` gives them, when the caller has them already
+            (skips embedding the texts).
 
     Returns:
         One `classify` result per text, in order.
@@ -246,12 +307,10 @@ def classify_many(
         raise ValueError("text is empty")
     given = _check_examples(examples, labels)
     descriptions = descriptions or {}
-    label_texts = [_label_text(label, descriptions.get(label)) for label in labels]
-    own = [] if text_vectors is not None else list(texts)
-    vectors = _unit(embedder.embed(label_texts + [e["text"] for e in given] + own))
-    label_vectors = vectors[: len(labels)]
-    given_vectors = vectors[len(labels) : len(labels) + len(given)]
-    text_vectors = _unit(text_vectors) if text_vectors is not None else vectors[len(labels) + len(given) :]
+    own = [] if text_vectors is not None else [read_text(text) for text in texts]
+    label_vecs, vectors = label_vectors(embedder, labels, descriptions, [read_text(e["text"]) for e in given] + own)
+    given_vectors = vectors[: len(given)]
+    text_vectors = _unit(text_vectors) if text_vectors is not None else vectors[len(given) :]
 
     example_parts = [given_vectors] if len(given) else []
     example_labels = [e["label"] for e in given]
@@ -259,9 +318,9 @@ def classify_many(
         example_parts.insert(0, _unit(stored[0]))
         example_labels = list(stored[1]) + example_labels
     example_vectors = np.concatenate(example_parts) if example_parts else None
-    scored = score_texts(text_vectors, label_vectors, labels, example_vectors, example_labels,
+    scored = score_texts(text_vectors, label_vecs, labels, example_vectors, example_labels,
                          getattr(embedder, "calibration", "use"))
-    similarities, label_vectors = scored["similarities"], scored["prototypes"]
+    similarities, label_vecs = scored["similarities"], scored["prototypes"]
 
     sentence_scores: list[np.ndarray | None] = [None] * len(texts)
     if multi_label:
@@ -273,7 +332,7 @@ def classify_many(
         flat = [sentence for sentences in split for sentence in sentences if len(sentences) > 1]
         if flat:
             flat_vectors = _unit(embedder.embed(flat))
-            flat_scores = _softmax(flat_vectors @ label_vectors.T)
+            flat_scores = _softmax(flat_vectors @ label_vecs.T)
             start = 0
             for i, sentences in enumerate(split):
                 if len(sentences) > 1:
