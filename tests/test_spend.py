@@ -120,20 +120,29 @@ async def test_a_capped_request_takes_one_transaction_of_its_own_and_settles_wit
             self.seen.append(f"write {len(calls)} calls, {len(settles)} settlements")
             return super().write(calls, shadows, config, settles)
 
+    # Within its hold (nano's worst case for this prompt is its o200k tokens plus all 4,096 output tokens,
+    # > $0.005): 100 x $0.20 + 1,000 x $1.25 per million = $0.00127.
+    within = reply(GOOD, input_tokens=100, output_tokens=1_000)
     ledger = Counted(tmp_path / "ledger.sqlite3")
     config = config_from_dict({"cache_ttl_s": 0, "budgets": {"daily_usd": 1.0}})
-    runner = Runner(config, specs, ScriptedModel({"nano": [BIG]}), ledger, env={"OPENAI_API_KEY": "k"})
+    runner = Runner(config, specs, ScriptedModel({"nano": [within, BIG]}), ledger, env={"OPENAI_API_KEY": "k"})
     async with runner.running():
         result = await runner.call("classify", ARGS)
         assert ledger.seen[0] == "reserve" and "settle" not in ledger.seen
         await runner.writer.flush()
-    # The settlement and the call's row went in the writer's transactions (one, or two when the writer took the
-    # settlement before the row was queued); the cap now counts exactly what the request cost.
-    assert ledger.seen[1:] in (["write 1 calls, 1 settlements"], ["write 0 calls, 1 settlements",
-                                                                   "write 1 calls, 0 settlements"])
-    assert result.receipt["budget"]["budgets.daily_usd"]["spent_usd"] == pytest.approx(0.2)
+        # The settlement and the call's row went in the writer's transactions (one, or two when the writer took
+        # the settlement before the row was queued); the cap now counts exactly what the request cost.
+        assert ledger.seen[1:] in (["write 1 calls, 1 settlements"], ["write 0 calls, 1 settlements",
+                                                                       "write 1 calls, 0 settlements"])
+        assert result.receipt["budget"]["budgets.daily_usd"]["spent_usd"] == pytest.approx(0.00127)
+        # A request that cost more than its hold ($0.20, a provider counting far more tokens than we did) settles
+        # at once: queued, the cap would see only the smaller hold until the writer's next transaction.
+        del ledger.seen[:]
+        await runner.call("classify", {**ARGS, "text": "another text"})
+        assert ledger.seen[:2] == ["reserve", "settle"]
+        assert (await runner.budget.status("classify"))["budgets.daily_usd"]["spent_usd"] == pytest.approx(0.20127)
     assert await runner.budget.status("classify") == {"budgets.daily_usd": {
-        "cap_usd": 1.0, "spent_usd": pytest.approx(0.2), "remaining_usd": pytest.approx(0.8)}}
+        "cap_usd": 1.0, "spent_usd": pytest.approx(0.20127), "remaining_usd": pytest.approx(0.79873)}}
     ledger.close()
 
 

@@ -196,9 +196,12 @@ class Budget:
         if self.ledger is None:
             for k, _ in shared:
                 self._memory[k] += spent - hold.amount
-        elif self.writer is not None:
+        elif self.writer is not None and spent <= hold.amount:
+            # Queued: until it lands, the hold (>= what was spent) still counts, so no cap can be passed meanwhile.
             await self.writer.put([], [], [Settle(hold.id, spent, self.clock().timestamp() + HOLD_TTL_S)])
         else:
+            # At once when the request cost more than its hold (a provider counting more tokens than we did): queued,
+            # the caps would see less than was spent until the writer's next transaction.
             await off_loop(self.ledger.budget_settle, hold.id, spent, self.clock().timestamp(), HOLD_TTL_S)
 
     async def status(self, tool: str) -> dict[str, dict[str, float]]:
