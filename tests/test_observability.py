@@ -45,6 +45,22 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 # ---- the log format ----------------------------------------------------------------------------------------------
 
 
+def test_the_http_clients_line_per_upstream_request_is_kept_below_info_unless_debug(root_logging, capsys):
+    client = logging.getLogger("httpx2")
+    try:
+        configure_logging("INFO", "json")
+        client.info("HTTP Request: POST http://upstream/v1/chat/completions 200 OK")
+        client.warning("a retry")
+        logging.getLogger("tiered_mcp").info("call classify ok=True")
+        assert [r["message"] for r in json_lines(capsys.readouterr().err)] == ["a retry", "call classify ok=True"]
+        configure_logging("DEBUG", "json")
+        client.info("HTTP Request: POST http://upstream/v1/chat/completions 200 OK")
+        assert [r["message"] for r in json_lines(capsys.readouterr().err)] == [
+            "HTTP Request: POST http://upstream/v1/chat/completions 200 OK"]
+    finally:
+        client.setLevel(logging.NOTSET)
+
+
 def test_json_lines_carry_ts_level_logger_message_and_extra_fields(root_logging, capsys):
     configure_logging("INFO", "json")
     log = logging.getLogger("tiered_mcp.test")

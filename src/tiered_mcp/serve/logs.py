@@ -84,3 +84,9 @@ def configure_logging(level: str | int = "WARNING", fmt: str = "text", redact: I
         old.close()
     root.addHandler(handler)
     root.setLevel(level)
+    # The model client's HTTP library logs every upstream request at INFO ("HTTP Request: POST ... 200"): the call's
+    # own INFO line says the same and more, and each extra line is a write to stderr on the event loop (~5 % of the
+    # HTTP server's Python time at 64 callers). Its warnings still come through; DEBUG (set explicitly) shows all.
+    quiet = logging.WARNING if logging.getLogger().getEffectiveLevel() > logging.DEBUG else logging.NOTSET
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(quiet)
