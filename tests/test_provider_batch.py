@@ -57,6 +57,15 @@ async def run_task(runner, arguments: dict, **kwargs) -> object:
         return await wait_task(client, handle.task_id, **kwargs)
 
 
+async def start_submitted(client, upstream) -> object:
+    """Start the classify batch as a task and wait until its provider batch exists; the task's handle."""
+    handle = await start_task(client, "classify", {"items": ITEMS, "labels": LABELS})
+    with anyio.fail_after(10):
+        while not upstream.batches:
+            await anyio.sleep(0.01)
+    return handle
+
+
 async def test_a_batch_task_runs_through_the_batch_api_at_half_price(make_runner, ledger, upstream):
     upstream.script_batch(FakeBatch(polls=2))
     runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
@@ -224,10 +233,7 @@ async def test_a_cancelled_task_cancels_the_provider_batch(make_runner, upstream
     upstream.script_batch(FakeBatch(polls=10**6))
     runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
     async with Client(build_server(runner), extensions=[TasksClient()]) as client:
-        handle = await start_task(client, "classify", {"items": ITEMS, "labels": LABELS})
-        with anyio.fail_after(10):
-            while not upstream.batches:
-                await anyio.sleep(0.01)
+        handle = await start_submitted(client, upstream)
         await cancel_task(client, handle.task_id)
         task = await wait_task(client, handle.task_id)
     assert task.status == "cancelled"
@@ -269,10 +275,7 @@ async def test_progress_while_the_batch_runs(make_runner, upstream):
     upstream.script_batch(FakeBatch(polls=10**6))
     runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
     async with Client(build_server(runner), extensions=[TasksClient()]) as client:
-        handle = await start_task(client, "classify", {"items": ITEMS, "labels": LABELS})
-        with anyio.fail_after(10):
-            while not upstream.batches:
-                await anyio.sleep(0.01)
+        handle = await start_submitted(client, upstream)
         task = await get_task(client, handle.task_id)
         assert task.status == "working"
         (batch_id,) = upstream.batches

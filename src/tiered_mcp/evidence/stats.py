@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 __all__ = [
     "CLEAR_GRID", "Bounds", "CurvePoint", "CurveRow", "Decision", "Paired", "TierChoice", "clear_log_evalue",
@@ -158,17 +158,22 @@ def comparisons_to_decide(successes: int, trials: int, bar: float, alpha: float 
         lower, upper = _cs(successes + p_hat * m, trials + m, alpha, prior)
         return lower >= bar if p_hat > bar else upper < bar
 
-    if decided(0):
+    return _least(decided, limit)
+
+
+def _least(holds: Callable[[int], bool], limit: int) -> int | None:
+    """The least m >= 0 for which `holds(m)` (monotone in m), by doubling then bisection; None past `limit`."""
+    if holds(0):
         return 0
     hi = 1
-    while not decided(hi):
+    while not holds(hi):
         if hi > limit:
             return None
         hi *= 2
-    lo = hi // 2  # not decided at lo (or lo == 0, checked above)
+    lo = hi // 2  # does not hold at lo (or lo == 0, checked above)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if decided(mid) else (mid, hi)
+        lo, hi = (lo, mid) if holds(mid) else (mid, hi)
     return hi if hi <= limit else None
 
 
@@ -227,18 +232,7 @@ def comparisons_to_clear(successes: int, trials: int, bar: float, alpha: float =
     def cleared(m: int) -> bool:
         return clear_log_evalue(successes + p_hat * m, trials + m, bar, grid) >= need
 
-    if cleared(0):
-        return 0
-    hi = 1
-    while not cleared(hi):
-        if hi > limit:
-            return None
-        hi *= 2
-    lo = hi // 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if cleared(mid) else (mid, hi)
-    return hi if hi <= limit else None
+    return _least(cleared, limit)
 
 
 @dataclass(frozen=True)
