@@ -297,6 +297,18 @@ async def test_when_the_batch_api_refuses_the_upload_every_item_runs_on_the_mode
     assert receipt_of(task)["cost_usd"] == pytest.approx(3 * NANO, abs=1e-15)
 
 
+async def test_a_create_that_fails_for_a_while_is_tried_again_and_nothing_is_paid_twice(make_runner, ledger, upstream):
+    # After the upload, a failed create may hide a batch the provider made: the executor tries again (finding it
+    # by its metadata if it exists) instead of sending the items to the model path at full price beside it.
+    upstream.script_batch(FakeBatch(polls=1))
+    upstream.fail_next("create", 503, 500)
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["ok"] == 3
+    assert len(upstream.batches) == 1 and upstream.completions() == []
+    assert receipt_of(task)["cost_usd"] == pytest.approx(3 * NANO_BATCH, abs=1e-15)
+
+
 async def test_a_download_or_a_look_that_fails_for_a_while_is_asked_for_again(make_runner, ledger, upstream):
     upstream.script_batch(FakeBatch(polls=1))
     upstream.fail_next("look", 500, 502)

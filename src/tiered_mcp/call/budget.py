@@ -178,31 +178,34 @@ class Budget:
         hold.status = {c.name: self._figure(c.usd, committed[c.key or ""] + worst) for c in caps}
         return hold
 
-    async def settle(self, hold: Hold | None, actual: float | None) -> None:
-        """Swap a reservation for what the request actually cost (0 for a request that failed before an answer)."""
+    async def settle(self, hold: Hold | None, actual: float | None, ttl_s: float = HOLD_TTL_S) -> None:
+        """Swap a reservation for what the request actually cost (0 for a request that failed before an answer).
+        The settled hold counts until its call's row books the spend, or for `ttl_s` (a provider batch's rows may
+        take longer than a request's to be written)."""
         if hold is None:
             return
         spent = actual or 0.0
         shared = [(c.key, c.usd) for c in hold.caps if c.key is not None]
         if shared:
-            await self._release(hold, shared, spent)
+            await self._release(hold, shared, spent, ttl_s)
         if any(c.key is None for c in hold.caps):
             self._session += spent - hold.amount
         for c in hold.caps:
             figure = hold.status[c.name]
             hold.status[c.name] = self._figure(c.usd, figure["spent_usd"] - hold.amount + spent)
 
-    async def _release(self, hold: Hold, shared: list[tuple[str, float]], spent: float) -> None:
+    async def _release(self, hold: Hold, shared: list[tuple[str, float]], spent: float,
+                       ttl_s: float = HOLD_TTL_S) -> None:
         if self.ledger is None:
             for k, _ in shared:
                 self._memory[k] += spent - hold.amount
         elif self.writer is not None and spent <= hold.amount:
             # Queued: until it lands, the hold (>= what was spent) still counts, so no cap can be passed meanwhile.
-            await self.writer.put([], [], [Settle(hold.id, spent, self.clock().timestamp() + HOLD_TTL_S)])
+            await self.writer.put([], [], [Settle(hold.id, spent, self.clock().timestamp() + ttl_s)])
         else:
             # At once when the request cost more than its hold (a provider counting more tokens than we did): queued,
             # the caps would see less than was spent until the writer's next transaction.
-            await off_loop(self.ledger.budget_settle, hold.id, spent, self.clock().timestamp(), HOLD_TTL_S)
+            await off_loop(self.ledger.budget_settle, hold.id, spent, self.clock().timestamp(), ttl_s)
 
     async def status(self, tool: str) -> dict[str, dict[str, float]]:
         """Each cap that applies to `tool` with what is spent (or held) and what remains."""

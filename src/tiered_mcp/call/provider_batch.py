@@ -60,6 +60,7 @@ MAX_REQUESTS, MAX_BYTES = 50_000, 190 * 1024 * 1024
 """What one provider batch takes (OpenAI: 50,000 requests, a 200 MB file); a task's further items take the path."""
 PREPARING = "preparing"
 DOWNLOAD_TRIES = 5
+SUBMIT_TRIES = 5  # creating or looking up the batch after the upload, while the provider fails transiently
 
 
 def hold_json(hold: Hold | None) -> dict[str, Any] | None:
@@ -114,9 +115,9 @@ class ProviderBatches:
             return
         if row is None:
             row = await self._prepare(runner, job, tier)
-        pending = set(job.pending)
+        pending, chosen = set(job.pending), set(row.items)
         submitted = [i for i in row.items if i in pending]
-        rest = [i for i in job.pending if i not in set(row.items)]
+        rest = [i for i in job.pending if i not in chosen]
         async with anyio.create_task_group() as tg:
             if rest:  # not submitted (over the budget): the model path decides, as for any call
                 tg.start_soon(run_items, runner, job.plan, rest, job.record, WORKERS)
@@ -177,6 +178,7 @@ class ProviderBatches:
         row = ProviderBatchRow(job.task_id, tier, chosen, hold_json(hold), None, None, PREPARING, None, None,
                                self.clock(), None, False)
         if not await off_loop(self.store.create, row, job.owner):
+            await runner.budget.settle(hold, 0.0)  # nothing will be submitted: give the room back now
             raise RuntimeError(f"task {job.task_id}: no longer held here; nothing submitted")
         return row
 
@@ -201,6 +203,39 @@ class ProviderBatches:
         await off_loop(partial(self.store.update, job.task_id, job.owner, batch_id=found.id, status=found.status))
         return found
 
+    async def _submit_retrying(self, runner: Runner, job: BatchJob, row: ProviderBatchRow) -> BatchState:
+        """`_submit`, again every poll_s while the provider fails transiently once the file is uploaded (up to
+        SUBMIT_TRIES): a failed create or look-up may hide a batch the provider did make, whose items would then be
+        paid for twice, so each try starts from the stored row (the file, the id) and finds such a batch by its
+        metadata rather than making a second. A failed upload leaves no batch: its items go to the model path."""
+        for attempt in range(1, SUBMIT_TRIES + 1):
+            try:
+                return await self._submit(runner, job, row)
+            except Transient as e:
+                stored: ProviderBatchRow | None = await off_loop(self.store.get, job.task_id)
+                row = stored or row
+                if attempt == SUBMIT_TRIES or row.input_file is None:
+                    raise
+                log.warning("task %s: submitting to the Batch API failed (%s); trying again", job.task_id, e)
+                await self.sleep(runner.config.batch_api.poll_s)
+        raise AssertionError("unreachable")
+
+    async def _cancel_any(self, runner: Runner, job: BatchJob, provider: Any) -> None:
+        """Cancel a batch the provider may have made for this task although submitting failed (its items now run
+        on the model path, and must not be paid for twice)."""
+        assert self.api is not None
+        row: ProviderBatchRow | None = await off_loop(self.store.get, job.task_id)
+        if row is None or row.input_file is None:
+            return  # nothing was uploaded: no batch can exist
+        try:
+            found = (await self.api.batch_get(provider, row.batch_id) if row.batch_id is not None else
+                     await self.api.batch_find(provider, METADATA_KEY, job.task_id, since=row.created - 3600))
+        except ModelError as e:
+            log.warning("task %s: could not look for a batch to cancel (%s)", job.task_id, e)
+            return
+        if found is not None and not found.ended:
+            await self._cancel(provider, found.id)
+
     # ---- waiting and answering -------------------------------------------------------------------------------------
 
     async def _run_batch(self, runner: Runner, job: BatchJob, row: ProviderBatchRow, submitted: list[int]) -> None:
@@ -211,10 +246,11 @@ class ProviderBatches:
         refused: ModelError | None = None  # the provider would not take the batch: every item's first attempt
         try:
             try:
-                state = await self._submit(runner, job, row)
+                state = await self._submit_retrying(runner, job, row)
             except ModelError as e:
                 log.warning("task %s: the Batch API did not take the batch (%s); its items run on the model path",
                             job.task_id, e)
+                await self._cancel_any(runner, job, provider)
                 refused, state = e, BatchState("", "failed", row.input_file or "")
             seen = state.status
             while not state.ended:
@@ -256,7 +292,7 @@ class ProviderBatches:
                      for r in answers.values() if isinstance(r, ModelReply))
         hold = hold_from_json(row.hold, here=row.hold is not None and row.hold["id"] in self._mine)
         if hold is not None and not row.settled:
-            await runner.budget.settle(hold, actual)
+            await runner.budget.settle(hold, actual, HOLD_TTL_S)  # the items' rows come as they are checked
             await off_loop(partial(self.store.update, job.task_id, job.owner, settled=True))
         left = len(submitted)
 

@@ -15,6 +15,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
+import anyio
 import openai
 from openai.types.chat import ChatCompletion
 
@@ -364,17 +365,21 @@ class OpenAIModels:
         with _translate(where, scrubber):
             data = (await client.files.content(file_id)).content
         where = f"{tier} ({model} at {self.where(provider)}, Batch API)"
-        out: dict[str, ModelReply | ModelError] = {}
-        for raw in data.splitlines():
-            if not raw.strip():
-                continue
-            try:
-                line = json.loads(raw)
-                custom_id = str(line["custom_id"])
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-                continue  # a line we cannot tie to a request: its item counts as unanswered
-            out[custom_id] = self._batch_line(where, line, model, scrubber)
-        return out
+
+        def parse() -> dict[str, ModelReply | ModelError]:  # up to ~200 MB of JSON lines: in a worker thread
+            out: dict[str, ModelReply | ModelError] = {}
+            for raw in data.splitlines():
+                if not raw.strip():
+                    continue
+                try:
+                    line = json.loads(raw)
+                    custom_id = str(line["custom_id"])
+                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                    continue  # a line we cannot tie to a request: its item counts as unanswered
+                out[custom_id] = self._batch_line(where, line, model, scrubber)
+            return out
+
+        return await anyio.to_thread.run_sync(parse)
 
     def _batch_line(self, where: str, line: dict[str, Any], model: str, scrubber: Scrubber) -> ModelReply | ModelError:
         response, error = line.get("response"), line.get("error")
