@@ -95,6 +95,12 @@ def test_holds_on_the_reference_while_the_cheaper_tiers_evidence_pays() -> None:
     assert events == [] and held.tier == "flagship"
     moved, events = policy(hold_payback=payback - 1).observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0, COSTS)
     assert moved.tier == "mini" and events[0].kind == "step_down"
+    # hold_limit counts comparisons in all: with room for one fewer than the projection needs, it steps at once.
+    room, _ = policy(hold_payback=10**9, hold_limit=300 + more).observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0,
+                                                                       COSTS)
+    short, _ = policy(hold_payback=10**9, hold_limit=300 + more - 1).observe(s, p.plan(s, "k", V, COSTS)[1], {}, V,
+                                                                            0.0, COSTS)
+    assert (room.tier, short.tier) == ("flagship", "mini")
     # Past hold_limit comparisons it steps; without costs the hold is by count alone.
     s3, _ = policy(hold_limit=300).observe(s, p.plan(s, "k", V, COSTS)[1], {}, V, 0.0)
     assert s3.tier == "mini"

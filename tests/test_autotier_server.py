@@ -18,7 +18,7 @@ from tiered_mcp.cli.main import main
 from tiered_mcp.core.config import config_from_dict
 from tiered_mcp.core.errors import ConfigError
 from tiered_mcp.core.receipts import RECEIPT_META_KEY
-from tiered_mcp.evidence.stats import clear_log_evalue, clears_bar, confidence_sequence, prior_for
+from tiered_mcp.evidence.stats import confidence_sequence, prior_for
 from tiered_mcp.serve.server import TIERS_URI, build_runner, build_server
 from tiered_mcp.testing import ScriptedModel, reply
 
@@ -29,7 +29,13 @@ SRC = Path(tiered_mcp.__file__).resolve().parents[1]
 pytestmark = pytest.mark.anyio
 
 PRIOR = prior_for(0.95, 20)
-NEED = next(n for n in range(1, 1000) if clears_bar(n, n, 0.95, 0.05))
+NEED = 88  # by hand (tests/test_autotier.py): the least n with (1/20) sum_j (q_j / 0.95)^n >= 20, q_j on (0.95, 1)
+
+
+def _log_evalue(k: int, n: int) -> float:
+    """log E_n for k agreeing of n, from the definition (docs/auto-tiering.md), not from stats.py."""
+    qs = [0.95 + 0.05 * (j - 0.5) / 20 for j in range(1, 21)]
+    return math.log(sum((q / 0.95) ** k * ((1 - q) / 0.05) ** (n - k) for q in qs) / 20)
 """All-agreeing comparisons until the step-down test clears 0.95 (88, see tests/test_stats.py)."""
 
 
@@ -106,8 +112,9 @@ async def test_steps_down_on_evidence_guards_then_steps_up_on_drift(tmp_path, ca
                                                                                           "gpt-5.4-nano", "1")
         # The row shows the two-sided bounds beside the e-value the step was taken on.
         assert w["lower_bound"] == pytest.approx(confidence_sequence(NEED, NEED, 0.05, PRIOR).lower)
-        assert w["evidence"]["log_evalue"] == pytest.approx(clear_log_evalue(NEED, NEED, 0.95))
-        assert w["evidence"]["log_evalue"] >= math.log(20) > clear_log_evalue(NEED - 1, NEED - 1, 0.95)
+        assert w["evidence"]["log_evalue"] == pytest.approx(_log_evalue(NEED, NEED))
+        assert w["evidence"]["log_evalue"] >= math.log(20) > _log_evalue(NEED - 1, NEED - 1)
+        assert w["reason"] == "nano's e-value 20 >= 20 against bar 0.95"  # E_88 = 20.3 by hand
         assert await call() == "nano"
         await call()
         rows = [r for r in runner.ledger.shadows(tool="classify") if r.tier == "nano" and "guard" in r.detail]
@@ -138,7 +145,7 @@ async def test_steps_down_on_evidence_guards_then_steps_up_on_drift(tmp_path, ca
         assert nano["trials"] <= 1 and nano["successes"] == 0
         mini = row["auto"]["evidence"]["mini"]
         assert mini["trials"] >= NEED and mini["clears"] is True
-        assert mini["e_value"] == pytest.approx(math.exp(clear_log_evalue(mini["successes"], mini["trials"], 0.95)))
+        assert mini["e_value"] == pytest.approx(math.exp(_log_evalue(mini["successes"], mini["trials"])))
         assert nano["clears"] is False
 
     assert main(["logs", "--switches", "--ledger", ledger_path, "--config", config, "--json"]) == 0

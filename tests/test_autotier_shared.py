@@ -12,14 +12,13 @@ from tiered_mcp.call.runner import Runner
 from tiered_mcp.core.config import config_from_dict
 from tiered_mcp.evidence.autotier import ToolState
 from tiered_mcp.evidence.shadow import Shadows
-from tiered_mcp.evidence.stats import clears_bar
 from tiered_mcp.evidence.tiering import AutoTiering, policy_config, versions_of
 from tiered_mcp.ledger.base import open_ledger
 from tiered_mcp.testing import ScriptedModel, reply
 
 from .test_autotier_server import Tiers
 
-NEED = next(n for n in range(1, 1000) if clears_bar(n, n, 0.95, 0.05))
+NEED = 88  # by hand (tests/test_autotier.py): every comparison agreeing, the step-down test clears at 88
 CONFIG = config_from_dict({"cache_ttl_s": 0, "shadow": {"max_pending": 64}, "tools": {"classify": {"auto": True}}})
 
 

@@ -246,7 +246,7 @@ class Policy:
         # Project optimistically, one standard error above the observed rate: early estimates are noisy, and the
         # error shrinks as evidence comes in, so a tier that stays close to the bar stops being waited for.
         p_hat = k / n
-        more = comparisons_to_clear(k, n, cfg.quality_bar, cfg.alpha, limit=cfg.hold_limit,
+        more = comparisons_to_clear(k, n, cfg.quality_bar, cfg.alpha, limit=cfg.hold_limit - n,  # in all, not more
                                     rate=min(1.0, p_hat + math.sqrt(p_hat * (1 - p_hat) / n)))
         if more is None:
             return False
