@@ -302,6 +302,44 @@ def test_a_raw_stdio_client_gets_a_parse_error_for_every_malformed_line(upstream
     _check_stdio_replies(replies)
 
 
+def test_the_event_loop_drives_stdio_only_over_separate_pipes_or_sockets(tmp_path):
+    import os
+    import socket
+
+    from tiered_mcp.serve.stdio import _pipe_path_ok
+
+    r, w = os.pipe()
+    r2, w2 = os.pipe()
+    host_in, server_in = socket.socketpair()
+    host_out, server_out = socket.socketpair()
+    with open(tmp_path / "file", "wb") as f:
+        err = f.fileno()
+        assert _pipe_path_ok(r, w2, err)  # as a shell pipeline, or Python's subprocess, starts a server
+        assert _pipe_path_ok(server_in.fileno(), server_out.fileno(), err)  # as Node (libuv) hosts do
+        assert not _pipe_path_ok(server_in.fileno(), server_in.fileno(), err)  # one socket both ways (socat, inetd)
+        assert not _pipe_path_ok(r, w2, w2)  # 2>&1: stdout is stderr
+        assert not _pipe_path_ok(r, err, w)  # stdout a file
+        assert not _pipe_path_ok(err, w2, w)  # stdin a file
+    for fd in (r, w, r2, w2):
+        os.close(fd)
+    for sock in (host_in, server_in, host_out, server_out):
+        sock.close()
+
+
+async def test_event_loop_stdio_splits_lines_as_the_threaded_reader_does():
+    import asyncio
+
+    from tiered_mcp.serve.stdio import _PipeLines
+
+    reader = asyncio.StreamReader()
+    # \r\n split across chunks, a character split across chunks, a lone \r, and a last line with no newline.
+    for chunk in (b'{"a": 1}\r', b'\n{"b": "\xc3', b'\xa9"}\n{"c": 3}\r{"d": 4}', b"\r{\"e\": 5}"):
+        reader.feed_data(chunk)
+    reader.feed_eof()
+    lines = [line async for line in _PipeLines(reader)]
+    assert lines == ['{"a": 1}\r\n', '{"b": "é"}\n', '{"c": 3}\r', '{"d": 4}\r', '{"e": 5}']
+
+
 async def test_stdio_over_event_loop_pipes_answers_every_line_and_ends_at_eof(make_runner):
     # The pipe path itself, in process: a real server on two os.pipe()s, a raw client writing the lines.
     import json

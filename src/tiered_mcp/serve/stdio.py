@@ -32,6 +32,7 @@ from mcp.shared.message import SessionMessage
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 _EXCERPT = 80
+DRAIN_S = 5.0  # at exit, how long the answers still buffered may take to reach a host that reads slowly
 
 
 class _Lines:
@@ -133,6 +134,8 @@ def _claimed_stdout() -> Iterator[int | None]:
     try:
         yield private
     finally:
+        with suppress(Exception):  # what a handler printed goes to stderr now, not to the wire at exit
+            sys.stdout.flush()
         with suppress(OSError):
             os.dup2(private, 1)
         with suppress(OSError):
@@ -178,8 +181,8 @@ class _PipeLines:
             for line in pending.splitlines(keepends=True):
                 yield line.decode("utf-8", errors="replace")
             pending = bytearray(chunk[end + 1 :])
-        if pending:
-            yield pending.decode("utf-8", errors="replace")
+        for line in pending.splitlines(keepends=True):  # the last piece, unterminated: split as the rest
+            yield line.decode("utf-8", errors="replace")
 
 
 class _PipeOut:
@@ -199,14 +202,21 @@ class _PipeOut:
 async def serve_stdio(server: Any) -> None:
     """Serve `server` over this process's stdin and stdout until the client goes away, answering every line."""
     with _claimed_stdin() as stdin:
-        if (stdin is not sys.stdin.buffer and _on_asyncio() and _pollable(stdin.fileno()) and _pollable(1)
-                and not _same_file(1, 2)):
+        if stdin is not sys.stdin.buffer and _on_asyncio() and _pipe_path_ok(stdin.fileno(), 1, 2):
             with _claimed_stdout() as out_fd:
                 if out_fd is not None:
                     await _serve_pipes(server, stdin, out_fd)
                     return
         raw = _Unowned(stdin, encoding="utf-8", errors="replace")
         await _serve(server, _Lines(anyio.wrap_file(raw)))
+
+
+def _pipe_path_ok(in_fd: int, out_fd: int, err_fd: int) -> bool:
+    """Whether stdin and stdout can be driven by the event loop: both pipes or sockets, stdout not shared with
+    stderr (non-blocking would reach stderr too), and not one socket for both (asyncio's write transport takes
+    the host's next request, which makes the socket readable, for the reader hanging up)."""
+    return (_pollable(in_fd) and _pollable(out_fd) and not _same_file(out_fd, err_fd)
+            and not _same_file(in_fd, out_fd))
 
 
 def _on_asyncio() -> bool:
@@ -219,6 +229,7 @@ def _on_asyncio() -> bool:
 
 async def _serve_pipes(server: Any, stdin: Any, out_fd: int) -> None:
     loop = asyncio.get_running_loop()
+    in_fd = stdin.fileno()
     reader = asyncio.StreamReader(limit=1 << 16)
     read_transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
     out = os.fdopen(out_fd, "wb", closefd=False)
@@ -227,10 +238,16 @@ async def _serve_pipes(server: Any, stdin: Any, out_fd: int) -> None:
     try:
         await _serve(server, _Lines(_PipeLines(reader)), _PipeOut(writer))
     finally:
-        with suppress(Exception):
+        # Every answer handed over reaches the host before the pipe closes (drain alone waits only above the
+        # high-water mark), unless the host stops reading for good.
+        write_transport.set_write_buffer_limits(0)
+        with suppress(Exception), anyio.move_on_after(DRAIN_S, shield=True):
             await writer.drain()
         write_transport.close()
         read_transport.close()
+        for fd in (in_fd, out_fd):  # the descriptors are the host's too: leave them as they were
+            with suppress(OSError):
+                os.set_blocking(fd, True)
 
 
 async def _serve(server: Any, lines: _Lines, stdout: Any = None) -> None:
