@@ -80,6 +80,9 @@ def test_classify_embeds_texts_and_examples_as_read_text_gives_them() -> None:
     local_tasks.classify_many(embedder, [long_text], ["a", "b"], examples=[{"text": example, "label": "a"}])
     assert local_tasks.read_text(long_text) in embedder.seen
     assert local_tasks.read_text(example) in embedder.seen
-    if local_tasks.LEAD_WORDS is not None:
-        assert long_text not in embedder.seen
-        assert len(local_tasks.read_text(long_text).split()) == local_tasks.LEAD_WORDS
+    # With a lead set, only the texts' and the examples' first words are embedded.
+    embedder = RecordingEmbedder()
+    local_tasks.classify_many(embedder, [long_text], ["a", "b"], examples=[{"text": example, "label": "a"}],
+                              lead_words=5)
+    assert "w0 w1 w2 w3 w4" in embedder.seen and "e0 e1 e2 e3 e4" in embedder.seen
+    assert long_text not in embedder.seen and example not in embedder.seen

@@ -269,6 +269,7 @@ def classify_many(
     examples: Sequence[dict[str, str]] | None = None,
     stored: tuple[np.ndarray, Sequence[str]] | None = None,
     text_vectors: np.ndarray | None = None,
+    lead_words: int | None = _DEFAULT_LEAD,
 ) -> list[dict[str, object]]:
     """Classify many texts against one label set, embedding the labels once and the texts in batches.
 
@@ -289,6 +290,7 @@ def classify_many(
         stored: (embeddings, labels) of examples kept from earlier answers.
         text_vectors: the embeddings of the texts as `read_text` gives them, when the caller has them already
             (skips embedding the texts).
+        lead_words: read only this many first words of each text and example (default LEAD_WORDS; None: all).
 
     Returns:
         One `classify` result per text, in order.
@@ -307,8 +309,9 @@ def classify_many(
         raise ValueError("text is empty")
     given = _check_examples(examples, labels)
     descriptions = descriptions or {}
-    own = [] if text_vectors is not None else [read_text(text) for text in texts]
-    label_vecs, vectors = label_vectors(embedder, labels, descriptions, [read_text(e["text"]) for e in given] + own)
+    own = [] if text_vectors is not None else [read_text(text, lead_words) for text in texts]
+    label_vecs, vectors = label_vectors(embedder, labels, descriptions,
+                                        [read_text(e["text"], lead_words) for e in given] + own)
     given_vectors = vectors[: len(given)]
     text_vectors = _unit(text_vectors) if text_vectors is not None else vectors[len(given) :]
 
