@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tiered_mcp.evidence.autotier import AutoTierConfig, Policy, Versions, hash_sample  # noqa: E402
+from tiered_mcp.evidence.autotier import SET_GUARD_SHARE, AutoTierConfig, Policy, Versions, hash_sample  # noqa: E402
 
 CALLS = 20_000
 DRIFT_AT = 10_000
@@ -51,7 +51,7 @@ LADDER = ("nano", "mini", "flagship")
 PARTS = ("serving: flagship, proving a tier", "serving: flagship, held for a cheaper tier",
          "serving: flagship, after a step up", "serving: mini where nano suffices", "serving: drifted nano",
          "evidence: probes on the flagship", "evidence: guard reruns", "evidence: alert reruns",
-         "evidence: sentinel reruns", "evidence: probes on a rerun")
+         "evidence: sentinel reruns", "evidence: probes on a rerun", "evidence: sentinel-set replays")
 """Where the gap between auto-tiering and the oracle goes (see `oracle_tier` and `part_of`)."""
 
 
@@ -138,6 +138,8 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
     parts: dict[tuple[str, str], float] = {}
     oracle = 0.0
     stepped_up: set[str] = set()
+    # With a sentinel set: per tool, the kept items as (call number, {tier: did it agree when collected}).
+    sets: dict[str, list[tuple[int, dict[str, bool]]]] = {t: [] for t in NANO}
     for i in range(CALLS):
         now[0] = start + timedelta(days=DAYS) * i / CALLS
         tool = rng.choice(list(NANO))
@@ -170,8 +172,19 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
         for probe in plan.probes:
             spend += COST[probe]
             verdicts[probe] = rng.random() < rate(tool, probe, i >= DRIFT_AT)
+        replayed = None
+        if plan.replay is not None:
+            replayed = replay(seed, tool, plan.tier, sets[tool], plan.replay, i >= DRIFT_AT)
+            if replayed is not None:
+                spend += COST[plan.tier]
+                add_part(parts, PARTS[10], tool, COST[plan.tier])
+        collected = 0
+        if plan.collect:
+            sets[tool].append((i, {t: bool(v) for t, v in verdicts.items() if v is not None}))
+            collected = 1
         evidence += spend
-        states[tool], events = policy.observe(states[tool], plan, verdicts, VERSIONS, spend, COST)
+        states[tool], events = policy.observe(states[tool], plan, verdicts, VERSIONS, spend, COST, replayed,
+                                              collected)
         for e in events:
             switches.append(f"{e.call}:{e.tool}:{e.from_tier}->{e.to_tier}")
             if e.kind == "step_up":
@@ -182,6 +195,20 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
     delay = detected if on_nano_at_drift else None
     return Result(seed, serving + evidence, serving, evidence, disagree, CALLS * COST["nano"], static_disagree,
                   delay, sum(s.skipped_total for s in states.values()), switches, false_alarms, CALLS, parts, oracle)
+
+
+def replay(seed: int, tool: str, tier: str, items: list[tuple[int, dict[str, bool]]], draw: float,
+           released: bool) -> bool | None:
+    """A sentinel-set replay on `tier`: one of the items `tier` agreed on when it was kept, picked by `draw`. An
+    unchanged model answers an item as it did then (it agreed); a changed one is a fresh draw at its new rate,
+    fixed per item. None when no item qualifies (the server then replays nothing)."""
+    eligible = [n for n, agreed in items if agreed.get(tier)]
+    if not eligible:
+        return None
+    n = eligible[int(draw * len(eligible))]
+    if rate(tool, tier, released) == rate(tool, tier, False):
+        return True
+    return hash_sample(f"{seed}:replay:{tool}:{tier}:{n}") < rate(tool, tier, released)
 
 
 TOOL_NAMES = {"classify": "tool97", "extract": "tool93", "summarize": "tool80", "rank": "tool99"}
@@ -293,6 +320,8 @@ async def _through_runner(seed: int, calls: int, drift_at: int, overrides: dict[
                 add_part(parts, PARTS[9] if r.call_id in reruns else PARTS[5], r.tool, r.cost_usd or 0.0)
             elif why in kinds:
                 add_part(parts, kinds[why], r.tool, r.comparison_cost_usd or 0.0)
+            elif why == "replay":
+                add_part(parts, PARTS[10], r.tool, r.cost_usd or 0.0)
         skipped = sum(tiering.state(n).skipped_total for n in TOOL_NAMES.values())
         ledger.close()
     serving, evidence = usage.total.cost_usd, usage.evidence_usd
@@ -333,12 +362,18 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=CALLS, help="with --through runner: calls per seed (the release "
                     "comes at half of them)")
     ap.add_argument("--switches", action="store_true", help="print every tier switch")
-    ap.add_argument("--guard-share", type=float, default=CONFIG.guard_share,
-                    help="share of a tier's saving spent on guard reruns (trades detection speed for cost)")
+    ap.add_argument("--guard-share", type=float, default=None,
+                    help="share of a tier's saving spent on guard reruns (trades detection speed for cost); default "
+                    f"{CONFIG.guard_share}, or {SET_GUARD_SHARE} with --sentinel-set")
+    ap.add_argument("--sentinel-set", type=int, default=0, metavar="N",
+                    help="keep a fixed sentinel set of N calls and replay it on the serving tier (0: off)")
     ap.add_argument("--alert-rate", type=float, default=CONFIG.alert_rate)
     ap.add_argument("--drift-alpha", type=float, default=CONFIG.drift_alpha)
     args = ap.parse_args()
-    config = replace(CONFIG, guard_share=args.guard_share, alert_rate=args.alert_rate, drift_alpha=args.drift_alpha)
+    if args.guard_share is None:
+        args.guard_share = SET_GUARD_SHARE if args.sentinel_set else CONFIG.guard_share
+    config = replace(CONFIG, guard_share=args.guard_share, alert_rate=args.alert_rate, drift_alpha=args.drift_alpha,
+                     sentinel_set=args.sentinel_set)
     calls = args.calls if args.through == "runner" else CALLS
     drift_at = calls // 2
     flagship = calls * COST["flagship"]
@@ -353,7 +388,8 @@ def main() -> int:
           f"{'of saving':>9} {'skipped':>7} {'false':>5}   static nano: {'cost $':>6} {'disagree':>8}  {'wall s':>6} "
           f"{'cpu s':>6} {'load':>5}")
     results = []
-    overrides = {"guard_share": args.guard_share, "alert_rate": args.alert_rate, "drift_alpha": args.drift_alpha}
+    overrides = {"guard_share": args.guard_share, "alert_rate": args.alert_rate, "drift_alpha": args.drift_alpha,
+                 "sentinel_set": args.sentinel_set}
     for seed in args.seeds:
         t0, c0 = time.perf_counter(), time.process_time()
         r = run_through_runner(seed, calls, drift_at, overrides) if args.through == "runner" else run(seed, config)

@@ -56,3 +56,16 @@ def test_the_breakdown_adds_up_to_the_gap_to_the_oracle_by_hand() -> None:
         assert r.parts.get((sim.PARTS[5], name), 0.0) == pytest.approx(n * 0.00103)
     assert set(part for part, _ in r.parts) == {sim.PARTS[0], sim.PARTS[5]}
     assert sum(r.parts.values()) == pytest.approx(r.cost - r.oracle)
+
+
+def test_a_sentinel_set_replay_in_the_policy_only_run() -> None:
+    sim = load_sim()
+    items = [(3, {"nano": False, "mini": True}), (7, {"nano": True, "mini": True}), (9, {"mini": True})]
+    # Only item 7 agreed on nano when it was kept: it is the one replayed, whatever the draw.
+    assert sim.replay(1, "classify", "nano", items, 0.99, released=False) is True  # the model has not changed
+    assert sim.replay(1, "classify", "nano", [(3, {"nano": False})], 0.5, released=False) is None
+    # After the release classify's nano is a fresh draw per item against 75 %: the hash of seed, tool, tier, item.
+    draw = sim.hash_sample("1:replay:classify:nano:7")
+    assert sim.replay(1, "classify", "nano", items, 0.0, released=True) is (draw < 0.75)
+    # Other tools' nano did not change with the release: a replay keeps agreeing.
+    assert sim.replay(1, "rank", "nano", items, 0.0, released=True) is True

@@ -197,8 +197,13 @@ class ToolSettings(_Frozen):
     auto: bool = Field(default=False, description="Let the evidence choose the tier (docs/auto-tiering.md).")
     quality_bar: float = Field(default=0.95, gt=0.5, lt=1, description="With auto: the share of answers that must "
                                "agree with the flagship's for a cheaper tier to serve the tool.")
-    guard_share: float = Field(default=0.05, ge=0, le=1, description="With auto: the share of a cheaper tier's "
-                               "saving spent on rerunning its calls on the flagship (guards and sentinels).")
+    guard_share: float | None = Field(default=None, ge=0, le=1, description="With auto: the share of a cheaper "
+                                      "tier's saving spent on rerunning its calls on the flagship (guards and "
+                                      "sentinels); default 0.05, or 0.01 with a sentinel_set.")
+    sentinel_set: int = Field(default=0, ge=0, le=10_000, description="With auto: keep the first N calls served on "
+                              "the flagship (their arguments and answer, in the ledger) as a fixed sentinel set, and "
+                              "replay them on the serving tier to catch a new release cheaply; 0: no set (no "
+                              "arguments are stored for it).")
     evidence_daily_usd: float | None = Field(default=None, ge=0, description="USD of this tool's evidence work "
                                              "(shadow runs, auto guards and probes, judge calls) per UTC day; a "
                                              "request that could pass it is refused and the run skipped.")

@@ -44,12 +44,17 @@ from tiered_mcp.evidence.stats import (
     prior_for,
 )
 
-__all__ = ["AutoTierConfig", "Event", "Plan", "Policy", "ToolState", "Versions", "hash_sample"]
+__all__ = ["SET_GUARD_SHARE", "AutoTierConfig", "Event", "Plan", "Policy", "ToolState", "Versions", "hash_sample"]
 
 
 def hash_sample(text: str) -> float:
     """A deterministic uniform draw in [0, 1) from a string: the first 8 bytes of its SHA-256."""
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2 ** 64
+
+
+SET_GUARD_SHARE = 0.01
+"""The guard share when a sentinel set is kept: the replays catch a new release at the serving tier's price, so
+the reference reruns are left to keep the tier's own evidence current (docs/auto-tiering.md, "Sentinel set")."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,16 @@ class AutoTierConfig:
     """The rerun rate while the drift detector is above zero. Each false alert costs the comparisons the detector
     needs to fall back to zero whatever the rate, so a high rate costs little more and confirms a drift sooner."""
     sentinel_rate: float = 0.01
+    """Without a sentinel set: the share of calls (by a hash of the arguments) rerun on the reference as sentinels."""
+    sentinel_set: int = 0
+    """The size of a fixed sentinel set (0: none). The first calls served on the reference, with its answers, are
+    kept; below the reference, calls replay one of them on the serving tier (which costs that tier's price, not
+    the reference's) and compare with the kept reference answer. With a set, hash-chosen calls are no longer rerun
+    on the reference: the replays take the sentinels' place."""
+    replay_share: float = 0.005
+    """With a sentinel set: replays cost this share of what the serving tier saves (a rate of replay_share *
+    (reference cost - tier cost) / tier cost of its calls: 5.6 % on nano, 1.2 % on mini at list prices), and every
+    call replays one while the drift detector is above zero."""
     drift_rate: float = 0.80
     """The agreement the drift detector is tuned to catch (its alternative hypothesis)."""
     drift_alpha: float = 0.01
@@ -133,6 +148,11 @@ class ToolState:
     skipped_today: int = 0
     skipped_total: int = 0
     calls: int = 0
+    set_key: str = ""
+    """With a sentinel set: the reference's evidence key the set was collected under (a new reference model or spec
+    version starts a new set, since the kept answers no longer describe it)."""
+    set_size: int = 0
+    """Items kept in the sentinel set under `set_key`."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for a ledger row."""
@@ -165,6 +185,10 @@ class Plan:
     """The rerun was drawn at `alert_rate` (the drift detector was above zero), not at the guard rate."""
     cost: float = 0.0
     """Estimated evidence cost of the plan, USD."""
+    collect: bool = False
+    """Keep this call (arguments and the reference's answer) in the sentinel set."""
+    replay: float | None = None
+    """Replay a sentinel-set item on the serving tier: the draw in [0, 1) that picks which one."""
 
 
 @dataclass(frozen=True)
@@ -221,8 +245,15 @@ class Policy:
         ref = costs.get(self.config.reference, 0.0)
         share = self.config.guard_share
         rate = share if ref <= 0 else share * max(0.0, ref - costs.get(tier, 0.0)) / ref
-        # Sentinels are reruns too: they come out of the same allowance.
-        return max(0.0, rate - self.config.sentinel_rate)
+        # Sentinel reruns come out of the same allowance (with a sentinel set there are none: replays cost apart).
+        return max(0.0, rate - (0.0 if self.config.sentinel_set else self.config.sentinel_rate))
+
+    def replay_rate(self, tier: str, costs: Mapping[str, float]) -> float:
+        """The share of `tier`'s calls that replay a sentinel-set item (see `AutoTierConfig.replay_share`)."""
+        ref, own = costs.get(self.config.reference, 0.0), costs.get(tier, 0.0)
+        if not self.config.sentinel_set or ref <= 0 or own <= 0:
+            return self.config.replay_share if self.config.sentinel_set else 0.0
+        return min(1.0, self.config.replay_share * max(0.0, ref - own) / own)
 
     def cleared(self, state: ToolState, tier: str, versions: Versions) -> bool:
         """Whether `tier`'s evidence shows its agreement is above the bar (stats.clears_bar, the step-down test)."""
@@ -260,6 +291,13 @@ class Policy:
                evidence: Mapping[str, Any]) -> Event:
         return Event(state.tool, kind, state.tier, to, reason, self.clock().isoformat(), state.calls, dict(evidence))
 
+    def _roll_set(self, state: ToolState, versions: Versions) -> ToolState:
+        """A new reference model or spec version starts a new sentinel set: the kept answers describe the old one."""
+        key = versions.key(self.config.reference)
+        if not self.config.sentinel_set or state.set_key == key:
+            return state
+        return replace(state, set_key=key, set_size=0)
+
     def _roll_day(self, state: ToolState) -> ToolState:
         day = self.clock().date().isoformat()
         return state if state.day == day else replace(state, day=day, day_spend=0.0, skipped_today=0)
@@ -281,22 +319,31 @@ class Policy:
         state, events = self.climb(replace(self._roll_day(state), calls=state.calls + 1), versions)
         idx = cfg.ladder.index(state.tier)
         tick = f"{state.tool}:{state.calls}:{key}"
-        sentinel = self.sample(f"sentinel:{state.tool}:{key}") < cfg.sentinel_rate
+        with_set = cfg.sentinel_set > 0
+        state = self._roll_set(state, versions)
+        sentinel = not with_set and self.sample(f"sentinel:{state.tool}:{key}") < cfg.sentinel_rate
         if state.tier == cfg.reference:
             probes: tuple[str, ...] = ()
             if self.sample(f"probe:{tick}") < cfg.probe_rate:
                 probes = tuple(t for t in cfg.ladder[:-1] if self._open(state, t, versions))
-            plan = Plan(state.tier, False, probes, sentinel, cost=sum(costs.get(t, 0.0) for t in probes))
+            plan = Plan(state.tier, False, probes, sentinel, cost=sum(costs.get(t, 0.0) for t in probes),
+                        collect=with_set and state.set_size < cfg.sentinel_set)
         else:
             alert = state.detector > 0
             rate = cfg.alert_rate if alert else self.guard_rate(state.tier, costs)
+            replay = None
+            if with_set and state.set_size > 0 and (
+                    alert or self.sample(f"replay:{tick}") < self.replay_rate(state.tier, costs)):
+                replay = self.sample(f"pick:{tick}")
+            cost = costs.get(state.tier, 0.0) if replay is not None else 0.0
             if sentinel or self.sample(f"guard:{tick}") < rate:
                 below = cfg.ladder[idx - 1] if idx > 0 else None
                 probes = (below,) if below and self._open(state, below, versions) else ()
-                cost = costs.get(cfg.reference, 0.0) + sum(costs.get(t, 0.0) for t in probes)
-                plan = Plan(state.tier, True, probes, sentinel, cost=cost, alert=alert and not sentinel)
+                cost += costs.get(cfg.reference, 0.0) + sum(costs.get(t, 0.0) for t in probes)
+                plan = Plan(state.tier, True, probes, sentinel, cost=cost, alert=alert and not sentinel,
+                            replay=replay)
             else:
-                plan = Plan(state.tier)
+                plan = Plan(state.tier, cost=cost, replay=replay, alert=alert and replay is not None)
         limit = cfg.daily_evidence_limit
         if limit is not None and plan.cost > 0 and not sentinel and state.day_spend + plan.cost > limit:
             plan = Plan(state.tier, sentinel=False, skipped=True)
@@ -325,7 +372,8 @@ class Policy:
         return replace(state, skipped_today=state.skipped_today + 1, skipped_total=state.skipped_total + 1)
 
     def observe(self, state: ToolState, plan: Plan, verdicts: Mapping[str, bool | None], versions: Versions,
-                spend: float, costs: Mapping[str, float] | None = None) -> tuple[ToolState, list[Event]]:
+                spend: float, costs: Mapping[str, float] | None = None, replayed: bool | None = None,
+                collected: int = 0) -> tuple[ToolState, list[Event]]:
         """Take one call's comparisons into the state and switch tier if the evidence says so.
 
         Args:
@@ -337,12 +385,16 @@ class Policy:
             spend: USD actually spent on evidence for this call.
             costs: estimated USD per call of each tier (the hold on the reference weighs them); None holds for any
                 open cheaper tier, up to `hold_limit` comparisons.
+            replayed: did the plan's sentinel-set replay agree with the kept reference answer (None: no replay,
+                or it could not be compared). It feeds the drift detector and the sentinels' counts, not the
+                tier's evidence: the set is a fixed sample, so its repeats are not new draws of the traffic.
+            collected: items this call added to the sentinel set.
 
         Returns:
             The new state and the switch events (at most one).
         """
         cfg = self.config
-        state = self._roll_day(state)
+        state = self._roll_set(self._roll_day(state), versions)
         evidence = dict(state.evidence)
         for tier, agreed in verdicts.items():
             if agreed is None or tier == cfg.reference:
@@ -351,14 +403,15 @@ class Policy:
             evidence[versions.key(tier)] = (k + int(agreed), n + 1)
         detector, sentinels = state.detector, state.sentinels
         current = verdicts.get(state.tier)
-        if state.tier != cfg.reference and current is not None:
-            # Page's CUSUM, W = max(0, W + log LR): exp(W) is the largest likelihood-ratio product over every
-            # possible start of a drift, the CUSUM e-detector of Shin, Ramdas & Rinaldo.
-            detector = max(0.0, detector + self._llr[bool(current)])
-            if plan.sentinel:
-                sentinels = (sentinels[0] + int(current), sentinels[1] + 1)
+        for verdict, is_sentinel in ((current, plan.sentinel), (replayed, True)):
+            if state.tier != cfg.reference and verdict is not None:
+                # Page's CUSUM, W = max(0, W + log LR): exp(W) is the largest likelihood-ratio product over every
+                # possible start of a drift, the CUSUM e-detector of Shin, Ramdas & Rinaldo.
+                detector = max(0.0, detector + self._llr[bool(verdict)])
+                if is_sentinel:
+                    sentinels = (sentinels[0] + int(verdict), sentinels[1] + 1)
         state = replace(state, evidence=evidence, detector=detector, sentinels=sentinels,
-                        day_spend=state.day_spend + spend)
+                        day_spend=state.day_spend + spend, set_size=state.set_size + collected)
         idx = cfg.ladder.index(state.tier)
         bar = cfg.quality_bar
         if state.tier != cfg.reference:

@@ -109,6 +109,8 @@ def build_report(ledger: LedgerStore, since: str | None = None, keep_at: float =
     calls = ledger.call_counts(since)
     groups: dict[tuple[str, str, str], list[ShadowRow]] = {}
     for row in ledger.shadows(since):
+        if row.status == "replay":  # an auto tool's sentinel-set replay: a fixed sample's repeat, not traffic
+            continue
         groups.setdefault((row.tool, row.tier, row.comparison_tier), []).append(row)
     out = []
     for (tool, tier, comparison), rows in sorted(groups.items()):

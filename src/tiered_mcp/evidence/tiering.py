@@ -36,7 +36,16 @@ from tiered_mcp.core.errors import BudgetExceeded, CallError
 from tiered_mcp.core.prices import price_of
 from tiered_mcp.core.receipts import Receipt
 from tiered_mcp.core.secrets import redact
-from tiered_mcp.evidence.autotier import AutoTierConfig, Event, Plan, Policy, ToolState, Versions, hash_sample
+from tiered_mcp.evidence.autotier import (
+    SET_GUARD_SHARE,
+    AutoTierConfig,
+    Event,
+    Plan,
+    Policy,
+    ToolState,
+    Versions,
+    hash_sample,
+)
 from tiered_mcp.evidence.shadow import Shadows, args_key, compare_answers
 from tiered_mcp.evidence.stats import clear_log_evalue
 from tiered_mcp.ledger.base import LedgerStore, ShadowRow, off_loop
@@ -57,9 +66,12 @@ PENDING = 4096  # plans kept waiting for their answer (a call that fails or is c
 def policy_config(config: Config, tool: str, **overrides: Any) -> AutoTierConfig:
     """The policy's knobs for one auto tool, from its [tools.X] table (`overrides` are for the simulation)."""
     settings = config.tools[tool]
+    guard = settings.guard_share
+    if guard is None:
+        guard = SET_GUARD_SHARE if settings.sentinel_set else AutoTierConfig.guard_share
     knobs: dict[str, Any] = dict(ladder=tuple(config.auto_ladder(tool)), quality_bar=settings.quality_bar,
-                                 guard_share=settings.guard_share, daily_evidence_limit=settings.evidence_daily_usd,
-                                 drift_rate=settings.quality_bar - DRIFT_GAP)
+                                 guard_share=guard, daily_evidence_limit=settings.evidence_daily_usd,
+                                 drift_rate=settings.quality_bar - DRIFT_GAP, sentinel_set=settings.sentinel_set)
     return AutoTierConfig(**{**knobs, **overrides})
 
 
@@ -115,6 +127,7 @@ class AutoTiering:
         self._refreshed: dict[str, float] = {}
         self._refreshing: set[str] = set()
         self._tokens: dict[str, tuple[float, float]] = {}
+        self._sets: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
         self.skipped = 0
 
     @classmethod
@@ -178,7 +191,7 @@ class AutoTiering:
             runner.spawn(self._write, tool, lambda s: (policy.skip(s), []))
             runner.spawn_write(self._skip_row(spec, plan, policy, receipt, key,
                                               "skipped: the tool's evidence_daily_usd is reached for today"))
-        if plan.reference or plan.probes:
+        if plan.reference or plan.probes or plan.collect or plan.replay is not None:
             assert receipt.call_id is not None
             self._pending[receipt.call_id] = _Pending(plan, key, versions)
             while len(self._pending) > PENDING:
@@ -261,18 +274,93 @@ class AutoTiering:
                                 detail=f"auto probe: {detail}", cost_usd=cost,
                                 confidence=float(confidence) if isinstance(confidence, (int, float)) else None,
                                 status="scored" if value is not None else "failed"))
+        collected, replayed = 0, None
+        set_key = pending.versions.key(ref)
+        if plan.collect:
+            # The served answer is the reference's; the probes' verdicts say which tiers agreed with it then.
+            baselines = {pending.versions.key(t): bool(v) for t, v in verdicts.items() if v is not None}
+            collected = int(await self._keep(spec.name, set_key, {
+                "args_key": pending.key, "arguments": args, "reference": answer, "baselines": baselines}))
+        if plan.replay is not None:
+            replayed, cost, refused_replay = await self._replay(runner, spec, plan, pending, primary, rows, judged)
+            spend += cost
+            refused += refused_replay
         await runner.writer.put([], rows)
         spend += sum(judged)
         self.skipped += refused
         costs = self.costs(spec.name, policy.config.ladder)
 
         def step(state: ToolState) -> tuple[ToolState, list[Event]]:
-            state, events = policy.observe(state, plan, verdicts, pending.versions, spend, costs)
+            state, events = policy.observe(state, plan, verdicts, pending.versions, spend, costs, replayed,
+                                           collected)
             for _ in range(refused):
                 state = policy.skip(state)
             return state, events
 
         await self._write(spec.name, step)
+
+    # ---- the sentinel set -----------------------------------------------------------------------------------------
+
+    async def _keep(self, tool: str, set_key: str, item: dict[str, Any]) -> bool:
+        """Keep one sentinel-set item (in the ledger, shared by replicas); False when it was kept already."""
+        stamp, items = self._sets.get((tool, set_key), (-math.inf, []))
+        if any(i["args_key"] == item["args_key"] for i in items):
+            return False
+        if self.ledger is not None and not await off_loop(
+                self.ledger.sentinel_add, tool, set_key, item["args_key"], item["arguments"], item["reference"],
+                item["baselines"]):
+            return False
+        self._sets[(tool, set_key)] = (stamp, [*items, item])
+        return True
+
+    async def _set_items(self, tool: str, set_key: str, size: int) -> list[dict[str, Any]]:
+        """The tool's sentinel set; read again from the ledger (at most every `refresh_s`) while the state counts
+        more items than this replica holds (another replica kept them)."""
+        stamp, items = self._sets.get((tool, set_key), (-math.inf, []))
+        now = time.monotonic()
+        if self.ledger is not None and len(items) < size and now - stamp >= self.refresh_s:
+            items = await off_loop(self.ledger.sentinel_items, tool, set_key)
+            self._sets[(tool, set_key)] = (now, items)
+        return items
+
+    async def _replay(self, runner: Runner, spec: ToolSpec, plan: Plan, pending: _Pending, primary: Receipt,
+                      rows: list[ShadowRow], judged: list[float]) -> tuple[bool | None, float, int]:
+        """Replay one sentinel-set item on the serving tier and compare it with the kept reference answer.
+
+        Only items the serving tier agreed on when they were kept are replayed: an unchanged model keeps agreeing
+        on them, so a disagreement is news about the model, not the luck of which items the set holds (a set that
+        happened to hold many hard items would otherwise look like a drift at every pass). Returns the verdict
+        (None: nothing to replay, or not comparable), the run's cost, and 1 when a cap refused it."""
+        policy = self.policies[spec.name]
+        ref, tier = policy.config.reference, plan.tier
+        state = self.state(spec.name)
+        items = await self._set_items(spec.name, pending.versions.key(ref), state.set_size)
+        eligible = [i for i in items if i["baselines"].get(pending.versions.key(tier)) is True]
+        if not eligible or plan.replay is None:
+            return None, 0.0, 0
+        item = eligible[min(len(eligible) - 1, int(plan.replay * len(eligible)))]
+        args = item["arguments"]
+        row = ShadowRow(tool=spec.name, call_id=primary.call_id, shadow_call_id=None, tier=tier, comparison_tier=ref,
+                        score=None, agree=None, detail="", cost_usd=None, comparison_cost_usd=None,
+                        model=self.config.tiers[tier].model, comparison_model=self.config.tiers[ref].model,
+                        spec_version=str(spec.version), args_key=item["args_key"], status="replay")
+        try:
+            run = await runner.run_shadow(spec, args, tier)
+        except (BudgetExceeded, CallError) as e:
+            status = "skipped" if isinstance(e, BudgetExceeded) else "failed"
+            text = str(e) if self.config.store_inputs else redact(str(e), args)
+            rows.append(replace(row, detail=f"auto replay: run {status}: {text}"))
+            return None, 0.0, int(isinstance(e, BudgetExceeded))
+        cost = run.receipt.get("cost_usd") or 0.0
+        agree_at = spec.compare.agree_at if spec.compare else 0.8
+        value, detail = await compare_answers(runner, spec, (tier, ref), args, run.output, item["reference"],
+                                              costs=judged)
+        verdict = None if value is None else value >= agree_at
+        # Status "replay" (the row's), whatever came of it: report counts traffic, and a fixed set's repeats are
+        # not new draws of it.
+        rows.append(replace(row, shadow_call_id=run.receipt.get("call_id"), score=value, agree=verdict, cost_usd=cost,
+                            detail=f"auto replay: {detail}"))
+        return verdict, cost, 0
 
     # ---- state in the ledger --------------------------------------------------------------------------------------
 

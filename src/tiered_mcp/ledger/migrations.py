@@ -169,8 +169,20 @@ CREATE TABLE IF NOT EXISTS provider_batches (
     _add(cur, d, "attempts", [("batch_api", "INTEGER NOT NULL DEFAULT 0")])
 
 
+def autotier_sentinels(cur: Cursor, d: Dialect) -> None:
+    """An auto tool's fixed sentinel set (`sentinel_set`): calls served on the reference, with their arguments and
+    the reference's answer, and whether each cheaper tier's probe agreed with it then, replayed later on the
+    serving tier. Kept per set key (the reference's tier, model and spec version); only a tool that asks for a set
+    stores arguments here."""
+    cur.execute(f"""
+CREATE TABLE IF NOT EXISTS autotier_sentinels (
+    tool {d.key} NOT NULL, set_key {d.key} NOT NULL, args_key {d.key} NOT NULL, arguments TEXT NOT NULL,
+    reference TEXT NOT NULL, baselines TEXT NOT NULL, created {d.key} NOT NULL,
+    PRIMARY KEY (tool, set_key, args_key))""")
+
+
 MIGRATIONS: list[Callable[[Cursor, Dialect], None]] = [initial, accounting, autotier, tasks, service_tiers,
-                                                      tasks_provider_batches]
+                                                      tasks_provider_batches, autotier_sentinels]
 """Every migration, oldest first; each is applied once and recorded under its function's name."""
 
 

@@ -355,6 +355,24 @@ class SqlLedger:
                      for w in switches])
             return seq, state, switches
 
+    def sentinel_add(self, tool: str, set_key: str, args_key: str, arguments: dict[str, Any],
+                     reference: dict[str, Any], baselines: dict[str, bool]) -> bool:
+        """Keep one item of a tool's sentinel set; False when it was already kept (another replica, a retry)."""
+        with self._transaction() as cur:
+            result = cur.execute(
+                "INSERT INTO autotier_sentinels (tool, set_key, args_key, arguments, reference, baselines, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tool, set_key, args_key) DO NOTHING",
+                (tool, set_key, args_key, json.dumps(arguments, ensure_ascii=False),
+                 json.dumps(reference, ensure_ascii=False), json.dumps(baselines), now_iso()))
+            return bool(getattr(result, "rowcount", 0))
+
+    def sentinel_items(self, tool: str, set_key: str) -> list[dict[str, Any]]:
+        """A tool's sentinel set under `set_key`, oldest first: args_key, arguments, reference, baselines."""
+        return [{"args_key": k, "arguments": json.loads(a), "reference": json.loads(r), "baselines": json.loads(b)}
+                for k, a, r, b in self._rows("SELECT args_key, arguments, reference, baselines FROM autotier_sentinels"
+                                             " WHERE tool = ? AND set_key = ? ORDER BY created, args_key",
+                                             (tool, set_key))]
+
     def tier_switches(self, tool: str | None = None, limit: int = 100, since: str | None = None
                       ) -> list[dict[str, Any]]:
         """Tier switches of auto tools, newest first, each with its evidence."""
