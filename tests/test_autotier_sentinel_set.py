@@ -167,6 +167,10 @@ async def _run(tmp_path: Path, sentinel_set: int) -> None:
         # count as sentinels (calls 88 and 89 each replayed one item).
         assert tiering.state("classify").evidence[nano_key] == (88, 88)
         assert tiering.state("classify").sentinels == (2, 2)
+        (described,) = await tiering.describe()  # what report --json and the tiered://tiers resource show
+        assert described["sentinel_set"] == {"kept": 3, "size": 3, "sentinels": [2, 2]}
+        from tiered_mcp.cli.reports import _auto_lines
+        assert "sentinel set 3 of 3 kept, replays since the last switch 2 of 2 agree" in _auto_lines([described])[0]
         model.drift = True
         served = [await call(i) for i in range(90, 100)]
         # Four disagreeing replays: 4 * log 4 >= log 100, so the fifth call after the release runs on mini.

@@ -131,6 +131,10 @@ def _auto_lines(auto: list[dict[str, Any]]) -> list[str]:
         spend = f"evidence today ${a['day_spend_usd']:.4f}"
         if a["evidence_daily_usd"] is not None:
             spend += f" of ${a['evidence_daily_usd']:g}"
+        if a.get("sentinel_set"):
+            kept = a["sentinel_set"]
+            evidence += (f"; sentinel set {kept['kept']} of {kept['size']} kept, replays since the last switch "
+                         f"{kept['sentinels'][0]} of {kept['sentinels'][1]} agree")
         lines.append(f"{a['tool']}: auto, on {a['tier']} (bar {100 * a['quality_bar']:g}% agreement with "
                      f"{a['reference']}); {evidence}; {spend}, {a['skipped_total']} evidence runs skipped over the "
                      "limit")

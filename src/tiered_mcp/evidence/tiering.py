@@ -491,5 +491,8 @@ def summary(config: Config, specs: Specs, states: Mapping[str, tuple[int, dict[s
                     "detector": state.detector, "left": state.left, "day": state.day, "day_spend_usd": state.day_spend,
                     "evidence_daily_usd": policy.config.daily_evidence_limit, "skipped_today": state.skipped_today,
                     "skipped_total": state.skipped_total,
+                    # With a sentinel set: items kept of its size, and (agreed, compared) sentinels since the switch.
+                    "sentinel_set": {"kept": state.set_size, "size": policy.config.sentinel_set,
+                                     "sentinels": list(state.sentinels)} if policy.config.sentinel_set else None,
                     "switches": [w for w in switches if w["tool"] == name]})
     return out
