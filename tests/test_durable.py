@@ -214,3 +214,32 @@ async def test_concurrent_durable_calls_share_transactions(specs, tmp_path, slee
         ledger.close()
     assert ledger.sizes == [1, 16]
     assert len(committed(path)[0]) == 17
+
+
+@pytest.mark.parametrize("durable", [True, False])
+async def test_with_ledger_durable_a_task_whose_rows_cannot_be_committed_fails_instead_of_saving_its_items(
+        specs, tmp_path, sleeps, durable):
+    from mcp import Client
+
+    from tiered_mcp.serve.server import build_server
+    from tiered_mcp.serve.tasks import PROGRESS_META_KEY
+
+    from .tasks_client import TasksClient, start_task, wait_task
+
+    ledger = PoisonLedger(tmp_path / "ledger.sqlite3", always=True)  # call rows fail; the task store still works
+    runner = runner_over(specs, ledger, sleeps, ledger_durable=durable, cache_ttl_s=0)
+    try:
+        async with Client(build_server(runner), extensions=[TasksClient()]) as c:
+            handle = await start_task(c, "classify", {"items": ["one", "two"], "labels": LABELS})
+            with anyio.fail_after(20):
+                task = await wait_task(c, handle.task_id)
+    finally:
+        ledger.close()
+    if durable:
+        # The task's own write, then the writer's retries and the rows alone: none committed, so no item is saved
+        # as answered and the task fails.
+        assert task.status == "failed"
+        assert sleeps[:3] == list(RETRIES_S)  # the writer retried before giving up
+        assert task.meta[PROGRESS_META_KEY]["done"] == 0 and "NotRecorded" in task.status_message
+    else:
+        assert task.status == "completed" and task.result["isError"] is False

@@ -298,7 +298,11 @@ class TaskManager:
         finally:
             with anyio.CancelScope(shield=True):
                 try:
-                    await flush()
+                    try:
+                        await flush()
+                    except NotRecorded as e:  # ledger_durable: the last items' rows are lost, so the task fails
+                        log.error("task %s: %s", row.id, e)
+                        failure = failure or e
                     await self._settle(row, plan, held, failure)
                 except Exception:
                     log.exception("task %s: could not record how it ended; another replica may resume it", row.id)
