@@ -9,6 +9,8 @@ Subjects, against benchmarks/fast_upstream.py in its own process (fixed latency 
 - tiered-mcp: `tiered-mcp serve` with its default config and a real SQLite ledger, `classify` with a new text per
               call (identical calls would be cache hits). Note the default `max_concurrency = 32` per provider:
               at 64 callers, at most 32 requests are in flight upstream.
+- durable:    with `--durable`, the same server with `ledger_durable = true` (each answer waits for its ledger
+              row's commit), in the same rotation, so the two are measured under the same load.
 
 Over stdio a host has one connection to its server, so the callers share one `mcp.Client`; over HTTP each caller
 is a team member with a `mcp.Client` (a session) of its own. Each caller makes its calls one after another. Per
@@ -75,8 +77,9 @@ def calls_per_caller(callers: int) -> int:
 
 
 async def _clients(stack: contextlib.AsyncExitStack, transport: str, which: str, upstream_port: int, callers: int,
-                   mode: str, tmp: str, src: str | None = None) -> list[Any]:
-    """One shared client over stdio; one client per caller over HTTP. `src`: run tiered-mcp from that copy of src/."""
+                   mode: str, tmp: str, src: str | None = None, durable: bool = False) -> list[Any]:
+    """One shared client over stdio; one client per caller over HTTP. `src`: run tiered-mcp from that copy of src/;
+    `durable`: with `ledger_durable = true`."""
     from mcp import Client, StdioServerParameters
 
     env = C.server_env(upstream_port)
@@ -86,9 +89,15 @@ async def _clients(stack: contextlib.AsyncExitStack, transport: str, which: str,
         if LEDGER["dsn"]:  # a schema of its own on the benchmark's PostgreSQL server
             ledger = stack.enter_context(LEDGER["schema_url"](LEDGER["dsn"]))
         else:
-            ledger = os.path.join(tmp, f"ledger-{transport}-{C.label(src) if src else 'now'}.sqlite3")
+            name = "durable" if durable else C.label(src) if src else "now"
+            ledger = os.path.join(tmp, f"ledger-{transport}-{name}.sqlite3")
             _prefill(ledger, LEDGER.get("prefill", 0))
         argv = C.tiered_stdio_args(ledger)
+        if durable:
+            config = os.path.join(tmp, "durable.toml")
+            with open(config, "w", encoding="utf-8") as f:
+                f.write("ledger_durable = true\n")
+            argv += ["--config", config]
     else:
         argv = [os.path.join(C.HERE, "floor_server.py"), "--proxy"]
     if transport == "stdio":
@@ -148,7 +157,7 @@ async def _run(call: Call, callers: int, per_caller: int, start: int, times: lis
 
 
 async def measure(transport: str, levels: list[int], mode: str, upstream_port: int, rounds: int,
-                  before: list[str] = ()) -> list[Level]:
+                  before: list[str] = (), durable: bool = False) -> list[Level]:
     tmp = tempfile.mktemp(prefix="tiered-bench-")
     os.makedirs(tmp)
     out = []
@@ -166,10 +175,14 @@ async def measure(transport: str, levels: list[int], mode: str, upstream_port: i
         run = {"direct": direct_call, "mcp proxy": _mcp(floor), "tiered-mcp": _mcp(tiered)}
         for src in before:
             run[C.label(src)] = _mcp(await _clients(stack, transport, "tiered", upstream_port, most, mode, tmp, src))
+        if durable:
+            run["durable"] = _mcp(await _clients(stack, transport, "tiered", upstream_port, most, mode, tmp,
+                                                 durable=True))
         subjects = tuple(run)
         # Each server's own CPU per call, which a crowded machine changes far less than calls/s.
         pids = {"mcp proxy": _child_pid("floor_server.py"), "tiered-mcp": _child_pid(f"ledger-{transport}-now"),
-                **{C.label(src): _child_pid(f"ledger-{transport}-{C.label(src)}") for src in before}}
+                **{C.label(src): _child_pid(f"ledger-{transport}-{C.label(src)}") for src in before},
+                **({"durable": _child_pid(f"ledger-{transport}-durable")} if durable else {})}
         n = 0
         for callers in levels:
             level = Level(transport, callers, {s: 0.0 for s in subjects}, {s: 0 for s in subjects},
@@ -206,10 +219,13 @@ def print_level(level: Level) -> None:
     print(f"  tiered-mcp / mcp proxy: {level.rate('tiered-mcp') / level.rate('mcp proxy'):.3f} of the floor's rate"
           + (f"; server CPU per call {level.cpu['tiered-mcp'] / level.cpu['mcp proxy']:.2f}x the floor's"
              if level.cpu.get("mcp proxy") and level.cpu.get("tiered-mcp") else ""))
+    if "durable" in level.calls:
+        print(f"  durable / tiered-mcp: {level.rate('durable') / level.rate('tiered-mcp'):.3f} of the rate; p50 "
+              f"{C.pct(level.times['durable'], 50) / C.pct(level.times['tiered-mcp'], 50):.2f}x")
 
 
 async def run_all(transports: list[str], levels: list[int], latency_ms: float, mode: str, rounds: int = 4,
-                  before: list[str] = (), ledger: str = "sqlite") -> list[Level]:
+                  before: list[str] = (), ledger: str = "sqlite", durable: bool = False) -> list[Level]:
     out = []
     with contextlib.ExitStack() as stack:
         if ledger == "postgresql":
@@ -221,7 +237,7 @@ async def run_all(transports: list[str], levels: list[int], latency_ms: float, m
         port = stack.enter_context(C.upstream(latency_ms / 1000))
         await C.check_same_body(port)
         for transport in transports:
-            out += await measure(transport, levels, mode, port, rounds, before)
+            out += await measure(transport, levels, mode, port, rounds, before, durable)
     return out
 
 
@@ -238,13 +254,15 @@ def main() -> None:
                     help="tiered-mcp's ledger: a SQLite file, or a throwaway PostgreSQL cluster (tests/pg_server.py)")
     ap.add_argument("--before", metavar="SRC", action="append", default=[],
                     help="also run tiered-mcp from this copy of src/, labelled by its parent folder (repeatable)")
+    ap.add_argument("--durable", action="store_true",
+                    help="also run tiered-mcp with ledger_durable = true (answers wait for their rows' commit)")
     args = ap.parse_args()
     print(C.machine())
     print(f"upstream latency {args.latency_ms:g} ms; MCP client mode {args.mode}"
           + (f"; ledgers start with {args.prefill_cache} cache entries" if args.prefill_cache else ""))
     LEDGER["prefill"] = args.prefill_cache
     anyio.run(run_all, args.transport.split(","), [int(x) for x in args.callers.split(",")], args.latency_ms,
-              args.mode, args.rounds, args.before, args.ledger)
+              args.mode, args.rounds, args.before, args.ledger, args.durable)
 
 
 if __name__ == "__main__":

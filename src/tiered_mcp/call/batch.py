@@ -216,11 +216,13 @@ async def run_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], progre
     results: list[dict[str, Any]] = [{} for _ in items]
     receipts: list[dict[str, Any] | None] = [None] * len(items)
     writes: list[CallWrite] = []
+    order: list[int] = []  # the item each write belongs to
     done = 0
 
     async def record(i: int, outcome: Result | CallError, write: CallWrite) -> None:
         nonlocal done
         writes.append(write)
+        order.append(i)
         results[i], receipts[i] = item_result(i, outcome), outcome.receipt
         done += 1
         if progress is not None:
@@ -232,7 +234,15 @@ async def run_batch(runner: Runner, spec: ToolSpec, args: dict[str, Any], progre
     finally:
         # Shielded, so a cancelled batch still records what its finished items spent.
         with anyio.CancelScope(shield=True):
-            await runner.writer.put(writes)
+            lost = await runner.writer.put(writes)
+    if lost:  # ledger_durable: an item whose row could not be committed is not answered
+        where = {id(w): i for w, i in zip(writes, order, strict=True)}
+        for write in lost:
+            i = where[id(write)]
+            receipt = receipts[i]
+            if receipt is not None and receipt.get("ok"):
+                error = runner.not_recorded(receipt)
+                results[i], receipts[i] = item_result(i, error), error.receipt
     return batch_result(spec, results, receipts, started)
 
 

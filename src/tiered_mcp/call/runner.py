@@ -32,7 +32,15 @@ from tiered_mcp.call.routing import ladder_for
 from tiered_mcp.call.writer import LedgerWriter
 from tiered_mcp.core import tracing
 from tiered_mcp.core.config import FLAGSHIP, LOCAL, TRIGGERS, Config
-from tiered_mcp.core.errors import ArgumentsError, BudgetExceeded, CallError, ModelError, TierNotAllowed, ToolFailed
+from tiered_mcp.core.errors import (
+    ArgumentsError,
+    BudgetExceeded,
+    CallError,
+    ModelError,
+    NotRecorded,
+    TierNotAllowed,
+    ToolFailed,
+)
 from tiered_mcp.core.identity import current_caller
 from tiered_mcp.core.receipts import Receipt
 from tiered_mcp.core.secrets import Scrubber
@@ -161,7 +169,7 @@ class Runner:
         ledger: where receipts are written (None: nowhere; budgets then count this process only).
         local: the embedded local tier (None: a default engine, used only if its packages are installed).
         env: where provider keys are looked for, to tell which tiers can run.
-        sleep: how to wait between retries (tests pass a recorder).
+        sleep: how to wait between retries, of model requests and of ledger transactions (tests pass a recorder).
         jitter: returns a factor in [0, 1) for backoff jitter.
         clock: now, as an aware UTC datetime (budget days, cache expiry).
         session: this server session's id (default: a fresh one); budgets per session use it.
@@ -192,7 +200,7 @@ class Runner:
         self.model = Models(remote=model, local=EmbeddedModel(self.local))
         self.session = session or uuid.uuid4().hex[:12]
         self.clock = clock
-        self.writer = LedgerWriter(ledger, config)
+        self.writer = LedgerWriter(ledger, config, sleep)
         self.budget = Budget(config, ledger, self.session, clock, self.writer)
         self._env = os.environ if env is None else env
         self.scrubber = scrubber if scrubber is not None else Scrubber.from_config(config, self._env)
@@ -301,7 +309,10 @@ class Runner:
 
     def spawn_write(self, row: ShadowRow) -> None:
         """Queue a shadow row from sync code (an observer) without waiting for it."""
-        self.spawn(self.writer.put, [], [row])
+        async def put() -> None:
+            await self.writer.put([], [row])
+
+        self.spawn(put)
 
     async def aclose(self) -> None:
         """Close the models' connections."""
@@ -339,10 +350,25 @@ class Runner:
             raise
         plan = _Plan(spec, args, ladder, "call", options)
         result, write = await self._run(plan, receipt, progress)
-        await self.writer.put([write])
+        result = await self.record(write, result)
         if isinstance(result, CallError):
             raise result
         return result
+
+    async def record(self, write: CallWrite, result: Result | CallError) -> Result | CallError:
+        """Hand a call's row to the writer. With `ledger_durable` this returns once the row is committed, and an
+        answer whose row could not be committed (after the writer's retries) becomes `NotRecorded`: no answer
+        goes out without its spend in the ledger. An error stays the error it was (the lost row is logged)."""
+        lost = await self.writer.put([write])
+        if lost and isinstance(result, Result):
+            return self.not_recorded(result.receipt)
+        return result
+
+    def not_recorded(self, receipt: dict[str, Any]) -> NotRecorded:
+        """The error that replaces an answer whose ledger row could not be committed (`ledger_durable`)."""
+        message = ("the answer is withheld: its ledger row could not be committed (ledger_durable is on; the server "
+                   "log says why); what it spent may be missing from the budgets; calling again runs it again")
+        return NotRecorded(message, {**receipt, "ok": False, "error": message, "error_kind": NotRecorded.kind})
 
     async def run_item(self, spec: ToolSpec, args: dict[str, Any], ladder: list[str], options: CallOptions,
                        batch: str, seat: Seat | None = None,
@@ -407,7 +433,7 @@ class Runner:
             if self.embedded(tier) and spec.local_task is None:
                 raise TierNotAllowed(f"the local tier does not serve {spec.name}")
         result, write = await self._run(_Plan(spec, args, [tier], kind, CallOptions(cache=False)), receipt, None)
-        await self.writer.put([write])
+        result = await self.record(write, result)
         if isinstance(result, CallError):
             raise result
         return result
@@ -475,8 +501,8 @@ class Runner:
             except anyio.get_cancelled_exc_class():
                 receipt.error = "cancelled by the client" if plan.kind == "call" else "cancelled (the server stopped)"
                 receipt.latency_ms = (time.perf_counter() - started) * 1000
-                with anyio.CancelScope(shield=True):
-                    await self.writer.put([CallWrite(receipt, args, None)])
+                with anyio.CancelScope(shield=True):  # no answer goes out, so nothing waits for the commit
+                    await self.writer.put([CallWrite(receipt, args, None)], wait=False)
                 raise
             except CallError as e:
                 receipt.error, receipt.error_kind, outcome = str(e), e.kind, e

@@ -248,6 +248,10 @@ class Config(_Frozen):
 
     store_inputs: bool = False
     ledger: str | None = Field(default=None, description="A SQLite file, or a postgresql:// URL that replicas share.")
+    ledger_durable: bool = Field(
+        default=False, description="Answer a call only once its ledger row (its spend, its cache entry) is committed; "
+                                   "a row that cannot be committed turns the answer into an error. Default: answers "
+                                   "go out while their rows wait in the writer's queue.")
     call_tier_ceiling: TierName = "mini"
     escalation_ceiling: TierName = FLAGSHIP
     retry: Retry = Field(default_factory=Retry)

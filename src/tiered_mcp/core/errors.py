@@ -9,7 +9,8 @@
     │   ├── TierNotAllowed      a per-call tier above the configured ceiling, or not configured
     │   ├── LocalTierError      the local tier cannot serve this call (not installed, or the wrong tool)
     │   ├── BudgetExceeded      the call could pass a USD cap; names the cap and what remains
-    │   └── ToolFailed          every tier on the ladder failed; carries the attempts
+    │   ├── ToolFailed          every tier on the ladder failed; carries the attempts
+    │   └── NotRecorded         ledger_durable: the call's ledger row could not be committed, so no answer is given
     └── ModelError              one model attempt failed (raised by a Model, handled by the runner)
         ├── Transient           worth retrying on the same tier
         │   ├── RateLimited     429, with the server's Retry-After when it gave one
@@ -66,7 +67,7 @@ class SpecError(SetupError):
 
 class CallError(TieredError):
     """A tool call that cannot run; reported to the caller as an is_error result. `kind` names it in the receipt's
-    `error_kind` ("arguments", "tier", "local", "budget", "failed").
+    `error_kind` ("arguments", "tier", "local", "budget", "failed", "ledger").
 
     Attributes:
         receipt: the receipt of the call so far (set by the runner), or None.
@@ -107,6 +108,13 @@ class ToolFailed(CallError):
     """Every tier on the ladder failed; the receipt lists every attempt with its reason."""
 
     kind = "failed"
+
+
+class NotRecorded(CallError):
+    """With `ledger_durable`, the call's ledger row (with its spend and cache entry) could not be committed after
+    the writer's retries: the answer is withheld rather than given without a record."""
+
+    kind = "ledger"
 
 
 class ModelError(TieredError):

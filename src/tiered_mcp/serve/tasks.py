@@ -42,7 +42,7 @@ from pydantic import Field
 from tiered_mcp.call.batch import BatchJob, BatchPlan, Executor, batch_result, item_result, plan_batch, run_items
 from tiered_mcp.call.options import CallOptions, parse_options
 from tiered_mcp.call.runner import Result, Runner
-from tiered_mcp.core.errors import CallError
+from tiered_mcp.core.errors import CallError, NotRecorded
 from tiered_mcp.core.identity import Caller, current_caller
 from tiered_mcp.ledger.base import CallWrite, now_iso, off_loop
 from tiered_mcp.ledger.tasks import CANCELLED, COMPLETED, FAILED, WORKING, ItemRow, TaskRow, TaskStore
@@ -298,7 +298,11 @@ class TaskManager:
         finally:
             with anyio.CancelScope(shield=True):
                 try:
-                    await flush()
+                    try:
+                        await flush()
+                    except NotRecorded as e:  # ledger_durable: the last items' rows are lost, so the task fails
+                        log.error("task %s: %s", row.id, e)
+                        failure = failure or e
                     await self._settle(row, plan, held, failure)
                 except Exception:
                     log.exception("task %s: could not record how it ended; another replica may resume it", row.id)
@@ -314,7 +318,11 @@ class TaskManager:
             await off_loop(ledger.write, calls, [], self.runner.config)
         except Exception:
             log.warning("writing %d rows of a task failed; queued for the ledger writer", len(calls), exc_info=True)
-            await self.runner.writer.put(calls)
+            # With ledger_durable the put waits for the writer's retries; rows still lost fail the task rather
+            # than let its items be saved as answered without them.
+            lost = await self.runner.writer.put(calls)
+            if lost:
+                raise NotRecorded(f"{len(lost)} of {len(calls)} rows of a task could not be committed") from None
 
     async def _settle(self, row: TaskRow, plan: BatchPlan, held: _Held, failure: BaseException | None) -> None:
         expires = self.clock() + self.ttl_s
