@@ -212,3 +212,55 @@ def test_the_ledger_keeps_each_item_once_per_set_on_both_backends(ledger) -> Non
     assert ledger.sentinel_items("t", "flagship|f-1|1") == [
         {"args_key": "a", "arguments": args, "reference": ref, "baselines": {"nano|n-1|1": True}}]
     assert ledger.sentinel_items("u", "flagship|f-1|1") == []
+
+
+@pytest.mark.anyio
+async def test_a_model_that_came_after_the_set_gets_its_baselines_from_its_first_replays(tmp_path) -> None:
+    specs = load_specs([default_specs_dir()])
+    config = config_from_dict({"cache_ttl_s": 0, "shadow": {"max_pending": 64},
+                               "tools": {"classify": {"auto": True, "sentinel_set": 3}}})
+    version = str(specs.get("classify").version)
+    set_key = f"flagship|{config.tiers['flagship'].model}|{version}"
+    nano_key = f"nano|{config.tiers['nano'].model}|{version}"
+    mini_key = f"mini|{config.tiers['mini'].model}|{version}"
+    ledger = open_ledger(tmp_path / "ledger.sqlite3")
+    # The set was kept while nano was another model: its baselines name that one only.
+    for n in range(3):
+        ledger.sentinel_add("classify", set_key, f"k{n}", {"text": f"kept {n}", "labels": ["bug", "feature"]},
+                            {"label": "bug", "labels": ["bug"], "confidence": 0.95, "reason": "r"},
+                            {f"nano|older-nano|{version}": True})
+    state = ToolState(tool="classify", tier="nano", evidence={nano_key: (1000, 1000), mini_key: (1000, 1000)},
+                      set_key=set_key, set_size=3)
+    ledger.autotier_update("classify", lambda _: (state.as_dict(), []))
+    tiering = AutoTiering(config, specs, ledger, clock=lambda: T0,
+                          overrides={"replay_share": 1.0, "guard_share": 0.0, "alert_rate": 0.0})
+    model = Tiers()
+    runner = Runner(config, specs, ScriptedModel(fallback=model), ledger, env={"OPENAI_API_KEY": "sk-test"},
+                    clock=lambda: T0, observers=(Shadows(), tiering), steering=tiering)
+
+    async def call(i: int) -> str:
+        result = await runner.call("classify", {"text": f"case {i}", "labels": ["bug", "feature"]})
+        with anyio.fail_after(10):
+            while runner.background_pending:
+                await anyio.sleep(0)
+        return str(result.receipt["tier"])
+
+    async with runner.running():
+        await tiering.load(runner)
+        i = 0
+        while not all(nano_key in it["baselines"] for it in ledger.sentinel_items("classify", set_key)):
+            assert await call(i) == "nano"
+            i += 1
+            assert i < 50
+        # A baseline is not a verdict: nothing moved the detector or the sentinels' counts.
+        assert tiering.state("classify").detector == 0.0
+        replays = [r for r in ledger.shadows(tool="classify") if r.detail.startswith("auto replay")]
+        assert sum("baseline for" in r.detail for r in replays) == 3
+        assert tiering.state("classify").sentinels == (len(replays) - 3, len(replays) - 3)
+        assert all(it["baselines"][nano_key] is True for it in ledger.sentinel_items("classify", set_key))
+        model.drift = True
+        served = [await call(i) for i in range(100, 105)]
+        assert served == ["nano"] * 4 + ["mini"]  # four disagreeing replays against the new baselines
+        (up,) = ledger.tier_switches("classify")
+        assert up["evidence"]["detector"] == pytest.approx(4 * math.log(4))
+    ledger.close()

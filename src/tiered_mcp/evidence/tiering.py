@@ -327,18 +327,22 @@ class AutoTiering:
                       rows: list[ShadowRow], judged: list[float]) -> tuple[bool | None, float, int]:
         """Replay one sentinel-set item on the serving tier and compare it with the kept reference answer.
 
-        Only items the serving tier agreed on when they were kept are replayed: an unchanged model keeps agreeing
-        on them, so a disagreement is news about the model, not the luck of which items the set holds (a set that
-        happened to hold many hard items would otherwise look like a drift at every pass). Returns the verdict
-        (None: nothing to replay, or not comparable), the run's cost, and 1 when a cap refused it."""
+        Only items the serving tier agreed on at their baseline are compared: an unchanged model keeps agreeing on
+        them, so a disagreement is news about the model, not the luck of which items the set holds (a set that
+        happened to hold many hard items would otherwise look like a drift at every pass). An item's baseline on a
+        tier is its cold-start probe's verdict; an item with none for the serving tier's model (a model that came
+        after the set was kept) may be picked too, and its first replay on that model becomes its baseline (kept in
+        the ledger) instead of a verdict. Returns the verdict (None: nothing to replay, a baseline, or not
+        comparable), the run's cost, and 1 when a cap refused it."""
         policy = self.policies[spec.name]
         ref, tier = policy.config.reference, plan.tier
-        state = self.state(spec.name)
-        items = await self._set_items(spec.name, pending.versions.key(ref), state.set_size)
-        eligible = [i for i in items if i["baselines"].get(pending.versions.key(tier)) is True]
-        if not eligible or plan.replay is None:
+        set_key, tier_key = pending.versions.key(ref), pending.versions.key(tier)
+        items = await self._set_items(spec.name, set_key, self.state(spec.name).set_size)
+        pool = [i for i in items if i["baselines"].get(tier_key) is not False]
+        if not pool or plan.replay is None:
             return None, 0.0, 0
-        item = eligible[min(len(eligible) - 1, int(plan.replay * len(eligible)))]
+        item = pool[min(len(pool) - 1, int(plan.replay * len(pool)))]
+        first = tier_key not in item["baselines"]
         args = item["arguments"]
         row = ShadowRow(tool=spec.name, call_id=primary.call_id, shadow_call_id=None, tier=tier, comparison_tier=ref,
                         score=None, agree=None, detail="", cost_usd=None, comparison_cost_usd=None,
@@ -349,18 +353,24 @@ class AutoTiering:
         except (BudgetExceeded, CallError) as e:
             status = "skipped" if isinstance(e, BudgetExceeded) else "failed"
             text = str(e) if self.config.store_inputs else redact(str(e), args)
-            rows.append(replace(row, detail=f"auto replay: run {status}: {text}"))
-            return None, 0.0, int(isinstance(e, BudgetExceeded))
+            spent = (e.receipt or {}).get("cost_usd") or 0.0 if isinstance(e, CallError) else 0.0
+            rows.append(replace(row, detail=f"auto replay: run {status}: {text}", cost_usd=spent or None))
+            return None, spent, int(isinstance(e, BudgetExceeded))
         cost = run.receipt.get("cost_usd") or 0.0
         agree_at = spec.compare.agree_at if spec.compare else 0.8
         value, detail = await compare_answers(runner, spec, (tier, ref), args, run.output, item["reference"],
                                               costs=judged)
         verdict = None if value is None else value >= agree_at
+        if first and verdict is not None:
+            item["baselines"] = {**item["baselines"], tier_key: verdict}
+            if self.ledger is not None:
+                await off_loop(self.ledger.sentinel_baseline, spec.name, set_key, item["args_key"], tier_key, verdict)
+            detail = f"baseline for {tier_key}: {detail}"
         # Status "replay" (the row's), whatever came of it: report counts traffic, and a fixed set's repeats are
         # not new draws of it.
         rows.append(replace(row, shadow_call_id=run.receipt.get("call_id"), score=value, agree=verdict, cost_usd=cost,
                             detail=f"auto replay: {detail}"))
-        return verdict, cost, 0
+        return (None if first else verdict), cost, 0
 
     # ---- state in the ledger --------------------------------------------------------------------------------------
 

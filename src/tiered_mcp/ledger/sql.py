@@ -366,6 +366,20 @@ class SqlLedger:
                  json.dumps(reference, ensure_ascii=False), json.dumps(baselines), now_iso()))
             return bool(getattr(result, "rowcount", 0))
 
+    def sentinel_baseline(self, tool: str, set_key: str, args_key: str, tier_key: str, agreed: bool) -> None:
+        """Record a sentinel-set item's baseline on one tier's model (its first replay there), unless one is set."""
+        with self._transaction() as cur:
+            rows = cur.execute("SELECT baselines FROM autotier_sentinels WHERE tool = ? AND set_key = ? AND args_key = ?"
+                               f"{self._lock_for_update}", (tool, set_key, args_key)).fetchall()
+            if not rows:
+                return
+            baselines = json.loads(rows[0][0])
+            if tier_key in baselines:  # another replica set it first: its verdict stands
+                return
+            baselines[tier_key] = agreed
+            cur.execute("UPDATE autotier_sentinels SET baselines = ? WHERE tool = ? AND set_key = ? AND args_key = ?",
+                        (json.dumps(baselines), tool, set_key, args_key))
+
     def sentinel_items(self, tool: str, set_key: str) -> list[dict[str, Any]]:
         """A tool's sentinel set under `set_key`, oldest first: args_key, arguments, reference, baselines."""
         return [{"args_key": k, "arguments": json.loads(a), "reference": json.loads(r), "baselines": json.loads(b)}
