@@ -199,16 +199,22 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
 
 def replay(seed: int, tool: str, tier: str, items: list[tuple[int, dict[str, bool]]], draw: float,
            released: bool) -> bool | None:
-    """A sentinel-set replay on `tier`: one of the items `tier` agreed on when it was kept, picked by `draw`. An
-    unchanged model answers an item as it did then (it agreed); a changed one is a fresh draw at its new rate,
-    fixed per item. None when no item qualifies (the server then replays nothing)."""
-    eligible = [n for n, agreed in items if agreed.get(tier)]
-    if not eligible:
+    """A sentinel-set replay on `tier`, as the server makes it: one of the items whose baseline on `tier` did not
+    disagree, picked by `draw`. An unchanged model answers an item as it did before (it agrees where its baseline
+    agreed); a changed one is a fresh draw at its new rate, fixed per item. An item with no baseline on `tier` gets
+    one from this replay (kept in `items`) and gives no verdict. None also when no item qualifies."""
+    pool = [(n, agreed) for n, agreed in items if agreed.get(tier) is not False]
+    if not pool:
         return None
-    n = eligible[int(draw * len(eligible))]
+    n, agreed = pool[int(draw * len(pool))]
     if rate(tool, tier, released) == rate(tool, tier, False):
-        return True
-    return hash_sample(f"{seed}:replay:{tool}:{tier}:{n}") < rate(tool, tier, released)
+        verdict = agreed.get(tier, hash_sample(f"{seed}:replay:{tool}:{tier}:{n}:before") < rate(tool, tier, False))
+    else:
+        verdict = hash_sample(f"{seed}:replay:{tool}:{tier}:{n}") < rate(tool, tier, released)
+    if tier not in agreed:
+        agreed[tier] = verdict
+        return None
+    return verdict
 
 
 TOOL_NAMES = {"classify": "tool97", "extract": "tool93", "summarize": "tool80", "rank": "tool99"}

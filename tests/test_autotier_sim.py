@@ -60,7 +60,7 @@ def test_the_breakdown_adds_up_to_the_gap_to_the_oracle_by_hand() -> None:
 
 def test_a_sentinel_set_replay_in_the_policy_only_run() -> None:
     sim = load_sim()
-    items = [(3, {"nano": False, "mini": True}), (7, {"nano": True, "mini": True}), (9, {"mini": True})]
+    items = [(3, {"nano": False, "mini": True}), (7, {"nano": True, "mini": True})]
     # Only item 7 agreed on nano when it was kept: it is the one replayed, whatever the draw.
     assert sim.replay(1, "classify", "nano", items, 0.99, released=False) is True  # the model has not changed
     assert sim.replay(1, "classify", "nano", [(3, {"nano": False})], 0.5, released=False) is None
@@ -69,3 +69,7 @@ def test_a_sentinel_set_replay_in_the_policy_only_run() -> None:
     assert sim.replay(1, "classify", "nano", items, 0.0, released=True) is (draw < 0.75)
     # Other tools' nano did not change with the release: a replay keeps agreeing.
     assert sim.replay(1, "rank", "nano", items, 0.0, released=True) is True
+    # An item with no baseline on the tier gets one from its first replay, which gives no verdict.
+    fresh = [(9, {"mini": True})]
+    assert sim.replay(1, "rank", "nano", fresh, 0.0, released=False) is None
+    assert fresh[0][1]["nano"] is (sim.hash_sample("1:replay:rank:nano:9:before") < 0.99)
