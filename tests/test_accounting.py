@@ -139,8 +139,8 @@ async def test_a_judge_is_held_to_the_budget(make_runner, ledger, specs):
     runner = make_runner(model, budgets={"daily_usd": 0.0001})  # below the judge's worst case on the flagship
     spec = specs.get("summarize")
     candidate = {"summary": "s", "key_points": [], "method": "abstractive"}
-    score, detail = await judge(runner, spec, "flagship", {"text": "t"}, candidate, candidate)
-    assert score is None and "judge refused by the budget" in detail and "budgets.daily_usd" in detail
+    score, detail, refused = await judge(runner, spec, "flagship", {"text": "t"}, candidate, candidate)
+    assert score is None and refused and "judge refused by the budget" in detail and "budgets.daily_usd" in detail
     assert model.requests == []
     [row] = ledger.calls()
     assert (row["kind"], row["ok"], row["cost_usd"]) == ("judge", 0, 0)
@@ -150,8 +150,8 @@ async def test_a_judge_never_runs_on_the_local_tier(make_runner, specs):
     model = ScriptedModel()
     runner = make_runner(model)
     candidate = {"summary": "s", "key_points": [], "method": "extractive"}
-    score, detail = await judge(runner, specs.get("summarize"), "local", {"text": "t"}, candidate, candidate)
-    assert score is None and "local tier cannot judge" in detail and model.requests == []
+    score, detail, refused = await judge(runner, specs.get("summarize"), "local", {"text": "t"}, candidate, candidate)
+    assert score is None and not refused and "local tier cannot judge" in detail and model.requests == []
 
 
 async def test_local_answers_are_estimates_shown_apart(runner_local, ledger):

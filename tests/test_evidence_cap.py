@@ -69,9 +69,11 @@ async def test_the_cap_stops_evidence_when_shadow_and_judge_spend_reach_it(make_
     usage = ledger.usage()
     assert close(usage.evidence_usd, 2 * shadow + judged) and usage.evidence_usd <= cap
     rows = sorted(ledger.shadows(tool="summarize"), key=lambda r: r.status)
-    assert [r.status for r in rows] == ["failed", "scored", "skipped"]
-    assert "judge refused by the budget" in rows[0].detail and "evidence_daily_usd" in rows[0].detail
-    assert "over budget" in rows[2].detail and "evidence_daily_usd" in rows[2].detail
+    assert [r.status for r in rows] == ["scored", "skipped", "skipped"]
+    [judge_refused] = [r for r in rows if "judge refused by the budget" in r.detail]
+    [run_refused] = [r for r in rows if "over budget" in r.detail]
+    assert judge_refused.score is None and judge_refused.agree is None
+    assert "evidence_daily_usd" in judge_refused.detail and "evidence_daily_usd" in run_refused.detail
     # Answers are never held to the evidence cap.
     assert sum(c["kind"] == "call" and c["ok"] for c in ledger.calls()) == 3
 
@@ -96,3 +98,34 @@ async def test_an_auto_tools_day_of_evidence_spend_counts_its_judge_calls(ledger
     state = ledger.autotier_states()["summarize"][1]
     assert close(state["day_spend"], expected)
     assert close(ledger.usage().evidence_usd, expected)
+
+
+async def test_a_probe_whose_judge_the_cap_refuses_is_a_skip_not_a_failure(ledger, specs, sleeps):
+    """summarize on auto, first call: nano's probe runs (its worst case fits the cap), but the judge that would score
+    it (mini, whose output cap makes its worst case pass the cap) is refused; mini's own probe run is refused too.
+    Both are skips: two skipped rows, skipped_total 2, and the day's spend is nano's run alone."""
+    cap = 0.005
+    model = ScriptedModel(fallback=answer)
+    config = config_from_dict({"cache_ttl_s": 0, "tools": {"summarize": {"auto": True, "evidence_daily_usd": cap}},
+                               "tiers": {"nano": {"max_output_tokens": 1000}, "mini": {"max_output_tokens": 2000}}})
+    steering = AutoTiering.for_config(config, specs, ledger, utc_now)
+    assert steering is not None
+    runner = Runner(config, specs, model, ledger, env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps,
+                    jitter=lambda: 1.0, observers=(steering,), steering=steering)
+    async with runner.running():
+        await runner.call("summarize", {"text": "A long text."})
+        with anyio.fail_after(10):
+            while runner.background_pending:
+                await anyio.sleep(0.002)
+    nano_run = usd(NANO, 600, 80)
+    assert [(r.tier, r.schema_name) for r in model.requests] == [("flagship", "summarize"), ("nano", "summarize")]
+    # The worst cases the budget reserved: nano's run fits; mini's output cap alone (2000 x $4.50/M) passes the cap.
+    assert worst_case_usd(config.tiers["nano"], model.requests[1].messages) <= cap < 2000 * MINI[1] / 1e6
+    rows = {r.tier: r for r in ledger.shadows(tool="summarize")}
+    assert (rows["nano"].status, rows["mini"].status) == ("skipped", "skipped")
+    assert "judge refused by the budget" in rows["nano"].detail and rows["nano"].score is None
+    assert "run skipped" in rows["mini"].detail
+    state = ledger.autotier_states()["summarize"][1]
+    assert (state["skipped_today"], state["skipped_total"]) == (2, 2)
+    assert close(state["day_spend"], nano_run) and close(ledger.usage().evidence_usd, nano_run)
+    assert steering.skipped == 2

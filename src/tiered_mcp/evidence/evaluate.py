@@ -227,7 +227,8 @@ async def run_eval(runner: Runner, cases: list[Case], tiers: Iterable[str], conc
                 # A stored answer is still a tier's answer: a judge must be neither it nor the candidate.
                 other = case.reference_tier if case.expected is not None else strongest
                 arms = (run.tier,) if other is None else (run.tier, other)
-                run.quality, _ = await compare_answers(runner, spec, arms, case.arguments, run.output, reference)
+                run.quality = (await compare_answers(runner, spec, arms, case.arguments, run.output,
+                                                      reference)).score
 
     async with anyio.create_task_group() as tg:
         for run in runs:

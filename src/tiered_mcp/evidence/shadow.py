@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tiered_mcp.core.config import TIERS
 from tiered_mcp.core.errors import BudgetExceeded, CallError
@@ -52,6 +52,15 @@ def args_key(spec: ToolSpec, args: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+class Verdict(NamedTuple):
+    """One comparison's outcome: `score` (None: not scored), what came of it, and whether a budget cap refused
+    the judge that would have scored it (a skip, like a shadow the cap refuses, not a failure)."""
+
+    score: float | None
+    detail: str
+    refused: bool = False
+
+
 def sampled(key: str, rate: float) -> bool:
     """Whether a call with this arguments key is shadowed at `rate` (deterministic: a hash, not a coin)."""
     return int(key[:13], 16) / 16**13 < rate
@@ -70,7 +79,7 @@ def judge_tier_for(runner: Runner, spec: ToolSpec, arms: tuple[str, ...]) -> str
 
 
 async def judge(runner: Runner, spec: ToolSpec, tier: str, args: dict[str, Any], candidate: dict[str, Any],
-                reference: dict[str, Any], *, costs: list[float] | None = None) -> tuple[float | None, str]:
+                reference: dict[str, Any], *, costs: list[float] | None = None) -> Verdict:
     """Ask `tier`'s model to grade candidate and reference blind, by the spec's rubric; written to the ledger.
 
     The two answers are shown as A and B in an order drawn from the arguments and the answers (deterministic, and
@@ -82,7 +91,7 @@ async def judge(runner: Runner, spec: ToolSpec, tier: str, args: dict[str, Any],
     """
     assert spec.compare is not None
     if runner.embedded(tier):
-        return None, f"judge: the local tier cannot judge {spec.name}; set [tools.{spec.name}] judge_tier"
+        return Verdict(None, f"judge: the local tier cannot judge {spec.name}; set [tools.{spec.name}] judge_tier")
     settings = runner.config.tiers[tier]
     order = hashlib.sha256(json.dumps([args_key(spec, args), candidate], sort_keys=True, default=str).encode())
     candidate_first = order.digest()[0] % 2 == 0
@@ -94,29 +103,29 @@ async def judge(runner: Runner, spec: ToolSpec, tier: str, args: dict[str, Any],
          + json.dumps(b, ensure_ascii=False) + "\n</answer_b>"},
     ]
     receipt = runner._receipt(spec, "judge")
-    result: tuple[float | None, str] = (None, "")
+    result = Verdict(None, "")
     request = ModelRequest(tier=tier, settings=settings, provider=runner.config.providers[settings.provider],
                            messages=messages, schema=JUDGE_SCHEMA, schema_name="judge", strict=True)
     try:
         reply, attempt = await runner.path.request(receipt, tier, request, reason="first")
         if reply is None:
-            result = (None, f"judge failed: {attempt.outcome}: {attempt.detail}")
+            result = Verdict(None, f"judge failed: {attempt.outcome}: {attempt.detail}")
         else:
             try:
                 verdict = json.loads(reply.content or "")
                 sa, sb = (min(1.0, max(0.0, float(verdict[k]))) for k in ("score_a", "score_b"))
                 mine, theirs = (sa, sb) if candidate_first else (sb, sa)
-                result = (1.0 - max(0.0, theirs - mine),
-                          f"judge {tier} ({attempt.model}, ${attempt.cost_usd or 0:.6f}): {verdict.get('reason', '')}")
+                result = Verdict(1.0 - max(0.0, theirs - mine),
+                                 f"judge {tier} ({attempt.model}, ${attempt.cost_usd or 0:.6f}): {verdict.get('reason', '')}")
                 attempt.outcome = "ok"
                 receipt.ok, receipt.tier, receipt.model = True, tier, attempt.model
                 receipt.answered_by = len(receipt.attempts) - 1
             except (ValueError, KeyError, TypeError) as e:
                 attempt.outcome, attempt.detail = "invalid", f"judge answered no scores: {e}"
-                result = (None, attempt.detail)
+                result = Verdict(None, attempt.detail)
     except BudgetExceeded as e:
         receipt.error = str(e)
-        result = (None, f"judge refused by the budget: {e}")
+        result = Verdict(None, f"judge refused by the budget: {e}", refused=True)
     await runner.writer.put([CallWrite(receipt, args)])  # with the arguments, so the ledger can redact them
     if costs is not None:
         costs.append(receipt.cost_usd or 0.0)
@@ -125,17 +134,24 @@ async def judge(runner: Runner, spec: ToolSpec, tier: str, args: dict[str, Any],
 
 async def compare_answers(runner: Runner, spec: ToolSpec, arms: tuple[str, ...], args: dict[str, Any],
                           candidate: dict[str, Any], reference: dict[str, Any], *,
-                          costs: list[float] | None = None) -> tuple[float | None, str]:
+                          costs: list[float] | None = None) -> Verdict:
     """Score `candidate` against `reference` by the spec's method; `arms` are the tiers whose answers these are
-    (a judge is never one of them). A judge's cost is appended to `costs` when given."""
+    (a judge is never one of them). A judge's cost is appended to `costs` when given; a judge a budget cap refuses
+    gives a `Verdict` with `refused` set, which callers record as skipped."""
     method = spec.compare or Compare(method="fields")
     if method.method == "judge":
         tier = judge_tier_for(runner, spec, arms)
         if tier is None:
-            return None, (f"judge: no model tier can grade {' vs '.join(arms)} without being one of them; set "
-                          f"[tools.{spec.name}] judge_tier")
+            return Verdict(None, f"judge: no model tier can grade {' vs '.join(arms)} without being one of them; set "
+                           f"[tools.{spec.name}] judge_tier")
         return await judge(runner, spec, tier, args, candidate, reference, costs=costs)
-    return score(method, candidate, reference), method.method
+    return Verdict(score(method, candidate, reference), method.method)
+
+
+def verdict_status(value: float | None, refused: bool) -> str:
+    """A comparison row's status: scored; skipped when a cap refused its judge (the comparison run was paid for,
+    but no verdict was bought); failed otherwise."""
+    return "scored" if value is not None else "skipped" if refused else "failed"
 
 
 class Shadows:
@@ -196,13 +212,13 @@ class Shadows:
             shadow = await runner.run_shadow(spec, args, row.comparison_tier)
             if primary.tier == "local" and not runner.embedded(row.comparison_tier):
                 runner.teach_local(spec, args, shadow.output)
-            value, detail = await compare_answers(runner, spec, (row.tier, row.comparison_tier), args, answer,
-                                                  shadow.output)
+            value, detail, refused = await compare_answers(runner, spec, (row.tier, row.comparison_tier), args,
+                                                           answer, shadow.output)
             agree_at = spec.compare.agree_at if spec.compare else 0.8
             fields.update(shadow_call_id=shadow.receipt.get("call_id"), score=value, detail=detail,
                           agree=None if value is None else value >= agree_at,
                           comparison_cost_usd=shadow.receipt.get("cost_usd"),
-                          status="scored" if value is not None else "failed")
+                          status=verdict_status(value, refused))
         except BudgetExceeded as e:
             fields.update(status="skipped", detail=f"skipped: over budget: {e}")
         except CallError as e:

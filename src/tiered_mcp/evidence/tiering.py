@@ -46,7 +46,7 @@ from tiered_mcp.evidence.autotier import (
     Versions,
     hash_sample,
 )
-from tiered_mcp.evidence.shadow import Shadows, args_key, compare_answers
+from tiered_mcp.evidence.shadow import Shadows, args_key, compare_answers, verdict_status
 from tiered_mcp.evidence.stats import clear_log_evalue
 from tiered_mcp.ledger.base import LedgerStore, ShadowRow, off_loop
 from tiered_mcp.specs.spec import Specs, ToolSpec
@@ -230,18 +230,20 @@ class AutoTiering:
         judged: list[float] = []  # judge calls' costs (free-text tools): evidence spend like the runs they score
         base = Shadows._row(runner, spec, primary, ref, self.config.tiers[ref].model, pending.key, answer)
         reference, reference_cost, reference_id = answer, primary.cost_usd, primary.call_id
+        refused = 0  # runs and judges a cap refused: skips like the plan's
         try:
             if plan.reference:
                 shadow = await runner.run_shadow(spec, args, ref)
                 reference, reference_cost = shadow.output, shadow.receipt.get("cost_usd")
                 reference_id = shadow.receipt.get("call_id")
                 spend += reference_cost or 0.0
-                value, detail = await compare_answers(runner, spec, (plan.tier, ref), args, answer, reference,
-                                                      costs=judged)
+                value, detail, no_judge = await compare_answers(runner, spec, (plan.tier, ref), args, answer,
+                                                                reference, costs=judged)
+                refused += no_judge
                 verdicts[plan.tier] = None if value is None else value >= agree_at
                 rows.append(replace(base, shadow_call_id=reference_id, score=value, agree=verdicts[plan.tier],
                                     detail=f"auto {why}: {detail}", comparison_cost_usd=reference_cost,
-                                    status="scored" if value is not None else "failed"))
+                                    status=verdict_status(value, no_judge)))
         except (BudgetExceeded, CallError) as e:
             status = "skipped" if isinstance(e, BudgetExceeded) else "failed"
             text = str(e) if self.config.store_inputs else redact(str(e), args)
@@ -251,7 +253,6 @@ class AutoTiering:
                 self.skipped += 1
                 await self._write(spec.name, lambda s: (policy.skip(s), []))
             return
-        refused = 0  # probes a cap refused: skips like the plan's
         for tier in plan.probes:
             row = replace(base, tier=tier, model=self.config.tiers[tier].model, call_id=primary.call_id,
                           cost_usd=None, confidence=None, comparison_cost_usd=reference_cost)
@@ -266,14 +267,15 @@ class AutoTiering:
                 continue
             cost = probe.receipt.get("cost_usd")
             spend += cost or 0.0
-            value, detail = await compare_answers(runner, spec, (tier, ref), args, probe.output, reference,
-                                                  costs=judged)
+            value, detail, no_judge = await compare_answers(runner, spec, (tier, ref), args, probe.output,
+                                                            reference, costs=judged)
+            refused += no_judge
             verdicts[tier] = None if value is None else value >= agree_at
             confidence = probe.output.get(spec.confidence_field) if spec.confidence_field else None
             rows.append(replace(row, shadow_call_id=probe.receipt.get("call_id"), score=value, agree=verdicts[tier],
                                 detail=f"auto probe: {detail}", cost_usd=cost,
                                 confidence=float(confidence) if isinstance(confidence, (int, float)) else None,
-                                status="scored" if value is not None else "failed"))
+                                status=verdict_status(value, no_judge)))
         collected, replayed = 0, None
         set_key = pending.versions.key(ref)
         if plan.collect:
@@ -333,7 +335,7 @@ class AutoTiering:
         tier is its cold-start probe's verdict; an item with none for the serving tier's model (a model that came
         after the set was kept) may be picked too, and its first replay on that model becomes its baseline (kept in
         the ledger) instead of a verdict. Returns the verdict (None: nothing to replay, a baseline, or not
-        comparable), the run's cost, and 1 when a cap refused it."""
+        comparable), the run's cost, and 1 when a cap refused it or its judge."""
         policy = self.policies[spec.name]
         ref, tier = policy.config.reference, plan.tier
         set_key, tier_key = pending.versions.key(ref), pending.versions.key(tier)
@@ -358,8 +360,8 @@ class AutoTiering:
             return None, spent, int(isinstance(e, BudgetExceeded))
         cost = run.receipt.get("cost_usd") or 0.0
         agree_at = spec.compare.agree_at if spec.compare else 0.8
-        value, detail = await compare_answers(runner, spec, (tier, ref), args, run.output, item["reference"],
-                                              costs=judged)
+        value, detail, no_judge = await compare_answers(runner, spec, (tier, ref), args, run.output,
+                                                        item["reference"], costs=judged)
         verdict = None if value is None else value >= agree_at
         if first and verdict is not None:
             item["baselines"] = {**item["baselines"], tier_key: verdict}
@@ -370,7 +372,7 @@ class AutoTiering:
         # not new draws of it.
         rows.append(replace(row, shadow_call_id=run.receipt.get("call_id"), score=value, agree=verdict, cost_usd=cost,
                             detail=f"auto replay: {detail}"))
-        return (None if first else verdict), cost, 0
+        return (None if first else verdict), cost, int(no_judge)
 
     # ---- state in the ledger --------------------------------------------------------------------------------------
 

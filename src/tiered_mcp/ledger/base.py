@@ -104,7 +104,8 @@ class Settle:
 @dataclass(frozen=True)
 class ShadowRow:
     """One shadow comparison, keyed by what produced it: the bound tier's answer scored against the comparison
-    tier's. `status` is "scored", "failed" (a run or the judge failed) or "skipped" (`detail` says why)."""
+    tier's. `status` is "scored", "failed" (a run or the judge failed) or "skipped" (too many runs pending, or a budget cap
+    refused the run or its judge; `detail` says why)."""
 
     tool: str
     call_id: str | None
