@@ -152,8 +152,13 @@ async def test_steps_down_on_evidence_guards_then_steps_up_on_drift(tmp_path, ca
     logged = json.loads(capsys.readouterr().out)
     assert [(r["kind"], r["from_tier"], r["to_tier"]) for r in logged] == [
         ("step_up", "nano", "mini"), ("step_down", "flagship", "nano")]
+    # Each switch's e-value: the step down's test (E_88 = 20.3 by hand), the step up's detector (4**4 = 256).
+    down_e = math.exp(_log_evalue(NEED, NEED))
+    assert f"{down_e:.1f}" == "20.3"
+    assert [r["e_value"] for r in logged] == [pytest.approx(256.0), pytest.approx(down_e)]
     assert main(["logs", "--switches", "--ledger", ledger_path, "--config", config]) == 0
-    assert "step_up" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "step_up" in table and "e-value" in table and "20.3" in table and "256.0" in table
     assert main(["report", "--ledger", ledger_path, "--config", config, "--json"]) == 0
     reports = json.loads(capsys.readouterr().out)
     auto = next(r["auto"] for r in reports if r["tool"] == "classify")
@@ -161,6 +166,9 @@ async def test_steps_down_on_evidence_guards_then_steps_up_on_drift(tmp_path, ca
     assert main(["report", "--ledger", ledger_path, "--config", config]) == 0
     text = capsys.readouterr().out
     assert "classify: auto, on mini" in text and "step_down flagship -> nano" in text
+    flat = " ".join(text.split())  # the console wraps long lines
+    assert f"{NEED} of {NEED} agree" in flat and "e-value 20.3, bar 95%" in flat and "e-value 256.0" in flat
+    assert [w["e_value"] for w in auto["switches"]] == [pytest.approx(256.0), pytest.approx(down_e)]
 
 
 async def test_the_daily_evidence_limit_skips_and_records(tmp_path) -> None:

@@ -80,6 +80,9 @@ def logs_command(args: argparse.Namespace) -> int:
 
 
 def _switches(rows: list[dict[str, Any]], as_json: bool, location: str) -> int:
+    from tiered_mcp.evidence.tiering import switch_evalue
+
+    rows = [{**r, "e_value": switch_evalue(r)} for r in rows]
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return OK
@@ -94,10 +97,11 @@ def _switches(rows: list[dict[str, Any]], as_json: bool, location: str) -> int:
     cells = [[_when(r["ts"]), r["tool"], r["kind"], f"{r['from_tier']} -> {r['to_tier']}",
               "-" if r.get("trials") is None else f"{r['successes']}/{r['trials']}",
               f"{pct(r.get('lower_bound'))}-{pct(r.get('upper_bound'))}" if r.get("trials") is not None else "-",
+              "-" if r["e_value"] is None else f"{r['e_value']:.1f}",
               "-" if r.get("bar") is None else f"{100 * r['bar']:g}%", r.get("model") or "-", r["reason"]]
              for r in rows]
-    con.print(fitted_table(con, ["when (UTC)", "tool", "switch", "tiers", "agreed", "bounds", "bar", "model",
-                                 "reason"], cells, flex="reason",
+    con.print(fitted_table(con, ["when (UTC)", "tool", "switch", "tiers", "agreed", "bounds", "e-value", "bar",
+                                 "model", "reason"], cells, flex="reason",
                            title=f"{len(rows)} most recent tier switches ({location})"))
     return OK
 

@@ -139,8 +139,9 @@ def _auto_lines(auto: list[dict[str, Any]]) -> list[str]:
                      f"{a['reference']}); {evidence}; {spend}, {a['skipped_total']} evidence runs skipped over the "
                      "limit")
         for w in a["switches"]:
+            e = "" if w.get("e_value") is None else f"e-value {w['e_value']:.1f}, "
             counts = (f" ({w['successes']} of {w['trials']} agree, bounds {_pct(w['lower_bound'])}-"
-                      f"{_pct(w['upper_bound'])}, bar {100 * w['bar']:g}%, model {w['model']}, spec "
+                      f"{_pct(w['upper_bound'])}, {e}bar {100 * w['bar']:g}%, model {w['model']}, spec "
                       f"{w['spec_version']})" if w.get("trials") is not None else "")
             lines.append(f"  {str(w['ts'])[:19].replace('T', ' ')} {w['kind']} {w['from_tier']} -> {w['to_tier']}: "
                          f"{w['reason']}{counts}")

@@ -93,6 +93,16 @@ def switch_row(event: Event, bar: float) -> dict[str, Any]:
             "model": model or None, "spec_version": spec_version or None, "call_n": event.call, "evidence": ev}
 
 
+def switch_evalue(row: dict[str, Any]) -> float | None:
+    """The e-value a switch was taken on, from its stored evidence: a step down's one-sided test that the tier's
+    agreement is above the bar (it steps at >= 1/alpha), a step up's drift detector (it alarms at >=
+    1/drift_alpha; a step up for an upper bound under the bar shows the detector as it stood). None: no such
+    figure (a step up because the tier's model has no evidence)."""
+    ev = row.get("evidence") or {}
+    log_e = ev.get("log_evalue") if row.get("kind") == "step_down" else ev.get("detector")
+    return None if log_e is None else math.exp(min(700.0, float(log_e)))
+
+
 @dataclass(frozen=True)
 class _Pending:
     plan: Plan
@@ -506,5 +516,5 @@ def summary(config: Config, specs: Specs, states: Mapping[str, tuple[int, dict[s
                     # With a sentinel set: items kept of its size, and (agreed, compared) sentinels since the switch.
                     "sentinel_set": {"kept": state.set_size, "size": policy.config.sentinel_set,
                                      "sentinels": list(state.sentinels)} if policy.config.sentinel_set else None,
-                    "switches": [w for w in switches if w["tool"] == name]})
+                    "switches": [{**w, "e_value": switch_evalue(w)} for w in switches if w["tool"] == name]})
     return out
