@@ -252,6 +252,7 @@ async def test_a_model_that_came_after_the_set_gets_its_baselines_from_its_first
             assert await call(i) == "nano"
             i += 1
             assert i < 50
+        await runner.writer.flush()  # the last replay's row is queued behind its baseline's write
         # A baseline is not a verdict: nothing moved the detector or the sentinels' counts.
         assert tiering.state("classify").detector == 0.0
         replays = [r for r in ledger.shadows(tool="classify") if r.detail.startswith("auto replay")]
