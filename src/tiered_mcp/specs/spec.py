@@ -7,6 +7,7 @@ start-up with the file, the field and what is wrong.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -162,6 +163,7 @@ def _present(value: Any) -> bool:
     return value is not None and value is not False and value != "" and value != [] and value != {}
 
 
+@functools.lru_cache(maxsize=256)  # a spec's few templates, rendered once per call or batch item
 def _closer_pattern(template: str) -> re.Pattern[str] | None:
     """Any spelling of the template's closing tags that a model might read as one: any case, spaces anywhere
     (`</TEXT>`, `</text >`, `</ text>`)."""
