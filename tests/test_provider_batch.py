@@ -342,3 +342,97 @@ async def test_items_the_cache_can_answer_are_not_submitted(make_runner, upstrea
     assert [line["custom_id"] for line in upstream.batch_requests(batch_id)] == ["0", "2"]
     assert len(upstream.completions()) == 1
     assert receipt_of(task)["cost_usd"] == pytest.approx(2 * NANO_BATCH, abs=1e-15)
+
+
+# ---- a task larger than one provider batch --------------------------------------------------------------------------
+
+EIGHT = [f"{'bug' if n % 2 else 'feature'} report number {n}" for n in range(8)]
+
+
+async def test_a_task_larger_than_one_batch_is_sent_as_several(make_runner, ledger, upstream):
+    config = {**BATCH_CONFIG, "batch_api": {"poll_s": 0.01, "max_requests": 3}}
+    upstream.script_batch(FakeBatch(polls=1), FakeBatch(polls=3), FakeBatch(polls=2))
+    runner = make_runner(openai_model(upstream), **config)
+    task = await run_task(runner, {"items": EIGHT, "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["ok"] == 8
+    # Three batches of at most three requests, each in its own file, with its own tag; nothing at full price.
+    assert len(upstream.batch_creates()) == 3 and upstream.completions() == []
+    parts = [[line["custom_id"] for line in upstream.batch_requests(b)] for b in upstream.batches]
+    assert parts == [["0", "1", "2"], ["3", "4", "5"], ["6", "7"]]
+    assert [b["metadata"]["tiered_mcp_task"] for b in upstream.batches.values()] == [
+        task.task_id, f"{task.task_id}:1", f"{task.task_id}:2"]
+    assert [r["output"]["label"] for r in items_of(task)] == ["bug" if n % 2 else "feature" for n in range(8)]
+    receipt = receipt_of(task)
+    assert receipt["batch_api"] == 8
+    assert receipt["cost_usd"] == pytest.approx(8 * NANO_BATCH, abs=1e-15)
+    rows = ProviderBatchStore(ledger).rows(task.task_id)
+    assert [(r.part, r.items, r.status) for r in rows] == [
+        (0, [0, 1, 2], "completed"), (1, [3, 4, 5], "completed"), (2, [6, 7], "completed")]
+    assert [r.batch_id for r in rows] == list(upstream.batches)
+
+
+async def test_the_byte_limit_splits_too(make_runner, upstream):
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    await run_task(runner, {"items": EIGHT[:1], "labels": LABELS})
+    (one,) = upstream.batches.values()
+    line = len(upstream.files[one["input_file_id"]])  # every item's line is as long (one digit differs)
+    room = 2 * line + line // 2
+    runner = make_runner(openai_model(upstream), **{**BATCH_CONFIG,
+                                                    "batch_api": {"poll_s": 0.01, "max_bytes": room}})
+    task = await run_task(runner, {"items": EIGHT[:5], "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["batch_api"] == 5
+    parts = [[line["custom_id"] for line in upstream.batch_requests(b)] for b in list(upstream.batches)[1:]]
+    assert parts == [["0", "1"], ["2", "3"], ["4"]]
+    assert all(len(upstream.files[b["input_file_id"]]) <= room for b in upstream.batches.values())
+    assert upstream.completions() == []
+
+
+async def test_the_daily_cap_bounds_what_every_batch_takes(make_runner, ledger, upstream):
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    spec = runner.specs.get("classify")
+    nano = runner.config.tiers["nano"]
+    worst = [worst_case_usd(nano, runner.first_request(spec, runner.check_arguments(
+        spec, {"text": t, "labels": LABELS}), "nano").messages) * 0.5 for t in EIGHT]
+    cap = sum(worst[:5]) + 0.5 * worst[5]  # room for five items' worst case: two batches of three and two
+    runner = make_runner(openai_model(upstream), budgets={"daily_usd": cap},
+                         **{**BATCH_CONFIG, "batch_api": {"poll_s": 0.01, "max_requests": 3}})
+    task = await run_task(runner, {"items": EIGHT, "labels": LABELS})
+    assert task.status == "completed"
+    parts = [[line["custom_id"] for line in upstream.batch_requests(b)] for b in upstream.batches]
+    assert parts == [["0", "1", "2"], ["3", "4"]]
+    results = items_of(task)
+    assert all("output" in r for r in results[:5])
+    assert all("budget" in r["error"] for r in results[5:]) and upstream.completions() == []
+    # Each batch had its own hold; both are gone, and the day's total is what the answers cost.
+    assert ledger._rows("SELECT count(*) FROM budget_holds WHERE amount > 0")[0][0] == 0
+    rows = ProviderBatchStore(ledger).rows(task.task_id)
+    assert len({r.hold["id"] for r in rows}) == 2
+    day = ledger._rows("SELECT spent FROM budget_spend WHERE key LIKE 'day:%'")[0][0]
+    assert day == pytest.approx(5 * NANO_BATCH, abs=1e-15) and day <= cap
+
+
+@pytest.mark.parametrize("ledger_target", ["sqlite", "postgresql"], indirect=True)
+async def test_a_restarted_server_resumes_every_batch_of_a_task(make_runner, ledger, upstream):
+    config = {**BATCH_CONFIG, "batch_api": {"poll_s": 0.01, "max_requests": 3}}
+    upstream.script_batch(*[FakeBatch(polls=10**6) for _ in range(3)])
+    first = make_runner(openai_model(upstream), **config)
+    store = ProviderBatchStore(ledger)
+    async with Client(build_server(first), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": EIGHT, "labels": LABELS})
+        with anyio.fail_after(10):
+            while len(rows := store.rows(handle.task_id)) < 3 or any(r.status != "in_progress" for r in rows):
+                await anyio.sleep(0.01)
+    assert len(upstream.batches) == 3
+    # As if the first server had died after creating the last batch, before recording its id.
+    store.update(handle.task_id, None, part=2, batch_id=None, status="preparing")
+    for plan in upstream._batch_plans.values():
+        plan.polls = 0
+    second = make_runner(openai_model(upstream), **config)
+    async with Client(build_server(second), extensions=[TasksClient()]) as client:
+        task = await wait_task(client, handle.task_id)
+    assert task.status == "completed" and receipt_of(task)["ok"] == 8
+    assert len(upstream.batch_creates()) == 3  # never submitted twice
+    assert len([s for s in upstream.seen if s.path.endswith("/files")]) == 3
+    assert upstream.completions() == []
+    assert receipt_of(task)["cost_usd"] == pytest.approx(8 * NANO_BATCH, abs=1e-15)
+    assert [r.batch_id for r in store.rows(handle.task_id)] == list(upstream.batches)

@@ -24,7 +24,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -154,6 +154,7 @@ class TaskManager:
         self.lease_s, self.ttl_s, self.clock = lease_s, ttl_s, clock
         self.owner = uuid.uuid4().hex
         self._held: dict[str, _Held] = {}
+        self._later: set[anyio.CancelScope] = set()
         self._tg: anyio.abc.TaskGroup | None = None
         self._stopping = False
 
@@ -183,6 +184,8 @@ class TaskManager:
                 keeper.cancel()
                 for held in self._held.values():
                     held.scope.cancel()
+                for scope in self._later:
+                    scope.cancel()
 
     # ---- the requests ----------------------------------------------------------------------------------------------
 
@@ -290,7 +293,8 @@ class TaskManager:
                             await flush()
 
                     tg.start_soon(tick)
-                    await self.executor(self.runner, BatchJob(row.id, plan, pending, record, self.owner))
+                    await self.executor(self.runner, BatchJob(row.id, plan, pending, record, self.owner,
+                                                              self._run_later))
                     tg.cancel_scope.cancel()
         except Exception as e:  # a bug, or a ledger that stayed down: the task fails, the server stays up
             log.exception("task %s failed", row.id)
@@ -308,6 +312,27 @@ class TaskManager:
                     log.exception("task %s: could not record how it ended; another replica may resume it", row.id)
                 finally:
                     self._held.pop(row.id, None)
+
+    def _run_later(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run an executor's work that outlives its task (`BatchJob.later`) while the server runs; stopped at
+        shutdown."""
+        if self._tg is None:
+            return
+
+        async def run() -> None:
+            if self._stopping:  # started after the shutdown cancelled the others
+                return
+            scope = anyio.CancelScope()
+            self._later.add(scope)
+            try:
+                with scope:
+                    await work()
+            except Exception:  # the executor's own bookkeeping: it must not take the server with it
+                log.exception("work left by a task failed")
+            finally:
+                self._later.discard(scope)
+
+        self._tg.start_soon(run)
 
     async def _write_calls(self, calls: list[CallWrite]) -> None:
         # The calls' rows go first, in their own transaction (not queued behind other calls' writes), so an item
