@@ -11,11 +11,13 @@ import pytest
 from mcp import Client
 
 from tiered_mcp.call.budget import worst_case_usd
+from tiered_mcp.call.provider_batch import ProviderBatches
 from tiered_mcp.cli.main import main
 from tiered_mcp.core.receipts import RECEIPT_META_KEY
 from tiered_mcp.ledger.provider_batches import ProviderBatchStore
 from tiered_mcp.models._openai import OpenAIModels
 from tiered_mcp.serve.server import build_server
+from tiered_mcp.serve.tasks import PROGRESS_META_KEY
 from tiered_mcp.testing import FakeBatch, FakeResponse
 
 from .tasks_client import TasksClient, cancel_task, get_task, start_task, wait_task
@@ -436,3 +438,77 @@ async def test_a_restarted_server_resumes_every_batch_of_a_task(make_runner, led
     assert upstream.completions() == []
     assert receipt_of(task)["cost_usd"] == pytest.approx(8 * NANO_BATCH, abs=1e-15)
     assert [r.batch_id for r in store.rows(handle.task_id)] == list(upstream.batches)
+
+
+# ---- progress while a batch runs ------------------------------------------------------------------------------------
+
+
+class Gate:
+    """The executor's sleep between polls: it returns only when the test lets one more poll through."""
+
+    def __init__(self) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[None](100)
+
+    async def __call__(self, seconds: float) -> None:
+        await self._receive.receive()
+
+    def open(self) -> None:
+        self._send.send_nowait(None)
+
+
+async def wait_for(client, task_id: str, check) -> object:
+    """Poll tasks/get until `check(task)` holds; that task."""
+    with anyio.fail_after(10):
+        while not check(task := await get_task(client, task_id)):
+            await anyio.sleep(0.01)
+    return task
+
+
+async def test_progress_rises_with_the_providers_request_counts_before_the_results_are_in(make_runner, upstream):
+    upstream.script_batch(FakeBatch(polls=10**6, progress=1))  # each look: one more request answered
+    model = openai_model(upstream)
+    runner = make_runner(model, **BATCH_CONFIG)
+    gate = Gate()
+    executor = ProviderBatches(model, runner.ledger, sleep=gate)
+    async with Client(build_server(runner, task_executor=executor), extensions=[TasksClient()]) as client:
+        handle = await start_submitted(client, upstream)
+        task = await get_task(client, handle.task_id)
+        assert task.meta[PROGRESS_META_KEY]["batch_api"] == {"requests": 3, "completed": 0, "failed": 0}
+        for k in (1, 2, 3):
+            gate.open()  # one more poll
+            task = await wait_for(client, handle.task_id,
+                                  lambda t, k=k: t.meta[PROGRESS_META_KEY]["batch_api"]["completed"] == k)
+            progress = task.meta[PROGRESS_META_KEY]
+            # Answered at the provider, not yet checked: no item is done.
+            assert task.status == "working" and progress["done"] == 0 and progress["cost_usd"] == 0
+            assert progress["batch_api"] == {"requests": 3, "completed": k, "failed": 0}
+            assert task.status_message == (f"0 of 3 items answered (0 failed); $0.000000 spent so far; the provider "
+                                           f"has answered {k} of the 3 requests sent to its Batch API (0 with an "
+                                           "error)")
+        (batch_id,) = upstream.batches
+        upstream._batch_plans[batch_id].polls = 0
+        gate.open()
+        task = await wait_task(client, handle.task_id)
+    assert task.status == "completed"
+    assert task.meta[PROGRESS_META_KEY]["done"] == 3
+    assert task.meta[PROGRESS_META_KEY]["batch_api"] == {"requests": 3, "completed": 3, "failed": 0}
+
+
+async def test_requests_the_provider_failed_count_as_answered_with_an_error(make_runner, upstream):
+    upstream.script_batch(FakeBatch(polls=10**6, progress=2, errors=("1",)))
+    model = openai_model(upstream)
+    runner = make_runner(model, **BATCH_CONFIG)
+    gate = Gate()
+    async with Client(build_server(runner, task_executor=ProviderBatches(model, runner.ledger, sleep=gate)),
+                      extensions=[TasksClient()]) as client:
+        handle = await start_submitted(client, upstream)
+        gate.open()
+        task = await wait_for(client, handle.task_id,
+                              lambda t: t.meta[PROGRESS_META_KEY]["batch_api"]["completed"] > 0)
+        assert task.meta[PROGRESS_META_KEY]["batch_api"] == {"requests": 3, "completed": 1, "failed": 1}
+        assert "answered 2 of the 3 requests sent to its Batch API (1 with an error)" in task.status_message
+        (batch_id,) = upstream.batches
+        upstream._batch_plans[batch_id].polls = 0
+        gate.open()
+        task = await wait_task(client, handle.task_id)
+    assert task.status == "completed"

@@ -45,6 +45,7 @@ from tiered_mcp.call.runner import Result, Runner
 from tiered_mcp.core.errors import CallError, NotRecorded
 from tiered_mcp.core.identity import Caller, current_caller
 from tiered_mcp.ledger.base import CallWrite, now_iso, off_loop
+from tiered_mcp.ledger.provider_batches import BatchProgress, ProviderBatchStore
 from tiered_mcp.ledger.tasks import CANCELLED, COMPLETED, FAILED, WORKING, ItemRow, TaskRow, TaskStore
 from tiered_mcp.serve import results
 from tiered_mcp.specs.schema_safety import excerpt
@@ -53,7 +54,8 @@ log = logging.getLogger("tiered_mcp")
 
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 PROGRESS_META_KEY = "tiered-mcp/progress"
-"""Where a task object's `_meta` carries its progress: total, done, failed, cost_usd, unpriced."""
+"""Where a task object's `_meta` carries its progress: total, done, failed, cost_usd, unpriced (and batch_api, the
+provider's request counts, for a task sent through its Batch API)."""
 TTL_S = 24 * 3600.0
 """How long a finished task stays readable (from when it finished; `ttlMs` counts from creation, as the spec says)."""
 POLL_INTERVAL_MS = 2000
@@ -85,19 +87,26 @@ def _unix(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def task_object(row: TaskRow) -> dict[str, Any]:
-    """The spec's `DetailedTask` for a stored task, with our progress in `_meta`."""
+def task_object(row: TaskRow, batches: BatchProgress | None = None) -> dict[str, Any]:
+    """The spec's `DetailedTask` for a stored task, with our progress in `_meta`; `batches`: what the provider
+    reports of the task's Batch API batches, if it has any."""
     if row.status == WORKING:
         message = (f"{row.done} of {row.total} items answered ({row.failed} failed); "
                    f"${row.cost_usd:.6f} spent so far")
+        if batches is not None:
+            message += (f"; the provider has answered {batches.completed + batches.failed} of the "
+                        f"{batches.requests} requests sent to its Batch API ({batches.failed} with an error)")
     else:
         message = row.message or row.status
+    progress: dict[str, Any] = {"total": row.total, "done": row.done, "failed": row.failed,
+                                "cost_usd": row.cost_usd, "unpriced": row.unpriced}
+    if batches is not None:
+        progress["batch_api"] = {"requests": batches.requests, "completed": batches.completed,
+                                 "failed": batches.failed}
     task: dict[str, Any] = {
         "taskId": row.id, "status": row.status, "statusMessage": message, "createdAt": row.created,
         "lastUpdatedAt": row.updated, "ttlMs": max(0, round((row.expires - _unix(row.created)) * 1000)),
-        "pollIntervalMs": POLL_INTERVAL_MS,
-        "_meta": {PROGRESS_META_KEY: {"total": row.total, "done": row.done, "failed": row.failed,
-                                      "cost_usd": row.cost_usd, "unpriced": row.unpriced}},
+        "pollIntervalMs": POLL_INTERVAL_MS, "_meta": {PROGRESS_META_KEY: progress},
     }
     if row.status == COMPLETED and row.result is not None:
         task["result"] = json.loads(row.result)
@@ -151,6 +160,7 @@ class TaskManager:
     def __init__(self, runner: Runner, store: TaskStore, executor: Executor = path_executor, *,
                  lease_s: float = LEASE_S, ttl_s: float = TTL_S, clock: Callable[[], float] = time.time) -> None:
         self.runner, self.store, self.executor = runner, store, executor
+        self.batches = ProviderBatchStore(store.ledger)  # what a Batch API executor records of a task's batches
         self.lease_s, self.ttl_s, self.clock = lease_s, ttl_s, clock
         self.owner = uuid.uuid4().hex
         self._held: dict[str, _Held] = {}
@@ -469,8 +479,9 @@ class TasksExtension(Extension):
     async def _get(self, ctx: Any, params: TaskIdParams) -> dict[str, Any]:
         require(ctx)
         row = await self.manager.visible(params.task_id)
+        batches = await off_loop(self.manager.batches.progress, row.id)
         # A finished batch's result may be megabytes of JSON: parsed in a worker thread.
-        return await anyio.to_thread.run_sync(task_object, row)
+        return await anyio.to_thread.run_sync(task_object, row, batches)
 
     async def _update(self, ctx: Any, params: UpdateTaskParams) -> dict[str, Any]:
         require(ctx)
