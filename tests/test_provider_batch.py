@@ -512,3 +512,84 @@ async def test_requests_the_provider_failed_count_as_answered_with_an_error(make
         gate.open()
         task = await wait_task(client, handle.task_id)
     assert task.status == "completed"
+
+
+# ---- a cancelled task lets its budget hold go -----------------------------------------------------------------------
+
+
+def item_worst(runner, text: str) -> float:
+    """An item's worst case at nano's batch rate, as the batch's hold reserves it."""
+    spec = runner.specs.get("classify")
+    request = runner.first_request(spec, runner.check_arguments(spec, {"text": text, "labels": LABELS}), "nano")
+    return worst_case_usd(runner.config.tiers["nano"], request.messages) * 0.5
+
+
+async def holds_gone(ledger) -> None:
+    with anyio.fail_after(10):
+        while ledger._rows("SELECT count(*) FROM budget_holds WHERE amount > 0")[0][0]:
+            await anyio.sleep(0.01)
+
+
+def day_spent(ledger) -> float:
+    return ledger._rows("SELECT spent FROM budget_spend WHERE key LIKE 'day:%'")[0][0]
+
+
+@pytest.mark.parametrize("answered", [0, 1])
+async def test_a_cancelled_batch_task_gives_its_budget_hold_back(make_runner, ledger, upstream, answered):
+    # The provider answered `answered` requests before it stopped (a cancelled batch's output file has them).
+    upstream.script_batch(FakeBatch(polls=10**6, answered=answered))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    cap = sum(item_worst(runner, t) for t in ITEMS) + 0.5 * item_worst(runner, ITEMS[0])
+    runner = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **BATCH_CONFIG)
+    async with Client(build_server(runner), extensions=[TasksClient()]) as client:
+        handle = await start_submitted(client, upstream)
+        # While the batch's hold stands, a synchronous call does not fit (its worst case is at the full rate).
+        refused = await client.call_tool("classify", {"text": ITEMS[0], "labels": LABELS})
+        assert refused.is_error and "budget" in refused.content[0].text
+        await cancel_task(client, handle.task_id)
+        task = await wait_task(client, handle.task_id)
+        assert task.status == "cancelled"
+        await holds_gone(ledger)
+        (batch,) = upstream.batches.values()
+        assert batch["status"] == "cancelled"
+        # The hold is gone: the same call runs now.
+        ran = await client.call_tool("classify", {"text": ITEMS[0], "labels": LABELS})
+        assert not ran.is_error
+    # Spent: the answers the provider gave before it stopped, at the batch rate, then the synchronous call.
+    batch_rows = [r for r in ledger.calls() if r["batch"] is not None]
+    assert len(batch_rows) == answered
+    for row in batch_rows:
+        assert row["ok"] == 0 and row["cost_usd"] == pytest.approx(NANO_BATCH, abs=1e-15)
+        (attempt,) = ledger.attempts(row["uid"])
+        assert attempt["batch_api"] == 1 and attempt["outcome"] == "cancelled"
+        assert attempt["cost_usd"] == pytest.approx(NANO_BATCH, abs=1e-15)
+    assert day_spent(ledger) == pytest.approx(answered * NANO_BATCH + NANO, abs=1e-15)
+    pb = ProviderBatchStore(ledger).get(handle.task_id)
+    assert pb.status == "cancelled" and pb.settled
+
+
+async def test_a_task_cancelled_while_its_answers_are_checked_gives_the_hold_back(make_runner, ledger, upstream):
+    # Item 0's batch answer is unsure: it climbs to mini, which takes its time; the client cancels meanwhile.
+    upstream.script_batch(FakeBatch(responses={"0": FakeResponse(
+        content={"label": "bug", "labels": ["bug"], "confidence": 0.2, "reason": "unsure"})}))
+    upstream.push("gpt-5.4-mini", FakeResponse(delay_s=30))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    spec = runner.specs.get("classify")
+    request = runner.first_request(spec, runner.check_arguments(spec, {"text": ITEMS[0], "labels": LABELS}), "mini")
+    cap = sum(item_worst(runner, t) for t in ITEMS) + 2 * worst_case_usd(runner.config.tiers["mini"],
+                                                                          request.messages)
+    runner = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **BATCH_CONFIG)
+    async with Client(build_server(runner), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": ITEMS, "labels": LABELS})
+        with anyio.fail_after(10):
+            while not any(s.body and s.body.get("model") == "gpt-5.4-mini" for s in upstream.completions()):
+                await anyio.sleep(0.01)
+        await cancel_task(client, handle.task_id)
+        task = await wait_task(client, handle.task_id)
+        assert task.status == "cancelled"
+        await holds_gone(ledger)
+    # Every answer the batch gave is booked once, by its item's own row (item 0's with its cancelled escalation).
+    rows = [r for r in ledger.calls() if r["batch"] is not None]
+    assert len(rows) == 3
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(3 * NANO_BATCH, abs=1e-15)
+    assert day_spent(ledger) == pytest.approx(3 * NANO_BATCH, abs=1e-15)

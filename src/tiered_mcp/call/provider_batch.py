@@ -382,16 +382,17 @@ class ProviderBatches:
         return answers
 
     async def _settle(self, runner: Runner, job: BatchJob, row: ProviderBatchRow,
-                      answers: dict[str, ModelReply | ModelError], owner: str | None = None) -> Hold | None:
+                      answers: dict[str, ModelReply | ModelError], fenced: bool = True) -> Hold | None:
         """Shrink `row`'s hold to what the answers cost at the batch rate (the items' rows book the same figures,
-        attempt by attempt), once; the hold."""
+        attempt by attempt), once; the hold. `fenced` False: the task has ended, no replica holds it."""
         settings = runner.config.tiers[row.tier]
         actual = sum(batch_cost_of(settings, r.input_tokens, r.output_tokens, r.cached_input_tokens) or 0.0
                      for r in answers.values() if isinstance(r, ModelReply))
         hold = hold_from_json(row.hold, here=row.hold is not None and row.hold["id"] in self._mine)
         if hold is not None and not row.settled:
             await runner.budget.settle(hold, actual, HOLD_TTL_S)
-            await off_loop(partial(self.store.update, job.task_id, owner or job.owner, part=row.part, settled=True))
+            await off_loop(partial(self.store.update, job.task_id, job.owner if fenced else None, part=row.part,
+                                   settled=True))
         return hold
 
     async def _download(self, runner: Runner, provider: Any, row: ProviderBatchRow,
@@ -412,13 +413,16 @@ class ProviderBatches:
                 break
         return {}
 
-    async def _cancel(self, provider: Any, batch_id: str) -> None:
+    async def _cancel(self, provider: Any, batch_id: str) -> BatchState | None:
+        """Ask the provider to stop a batch; the batch as it then says it is (None: the request failed)."""
         assert self.api is not None
         try:
-            await self.api.batch_cancel(provider, batch_id)
+            state = await self.api.batch_cancel(provider, batch_id)
             log.info("batch %s cancelled at the provider", batch_id)
+            return state
         except ModelError as e:
             log.warning("cancelling batch %s at the provider failed: %s", batch_id, e)
+            return None
 
     # ---- cancelled by the client -----------------------------------------------------------------------------------
 
@@ -428,7 +432,7 @@ class ProviderBatches:
         provider = runner.config.providers[runner.config.tiers[tier].provider]
         for part in live.values():
             if part.state is not None and part.state.id and not part.state.ended:
-                await self._cancel(provider, part.state.id)
+                part.state = await self._cancel(provider, part.state.id) or part.state
         if job.later is not None:
             job.later(partial(self._settle_cancelled, runner, job, live))
         else:
@@ -462,7 +466,7 @@ class ProviderBatches:
                                        ended=row.ended or self.clock(), completed=state.completed,
                                        failed=state.failed))
             answers = await self._answers(runner, provider, row, state)
-        hold = await self._settle(runner, job, row, answers, owner=None)
+        hold = await self._settle(runner, job, row, answers, fenced=False)
         pending = set(job.pending)
         latency_ms = ((row.ended or self.clock()) - row.created) * 1000
         writes = [runner.unchecked_item(job.plan.spec, {**job.plan.shared, job.plan.name: job.plan.items[i]},
