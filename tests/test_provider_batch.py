@@ -593,3 +593,28 @@ async def test_a_task_cancelled_while_its_answers_are_checked_gives_the_hold_bac
     assert len(rows) == 3
     assert sum(r["cost_usd"] for r in rows) == pytest.approx(3 * NANO_BATCH, abs=1e-15)
     assert day_spent(ledger) == pytest.approx(3 * NANO_BATCH, abs=1e-15)
+
+
+async def test_cancelling_a_task_of_several_batches_gives_every_hold_back(make_runner, ledger, upstream):
+    upstream.script_batch(FakeBatch(polls=10**6, answered=1), FakeBatch(polls=10**6),
+                          FakeBatch(polls=10**6, answered=2))
+    config = {**BATCH_CONFIG, "batch_api": {"poll_s": 0.01, "max_requests": 3}}
+    runner = make_runner(openai_model(upstream), **config)
+    cap = sum(item_worst(runner, t) for t in EIGHT) * 1.01
+    runner = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **config)
+    store = ProviderBatchStore(ledger)
+    async with Client(build_server(runner), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": EIGHT, "labels": LABELS})
+        with anyio.fail_after(10):
+            while len(rows := store.rows(handle.task_id)) < 3 or any(r.status != "in_progress" for r in rows):
+                await anyio.sleep(0.01)
+        assert ledger._rows("SELECT count(DISTINCT id) FROM budget_holds WHERE amount > 0")[0][0] == 3
+        await cancel_task(client, handle.task_id)
+        assert (await wait_task(client, handle.task_id)).status == "cancelled"
+        await holds_gone(ledger)
+    assert [b["status"] for b in upstream.batches.values()] == ["cancelled"] * 3
+    # Booked: the first batch's first answer and the third batch's first two, at the batch rate.
+    rows = [r for r in ledger.calls() if r["batch"] is not None]
+    assert len(rows) == 3 and all(r["error"] == "cancelled by the client" for r in rows)
+    assert day_spent(ledger) == pytest.approx(3 * NANO_BATCH, abs=1e-15)
+    assert all(r.settled and r.status == "cancelled" for r in store.rows(handle.task_id))

@@ -5,26 +5,36 @@ calls run as MCP tasks use it, since a provider batch may take up to its 24-hour
 task whose ladder starts on that tier, `ProviderBatches`:
 
 1. builds one Chat Completions request per pending item the cache cannot answer (those the cache can take the
-   model path, which answers them from it), exactly the body the model path would send for the item's first attempt (`Runner.first_request`, `BatchApi.chat_body`), and reserves the budget for the batch at once: the
-   items' worst cases at the batch rate, as many items (in index order) as the caps leave room for. Items beyond
-   that are not submitted: they go through the model path, whose budget check refuses them (or runs them, if room
-   came free meanwhile), with an ordinary budget receipt;
-2. records the batch in the ledger (`provider_batches`) before sending anything, uploads the JSONL file, creates the
-   batch (completion window 24h, the task id in its metadata) and records its id. A server restarted at any point
-   resumes the same batch: with no batch id recorded it first looks for a batch carrying the task's id, so the
-   items are never submitted twice;
-3. polls the batch every `[batch_api] poll_s` seconds, recording each status seen, until it ends (completed,
-   expired, failed or cancelled);
-4. downloads the output and error files and settles the hold at what the answers cost at the batch rate;
-5. runs each submitted item through the runner with its batch answer as its first attempt (`Prepared`): accounted
+   model path, which answers them from it), exactly the body the model path would send for the item's first
+   attempt (`Runner.first_request`, `BatchApi.chat_body`), and splits them, in index order, into provider batches
+   of at most `[batch_api] max_requests` requests and `max_bytes` bytes of JSONL each (OpenAI's limits: 50,000 and
+   200 MB), for as many items as the budget caps leave room for at their worst cases at the batch rate. Each batch
+   reserves its own budget hold at once. Items beyond the room are not submitted (nor a batch whose hold another
+   call's spend got to first, nor the ones after it): they go through the model path, whose budget check refuses
+   them (or runs them, if room came free meanwhile), with an ordinary budget receipt;
+2. records every batch in the ledger (`provider_batches`, one row per batch, numbered by `part`) before sending
+   anything; then, one batch after another, uploads its JSONL file, creates it (completion window 24h, its tag in
+   its metadata: the task id, `<task id>:<part>` for every batch after the first) and records its id. A server
+   restarted at any point resumes each batch on its own: with no batch id recorded it first looks for a batch
+   carrying that batch's tag, so no item is ever submitted twice;
+3. polls the batches together, each every `[batch_api] poll_s` seconds, recording each status and the provider's
+   request counts (requests answered, and answered with an error, so far) as they change: tasks/get reports their
+   sums while the batches run (serve/tasks.py);
+4. as each batch ends, downloads its output and error files and settles its hold at what the answers cost at the
+   batch rate;
+5. runs each of its items through the runner with its batch answer as its first attempt (`Prepared`): accounted
    by the model path at the batch rate, validated, repaired and escalated like any answer (repairs and escalations
    are ordinary synchronous requests). An item in the error file, or missing when the batch expired or failed, gets
    a first attempt with outcome `batch_unanswered` (cost 0) and then runs on the model path at once, on the same
    tier, synchronously (reason `retry`, full price), and climbs from there as usual.
-   A provider that refuses the upload or the batch leaves every item to the model path the same way.
+   A provider that refuses the upload or the batch leaves that batch's items to the model path the same way.
 
-A task cancelled by its client cancels the provider batch too; one given up at shutdown leaves it running for the
-next server. The budget hold lasts the completion window and a margin; the last item's ledger row drops it.
+A task cancelled by its client cancels its provider batches at once, and leaves their settling to work that
+outlives the task (`BatchJob.later`): it polls each batch until the provider has stopped it, downloads what it
+answered before it stopped (a cancelled batch's output file has those answers), books each answer no item's row
+books yet as a call cancelled by the client, at the batch rate, and lets the batch's hold go with those rows (an
+item already handed to the runner writes its own row). A task given up at shutdown leaves its batches running for
+the next server. A hold otherwise lasts the completion window and a margin; its batch's last item row drops it.
 """
 
 from __future__ import annotations
