@@ -531,7 +531,7 @@ async def holds_gone(ledger) -> None:
 
 
 def day_spent(ledger) -> float:
-    return ledger._rows("SELECT spent FROM budget_spend WHERE key LIKE 'day:%'")[0][0]
+    return ledger._rows("SELECT spent FROM budget_spend WHERE key LIKE ?", ("day:%",))[0][0]
 
 
 @pytest.mark.parametrize("answered", [0, 1])
@@ -595,6 +595,7 @@ async def test_a_task_cancelled_while_its_answers_are_checked_gives_the_hold_bac
     assert day_spent(ledger) == pytest.approx(3 * NANO_BATCH, abs=1e-15)
 
 
+@pytest.mark.parametrize("ledger_target", ["sqlite", "postgresql"], indirect=True)
 async def test_cancelling_a_task_of_several_batches_gives_every_hold_back(make_runner, ledger, upstream):
     upstream.script_batch(FakeBatch(polls=10**6, answered=1), FakeBatch(polls=10**6),
                           FakeBatch(polls=10**6, answered=2))
