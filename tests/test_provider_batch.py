@@ -619,3 +619,29 @@ async def test_cancelling_a_task_of_several_batches_gives_every_hold_back(make_r
     assert len(rows) == 3 and all(r["error"] == "cancelled by the client" for r in rows)
     assert day_spent(ledger) == pytest.approx(3 * NANO_BATCH, abs=1e-15)
     assert all(r.settled and r.status == "cancelled" for r in store.rows(handle.task_id))
+
+
+async def test_a_task_cancelled_while_no_server_held_it_still_stops_its_batch_and_gives_the_hold_back(
+        make_runner, ledger, upstream):
+    from tiered_mcp.ledger.tasks import TaskStore
+
+    upstream.script_batch(FakeBatch(polls=10**6, answered=2))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    cap = sum(item_worst(runner, t) for t in ITEMS) * 1.01
+    first = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **BATCH_CONFIG)
+    store = ProviderBatchStore(ledger)
+    async with Client(build_server(first), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": ITEMS, "labels": LABELS})
+        with anyio.fail_after(10):
+            while (row := store.get(handle.task_id)) is None or row.status != "in_progress":
+                await anyio.sleep(0.01)
+    # The first server gave the task up; the client's cancel lands while no server holds it.
+    TaskStore(ledger).request_cancel(handle.task_id)
+    second = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **BATCH_CONFIG)
+    async with Client(build_server(second), extensions=[TasksClient()]) as client:
+        task = await wait_task(client, handle.task_id)
+        assert task.status == "cancelled"
+        await holds_gone(ledger)
+    (batch,) = upstream.batches.values()
+    assert batch["status"] == "cancelled" and len(upstream.batch_creates()) == 1
+    assert day_spent(ledger) == pytest.approx(2 * NANO_BATCH, abs=1e-15)

@@ -162,13 +162,13 @@ class ProviderBatches:
         return tier
 
     async def __call__(self, runner: Runner, job: BatchJob) -> None:
-        rows = await off_loop(self.store.rows, job.task_id)
-        tier = rows[0].tier if rows else self.tier_for(runner, job.plan)
-        if tier is None or self.api is None:
-            await run_items(runner, job.plan, job.pending, job.record, workers=WORKERS)
-            return
         live: dict[int, _Live] = {}
         try:
+            rows = await off_loop(self.store.rows, job.task_id)
+            tier = rows[0].tier if rows else self.tier_for(runner, job.plan)
+            if tier is None or self.api is None:
+                await run_items(runner, job.plan, job.pending, job.record, workers=WORKERS)
+                return
             if not rows:
                 rows = await self._prepare(runner, job, tier)
             pending = set(job.pending)
@@ -186,8 +186,8 @@ class ProviderBatches:
                                       turn := anyio.Event())
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                if await off_loop(self.tasks.cancel_requested, job.task_id):
-                    await self._cancelled(runner, job, tier, live)
+                if self.api is not None and await off_loop(self.tasks.cancel_requested, job.task_id):
+                    await self._cancelled(runner, job, live)
             raise
 
     # ---- submitting ------------------------------------------------------------------------------------------------
@@ -436,13 +436,16 @@ class ProviderBatches:
 
     # ---- cancelled by the client -----------------------------------------------------------------------------------
 
-    async def _cancelled(self, runner: Runner, job: BatchJob, tier: str, live: dict[int, _Live]) -> None:
-        """The client cancelled the task: stop its batches at the provider now, and leave settling them (their
-        holds, the answers the provider gave before it stopped) to work that outlives the task."""
-        provider = runner.config.providers[runner.config.tiers[tier].provider]
-        for part in live.values():
-            if part.state is not None and part.state.id and not part.state.ended:
-                part.state = await self._cancel(provider, part.state.id) or part.state
+    async def _cancelled(self, runner: Runner, job: BatchJob, live: dict[int, _Live]) -> None:
+        """The client cancelled the task: stop the batches seen running at the provider now, and leave settling
+        them all (their holds, the answers the provider gave before it stopped) to work that outlives the task."""
+        rows = {row.part: row for row in await off_loop(self.store.rows, job.task_id)}
+        if not rows:
+            return  # nothing was prepared: no hold, no batch
+        for part, seen in live.items():
+            if seen.state is not None and seen.state.id and not seen.state.ended and part in rows:
+                provider = runner.config.providers[runner.config.tiers[rows[part].tier].provider]
+                seen.state = await self._cancel(provider, seen.state.id) or seen.state
         if job.later is not None:
             job.later(partial(self._settle_cancelled, runner, job, live))
         else:

@@ -252,16 +252,27 @@ class TaskManager:
             held.cancel = True
             held.scope.cancel()
             return
-        # Held by another replica: it sees the flag at its next save or renewal. Held by none: finished here.
+        # Held by another replica: it sees the flag at its next save or renewal. Held by none: taken over here and
+        # stopped at once, so that its executor stops what it left running (a provider's batches) and gives back
+        # their budget holds; finished here outright when this server is stopping.
+        if self._tg is not None:
+            await self._resume(task_id)
+            return
         message = f"cancelled after {row.done} of {row.total} items"
         await off_loop(partial(self.store.finish, task_id, None, CANCELLED, message, self.clock() + self.ttl_s,
                                now=self.clock()))
 
     # ---- running ---------------------------------------------------------------------------------------------------
 
-    def _start(self, row: TaskRow, plan: BatchPlan, pending: list[int], caller: Caller | None) -> None:
+    def _start(self, row: TaskRow, plan: BatchPlan, pending: list[int], caller: Caller | None,
+               cancel: bool = False) -> None:
+        """Run a task here; `cancel`: one a client cancelled while no replica held it, stopped at once (its
+        executor sees a cancel, as if it had come while the task ran)."""
         assert self._tg is not None
         held = self._held[row.id] = _Held()
+        if cancel:
+            held.cancel = True
+            held.scope.cancel()
         self._tg.start_soon(self._run, row, plan, pending, caller, held)
 
     async def _run(self, row: TaskRow, plan: BatchPlan, pending: list[int], caller: Caller | None,
@@ -428,16 +439,16 @@ class TaskManager:
         caller = Caller(row.caller, row.daily_usd) if row.caller is not None else None
         spec = self.runner.specs.get(row.tool)
         expires = now + self.ttl_s
-        if row.cancel:
-            await off_loop(partial(self.store.finish, task_id, self.owner, CANCELLED,
-                                   f"cancelled after {row.done} of {row.total} items", expires))
-            return
         try:
             if spec is None or spec.batch is None or row.arguments is None:
                 raise CallError(f"tool {row.tool!r} takes no batch on this replica")
             plan = plan_batch(self.runner, spec, json.loads(row.arguments),
                               CallOptions.model_validate_json(row.options or "{}"), batch_id=row.batch)
         except CallError as e:  # it cannot run here now (its tool changed, no tier is usable): the result says why
+            if row.cancel:
+                await off_loop(partial(self.store.finish, task_id, self.owner, CANCELLED,
+                                       f"cancelled after {row.done} of {row.total} items", expires))
+                return
             text = results.dumps(results.failure(e).model_dump(by_alias=True, mode="json", exclude_none=True))
             await off_loop(partial(self.store.finish, task_id, self.owner, COMPLETED, str(e), expires, result=text))
             return
@@ -449,8 +460,11 @@ class TaskManager:
             return
         answered = await off_loop(self.store.answered, task_id)
         pending = [i for i in range(row.total) if i not in answered]
-        log.info("task %s: resumed here with %d of %d items still to answer", task_id, len(pending), row.total)
-        self._start(row, plan, pending, caller)
+        if row.cancel:
+            log.info("task %s: cancelled while no replica held it; stopping it here", task_id)
+        else:
+            log.info("task %s: resumed here with %d of %d items still to answer", task_id, len(pending), row.total)
+        self._start(row, plan, pending, caller, cancel=row.cancel)
 
 
 class TasksExtension(Extension):
