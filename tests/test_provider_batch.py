@@ -11,7 +11,7 @@ import pytest
 from mcp import Client
 
 from tiered_mcp.call.budget import worst_case_usd
-from tiered_mcp.call.provider_batch import ProviderBatches
+from tiered_mcp.call.provider_batch import ProviderBatches, split
 from tiered_mcp.cli.main import main
 from tiered_mcp.core.receipts import RECEIPT_META_KEY
 from tiered_mcp.ledger.provider_batches import ProviderBatchStore
@@ -387,6 +387,26 @@ async def test_the_byte_limit_splits_too(make_runner, upstream):
     assert parts == [["0", "1"], ["2", "3"], ["4"]]
     assert all(len(upstream.files[b["input_file_id"]]) <= room for b in upstream.batches.values())
     assert upstream.completions() == []
+
+
+async def test_the_executor_takes_its_limits_as_arguments(make_runner, upstream):
+    model = openai_model(upstream)
+    runner = make_runner(model, **BATCH_CONFIG)
+    executor = ProviderBatches(model, runner.ledger, max_requests=2)
+    async with Client(build_server(runner, task_executor=executor), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": ITEMS, "labels": LABELS})
+        task = await wait_task(client, handle.task_id)
+    assert task.status == "completed" and receipt_of(task)["batch_api"] == 3
+    assert [[line["custom_id"] for line in upstream.batch_requests(b)] for b in upstream.batches] == [
+        ["0", "1"], ["2"]]
+
+
+def test_split_keeps_index_order_and_stops_at_the_budget():
+    lines = [(b"x" * 10, 1.0), (b"x" * 10, 1.0), (b"x" * 50, 1.0), (b"x" * 10, 1.0), (b"x" * 10, 1.0)]
+    # A line larger than a batch takes none (its item goes to the model path); the room stops the rest.
+    assert split(lines, room=3.0, max_requests=2, max_bytes=25) == ([[0, 1], [3]], [2.0, 1.0])
+    assert split(lines, room=float("inf"), max_requests=3, max_bytes=25) == ([[0, 1], [3, 4]], [2.0, 2.0])
+    assert split(lines, room=0.5, max_requests=3, max_bytes=25) == ([], [])
 
 
 async def test_the_daily_cap_bounds_what_every_batch_takes(make_runner, ledger, upstream):
