@@ -73,3 +73,35 @@ def test_a_postgres_ledger_of_release_0_1_upgrades_in_place(pg_url):
 
 def test_a_new_ledger_gets_every_migration(ledger):
     assert ledger.applied_migrations() == NAMES
+
+
+def test_a_provider_batch_of_an_earlier_release_becomes_its_tasks_first_part(tmp_path):
+    # A ledger whose provider_batches table had one row per task (before a task could send several batches).
+    import sqlite3
+
+    from tiered_mcp.ledger.migrations import SQLITE, migrate
+    from tiered_mcp.ledger.provider_batches import ProviderBatchStore
+
+    path = tmp_path / "ledger.sqlite3"
+    conn = sqlite3.connect(path)
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)")
+    cur.execute("INSERT INTO _migrations VALUES ('provider_batch_parts', 'now')")  # held back: applied below
+    migrate(cur, SQLITE)
+    cur.execute("DELETE FROM _migrations WHERE name = 'provider_batch_parts'")
+    cur.execute("DROP TABLE provider_batches")
+    cur.execute("CREATE TABLE provider_batches (task_id TEXT PRIMARY KEY, tier TEXT NOT NULL, items TEXT NOT NULL,"
+                " hold TEXT, input_file TEXT, batch_id TEXT, status TEXT NOT NULL, output_file TEXT, error_file TEXT,"
+                " created REAL NOT NULL, ended REAL, settled INTEGER NOT NULL DEFAULT 0)")
+    cur.execute("INSERT INTO provider_batches VALUES ('t1', 'nano', '[0, 1]', NULL, 'file-1', 'batch_1',"
+                " 'in_progress', NULL, NULL, 100.0, NULL, 0)")
+    conn.commit()
+    conn.close()
+    ledger = open_ledger(path)
+    try:
+        assert ledger.applied_migrations() == NAMES
+        (row,) = ProviderBatchStore(ledger).rows("t1")
+        assert (row.part, row.items, row.batch_id, row.status, row.completed, row.failed) == (
+            0, [0, 1], "batch_1", "in_progress", 0, 0)
+    finally:
+        ledger.close()

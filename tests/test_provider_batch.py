@@ -11,11 +11,13 @@ import pytest
 from mcp import Client
 
 from tiered_mcp.call.budget import worst_case_usd
+from tiered_mcp.call.provider_batch import ProviderBatches, split
 from tiered_mcp.cli.main import main
 from tiered_mcp.core.receipts import RECEIPT_META_KEY
 from tiered_mcp.ledger.provider_batches import ProviderBatchStore
 from tiered_mcp.models._openai import OpenAIModels
 from tiered_mcp.serve.server import build_server
+from tiered_mcp.serve.tasks import PROGRESS_META_KEY
 from tiered_mcp.testing import FakeBatch, FakeResponse
 
 from .tasks_client import TasksClient, cancel_task, get_task, start_task, wait_task
@@ -342,3 +344,324 @@ async def test_items_the_cache_can_answer_are_not_submitted(make_runner, upstrea
     assert [line["custom_id"] for line in upstream.batch_requests(batch_id)] == ["0", "2"]
     assert len(upstream.completions()) == 1
     assert receipt_of(task)["cost_usd"] == pytest.approx(2 * NANO_BATCH, abs=1e-15)
+
+
+# ---- a task larger than one provider batch --------------------------------------------------------------------------
+
+EIGHT = [f"{'bug' if n % 2 else 'feature'} report number {n}" for n in range(8)]
+
+
+async def test_a_task_larger_than_one_batch_is_sent_as_several(make_runner, ledger, upstream):
+    config = {**BATCH_CONFIG, "batch_api": {"poll_s": 0.01, "max_requests": 3}}
+    upstream.script_batch(FakeBatch(polls=1), FakeBatch(polls=3), FakeBatch(polls=2))
+    runner = make_runner(openai_model(upstream), **config)
+    task = await run_task(runner, {"items": EIGHT, "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["ok"] == 8
+    # Three batches of at most three requests, each in its own file, with its own tag; nothing at full price.
+    assert len(upstream.batch_creates()) == 3 and upstream.completions() == []
+    parts = [[line["custom_id"] for line in upstream.batch_requests(b)] for b in upstream.batches]
+    assert parts == [["0", "1", "2"], ["3", "4", "5"], ["6", "7"]]
+    assert [b["metadata"]["tiered_mcp_task"] for b in upstream.batches.values()] == [
+        task.task_id, f"{task.task_id}:1", f"{task.task_id}:2"]
+    assert [r["output"]["label"] for r in items_of(task)] == ["bug" if n % 2 else "feature" for n in range(8)]
+    receipt = receipt_of(task)
+    assert receipt["batch_api"] == 8
+    assert receipt["cost_usd"] == pytest.approx(8 * NANO_BATCH, abs=1e-15)
+    rows = ProviderBatchStore(ledger).rows(task.task_id)
+    assert [(r.part, r.items, r.status) for r in rows] == [
+        (0, [0, 1, 2], "completed"), (1, [3, 4, 5], "completed"), (2, [6, 7], "completed")]
+    assert [r.batch_id for r in rows] == list(upstream.batches)
+
+
+async def test_the_byte_limit_splits_too(make_runner, upstream):
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    await run_task(runner, {"items": EIGHT[:1], "labels": LABELS})
+    (one,) = upstream.batches.values()
+    line = len(upstream.files[one["input_file_id"]])  # every item's line is as long (one digit differs)
+    room = 2 * line + line // 2
+    runner = make_runner(openai_model(upstream), **{**BATCH_CONFIG,
+                                                    "batch_api": {"poll_s": 0.01, "max_bytes": room}})
+    task = await run_task(runner, {"items": EIGHT[:5], "labels": LABELS})
+    assert task.status == "completed" and receipt_of(task)["batch_api"] == 5
+    parts = [[line["custom_id"] for line in upstream.batch_requests(b)] for b in list(upstream.batches)[1:]]
+    assert parts == [["0", "1"], ["2", "3"], ["4"]]
+    assert all(len(upstream.files[b["input_file_id"]]) <= room for b in upstream.batches.values())
+    assert upstream.completions() == []
+
+
+async def test_the_executor_takes_its_limits_as_arguments(make_runner, upstream):
+    model = openai_model(upstream)
+    runner = make_runner(model, **BATCH_CONFIG)
+    executor = ProviderBatches(model, runner.ledger, max_requests=2)
+    async with Client(build_server(runner, task_executor=executor), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": ITEMS, "labels": LABELS})
+        task = await wait_task(client, handle.task_id)
+    assert task.status == "completed" and receipt_of(task)["batch_api"] == 3
+    assert [[line["custom_id"] for line in upstream.batch_requests(b)] for b in upstream.batches] == [
+        ["0", "1"], ["2"]]
+
+
+def test_split_keeps_index_order_and_stops_at_the_budget():
+    lines = [(b"x" * 10, 1.0), (b"x" * 10, 1.0), (b"x" * 50, 1.0), (b"x" * 10, 1.0), (b"x" * 10, 1.0)]
+    # A line larger than a batch takes none (its item goes to the model path); the room stops the rest.
+    assert split(lines, room=3.0, max_requests=2, max_bytes=25) == ([[0, 1], [3]], [2.0, 1.0])
+    assert split(lines, room=float("inf"), max_requests=3, max_bytes=25) == ([[0, 1], [3, 4]], [2.0, 2.0])
+    assert split(lines, room=0.5, max_requests=3, max_bytes=25) == ([], [])
+
+
+async def test_the_daily_cap_bounds_what_every_batch_takes(make_runner, ledger, upstream):
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    spec = runner.specs.get("classify")
+    nano = runner.config.tiers["nano"]
+    worst = [worst_case_usd(nano, runner.first_request(spec, runner.check_arguments(
+        spec, {"text": t, "labels": LABELS}), "nano").messages) * 0.5 for t in EIGHT]
+    cap = sum(worst[:5]) + 0.5 * worst[5]  # room for five items' worst case: two batches of three and two
+    runner = make_runner(openai_model(upstream), budgets={"daily_usd": cap},
+                         **{**BATCH_CONFIG, "batch_api": {"poll_s": 0.01, "max_requests": 3}})
+    task = await run_task(runner, {"items": EIGHT, "labels": LABELS})
+    assert task.status == "completed"
+    parts = [[line["custom_id"] for line in upstream.batch_requests(b)] for b in upstream.batches]
+    assert parts == [["0", "1", "2"], ["3", "4"]]
+    results = items_of(task)
+    assert all("output" in r for r in results[:5])
+    assert all("budget" in r["error"] for r in results[5:]) and upstream.completions() == []
+    # Each batch had its own hold; both are gone, and the day's total is what the answers cost.
+    assert ledger._rows("SELECT count(*) FROM budget_holds WHERE amount > 0")[0][0] == 0
+    rows = ProviderBatchStore(ledger).rows(task.task_id)
+    assert len({r.hold["id"] for r in rows}) == 2
+    day = ledger._rows("SELECT spent FROM budget_spend WHERE key LIKE 'day:%'")[0][0]
+    assert day == pytest.approx(5 * NANO_BATCH, abs=1e-15) and day <= cap
+
+
+@pytest.mark.parametrize("ledger_target", ["sqlite", "postgresql"], indirect=True)
+async def test_a_restarted_server_resumes_every_batch_of_a_task(make_runner, ledger, upstream):
+    config = {**BATCH_CONFIG, "batch_api": {"poll_s": 0.01, "max_requests": 3}}
+    upstream.script_batch(*[FakeBatch(polls=10**6) for _ in range(3)])
+    first = make_runner(openai_model(upstream), **config)
+    store = ProviderBatchStore(ledger)
+    async with Client(build_server(first), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": EIGHT, "labels": LABELS})
+        with anyio.fail_after(10):
+            while len(rows := store.rows(handle.task_id)) < 3 or any(r.status != "in_progress" for r in rows):
+                await anyio.sleep(0.01)
+    assert len(upstream.batches) == 3
+    # As if the first server had died after creating the last batch, before recording its id.
+    store.update(handle.task_id, None, part=2, batch_id=None, status="preparing")
+    for plan in upstream._batch_plans.values():
+        plan.polls = 0
+    second = make_runner(openai_model(upstream), **config)
+    async with Client(build_server(second), extensions=[TasksClient()]) as client:
+        task = await wait_task(client, handle.task_id)
+    assert task.status == "completed" and receipt_of(task)["ok"] == 8
+    assert len(upstream.batch_creates()) == 3  # never submitted twice
+    assert len([s for s in upstream.seen if s.path.endswith("/files")]) == 3
+    assert upstream.completions() == []
+    assert receipt_of(task)["cost_usd"] == pytest.approx(8 * NANO_BATCH, abs=1e-15)
+    assert [r.batch_id for r in store.rows(handle.task_id)] == list(upstream.batches)
+
+
+# ---- progress while a batch runs ------------------------------------------------------------------------------------
+
+
+class Gate:
+    """The executor's sleep between polls: it returns only when the test lets one more poll through."""
+
+    def __init__(self) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[None](100)
+
+    async def __call__(self, seconds: float) -> None:
+        await self._receive.receive()
+
+    def open(self) -> None:
+        self._send.send_nowait(None)
+
+
+async def wait_for(client, task_id: str, check) -> object:
+    """Poll tasks/get until `check(task)` holds; that task."""
+    with anyio.fail_after(10):
+        while not check(task := await get_task(client, task_id)):
+            await anyio.sleep(0.01)
+    return task
+
+
+async def test_progress_rises_with_the_providers_request_counts_before_the_results_are_in(make_runner, upstream):
+    upstream.script_batch(FakeBatch(polls=10**6, progress=1))  # each look: one more request answered
+    model = openai_model(upstream)
+    runner = make_runner(model, **BATCH_CONFIG)
+    gate = Gate()
+    executor = ProviderBatches(model, runner.ledger, sleep=gate)
+    async with Client(build_server(runner, task_executor=executor), extensions=[TasksClient()]) as client:
+        handle = await start_submitted(client, upstream)
+        task = await get_task(client, handle.task_id)
+        assert task.meta[PROGRESS_META_KEY]["batch_api"] == {"requests": 3, "completed": 0, "failed": 0}
+        for k in (1, 2, 3):
+            gate.open()  # one more poll
+            task = await wait_for(client, handle.task_id,
+                                  lambda t, k=k: t.meta[PROGRESS_META_KEY]["batch_api"]["completed"] == k)
+            progress = task.meta[PROGRESS_META_KEY]
+            # Answered at the provider, not yet checked: no item is done.
+            assert task.status == "working" and progress["done"] == 0 and progress["cost_usd"] == 0
+            assert progress["batch_api"] == {"requests": 3, "completed": k, "failed": 0}
+            assert task.status_message == (f"0 of 3 items answered (0 failed); $0.000000 spent so far; the provider "
+                                           f"has answered {k} of the 3 requests sent to its Batch API (0 with an "
+                                           "error)")
+        (batch_id,) = upstream.batches
+        upstream._batch_plans[batch_id].polls = 0
+        gate.open()
+        task = await wait_task(client, handle.task_id)
+    assert task.status == "completed"
+    assert task.meta[PROGRESS_META_KEY]["done"] == 3
+    assert task.meta[PROGRESS_META_KEY]["batch_api"] == {"requests": 3, "completed": 3, "failed": 0}
+
+
+async def test_requests_the_provider_failed_count_as_answered_with_an_error(make_runner, upstream):
+    upstream.script_batch(FakeBatch(polls=10**6, progress=2, errors=("1",)))
+    model = openai_model(upstream)
+    runner = make_runner(model, **BATCH_CONFIG)
+    gate = Gate()
+    async with Client(build_server(runner, task_executor=ProviderBatches(model, runner.ledger, sleep=gate)),
+                      extensions=[TasksClient()]) as client:
+        handle = await start_submitted(client, upstream)
+        gate.open()
+        task = await wait_for(client, handle.task_id,
+                              lambda t: t.meta[PROGRESS_META_KEY]["batch_api"]["completed"] > 0)
+        assert task.meta[PROGRESS_META_KEY]["batch_api"] == {"requests": 3, "completed": 1, "failed": 1}
+        assert "answered 2 of the 3 requests sent to its Batch API (1 with an error)" in task.status_message
+        (batch_id,) = upstream.batches
+        upstream._batch_plans[batch_id].polls = 0
+        gate.open()
+        task = await wait_task(client, handle.task_id)
+    assert task.status == "completed"
+
+
+# ---- a cancelled task lets its budget hold go -----------------------------------------------------------------------
+
+
+def item_worst(runner, text: str) -> float:
+    """An item's worst case at nano's batch rate, as the batch's hold reserves it."""
+    spec = runner.specs.get("classify")
+    request = runner.first_request(spec, runner.check_arguments(spec, {"text": text, "labels": LABELS}), "nano")
+    return worst_case_usd(runner.config.tiers["nano"], request.messages) * 0.5
+
+
+async def holds_gone(ledger) -> None:
+    with anyio.fail_after(10):
+        while ledger._rows("SELECT count(*) FROM budget_holds WHERE amount > 0")[0][0]:
+            await anyio.sleep(0.01)
+
+
+def day_spent(ledger) -> float:
+    return ledger._rows("SELECT spent FROM budget_spend WHERE key LIKE ?", ("day:%",))[0][0]
+
+
+@pytest.mark.parametrize("answered", [0, 1])
+async def test_a_cancelled_batch_task_gives_its_budget_hold_back(make_runner, ledger, upstream, answered):
+    # The provider answered `answered` requests before it stopped (a cancelled batch's output file has them).
+    upstream.script_batch(FakeBatch(polls=10**6, answered=answered))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    cap = sum(item_worst(runner, t) for t in ITEMS) + 0.5 * item_worst(runner, ITEMS[0])
+    runner = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **BATCH_CONFIG)
+    async with Client(build_server(runner), extensions=[TasksClient()]) as client:
+        handle = await start_submitted(client, upstream)
+        # While the batch's hold stands, a synchronous call does not fit (its worst case is at the full rate).
+        refused = await client.call_tool("classify", {"text": ITEMS[0], "labels": LABELS})
+        assert refused.is_error and "budget" in refused.content[0].text
+        await cancel_task(client, handle.task_id)
+        task = await wait_task(client, handle.task_id)
+        assert task.status == "cancelled"
+        await holds_gone(ledger)
+        (batch,) = upstream.batches.values()
+        assert batch["status"] == "cancelled"
+        # The hold is gone: the same call runs now.
+        ran = await client.call_tool("classify", {"text": ITEMS[0], "labels": LABELS})
+        assert not ran.is_error
+    # Spent: the answers the provider gave before it stopped, at the batch rate, then the synchronous call.
+    batch_rows = [r for r in ledger.calls() if r["batch"] is not None]
+    assert len(batch_rows) == answered
+    for row in batch_rows:
+        assert row["ok"] == 0 and row["cost_usd"] == pytest.approx(NANO_BATCH, abs=1e-15)
+        (attempt,) = ledger.attempts(row["uid"])
+        assert attempt["batch_api"] == 1 and attempt["outcome"] == "cancelled"
+        assert attempt["cost_usd"] == pytest.approx(NANO_BATCH, abs=1e-15)
+    assert day_spent(ledger) == pytest.approx(answered * NANO_BATCH + NANO, abs=1e-15)
+    pb = ProviderBatchStore(ledger).get(handle.task_id)
+    assert pb.status == "cancelled" and pb.settled
+
+
+async def test_a_task_cancelled_while_its_answers_are_checked_gives_the_hold_back(make_runner, ledger, upstream):
+    # Item 0's batch answer is unsure: it climbs to mini, which takes its time; the client cancels meanwhile.
+    upstream.script_batch(FakeBatch(responses={"0": FakeResponse(
+        content={"label": "bug", "labels": ["bug"], "confidence": 0.2, "reason": "unsure"})}))
+    upstream.push("gpt-5.4-mini", FakeResponse(delay_s=30))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    spec = runner.specs.get("classify")
+    request = runner.first_request(spec, runner.check_arguments(spec, {"text": ITEMS[0], "labels": LABELS}), "mini")
+    cap = sum(item_worst(runner, t) for t in ITEMS) + 2 * worst_case_usd(runner.config.tiers["mini"],
+                                                                          request.messages)
+    runner = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **BATCH_CONFIG)
+    async with Client(build_server(runner), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": ITEMS, "labels": LABELS})
+        with anyio.fail_after(10):
+            while not any(s.body and s.body.get("model") == "gpt-5.4-mini" for s in upstream.completions()):
+                await anyio.sleep(0.01)
+        await cancel_task(client, handle.task_id)
+        task = await wait_task(client, handle.task_id)
+        assert task.status == "cancelled"
+        await holds_gone(ledger)
+    # Every answer the batch gave is booked once, by its item's own row (item 0's with its cancelled escalation).
+    rows = [r for r in ledger.calls() if r["batch"] is not None]
+    assert len(rows) == 3
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(3 * NANO_BATCH, abs=1e-15)
+    assert day_spent(ledger) == pytest.approx(3 * NANO_BATCH, abs=1e-15)
+
+
+@pytest.mark.parametrize("ledger_target", ["sqlite", "postgresql"], indirect=True)
+async def test_cancelling_a_task_of_several_batches_gives_every_hold_back(make_runner, ledger, upstream):
+    upstream.script_batch(FakeBatch(polls=10**6, answered=1), FakeBatch(polls=10**6),
+                          FakeBatch(polls=10**6, answered=2))
+    config = {**BATCH_CONFIG, "batch_api": {"poll_s": 0.01, "max_requests": 3}}
+    runner = make_runner(openai_model(upstream), **config)
+    cap = sum(item_worst(runner, t) for t in EIGHT) * 1.01
+    runner = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **config)
+    store = ProviderBatchStore(ledger)
+    async with Client(build_server(runner), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": EIGHT, "labels": LABELS})
+        with anyio.fail_after(10):
+            while len(rows := store.rows(handle.task_id)) < 3 or any(r.status != "in_progress" for r in rows):
+                await anyio.sleep(0.01)
+        assert ledger._rows("SELECT count(DISTINCT id) FROM budget_holds WHERE amount > 0")[0][0] == 3
+        await cancel_task(client, handle.task_id)
+        assert (await wait_task(client, handle.task_id)).status == "cancelled"
+        await holds_gone(ledger)
+    assert [b["status"] for b in upstream.batches.values()] == ["cancelled"] * 3
+    # Booked: the first batch's first answer and the third batch's first two, at the batch rate.
+    rows = [r for r in ledger.calls() if r["batch"] is not None]
+    assert len(rows) == 3 and all(r["error"] == "cancelled by the client" for r in rows)
+    assert day_spent(ledger) == pytest.approx(3 * NANO_BATCH, abs=1e-15)
+    assert all(r.settled and r.status == "cancelled" for r in store.rows(handle.task_id))
+
+
+async def test_a_task_cancelled_while_no_server_held_it_still_stops_its_batch_and_gives_the_hold_back(
+        make_runner, ledger, upstream):
+    from tiered_mcp.ledger.tasks import TaskStore
+
+    upstream.script_batch(FakeBatch(polls=10**6, answered=2))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    cap = sum(item_worst(runner, t) for t in ITEMS) * 1.01
+    first = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **BATCH_CONFIG)
+    store = ProviderBatchStore(ledger)
+    async with Client(build_server(first), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": ITEMS, "labels": LABELS})
+        with anyio.fail_after(10):
+            while (row := store.get(handle.task_id)) is None or row.status != "in_progress":
+                await anyio.sleep(0.01)
+    # The first server gave the task up; the client's cancel lands while no server holds it.
+    TaskStore(ledger).request_cancel(handle.task_id)
+    second = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **BATCH_CONFIG)
+    async with Client(build_server(second), extensions=[TasksClient()]) as client:
+        task = await wait_task(client, handle.task_id)
+        assert task.status == "cancelled"
+        await holds_gone(ledger)
+    (batch,) = upstream.batches.values()
+    assert batch["status"] == "cancelled" and len(upstream.batch_creates()) == 1
+    assert day_spent(ledger) == pytest.approx(2 * NANO_BATCH, abs=1e-15)

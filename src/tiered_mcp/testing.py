@@ -439,7 +439,10 @@ class FakeBatch:
             none, in neither file); or "failed" (the input was refused: no output at all).
         errors: custom_ids answered in the error file (HTTP 500 with an error body) instead of the output file.
         responses: custom_id -> how its line is answered (content, usage, finish reason, refusal).
-        answered: with end "expired", how many requests were answered before it expired.
+        answered: with end "expired", or when the batch is cancelled, how many requests were answered before (at
+            least those `request_counts` already counted).
+        progress: while "in_progress", each look counts this many more requests answered in `request_counts`
+            (completed, or failed for a custom_id in `errors`), up to all of them.
     """
 
     polls: int = 0
@@ -447,6 +450,7 @@ class FakeBatch:
     errors: tuple[str, ...] = ()
     responses: dict[str, FakeResponse] = field(default_factory=dict)
     answered: int = 0
+    progress: int = 0
 
 
 def _jsonl(lines: list[dict[str, Any]]) -> bytes:
@@ -553,25 +557,37 @@ class FakeUpstream:
         with self._lock:
             batch, plan = self.batches[batch_id], self._batch_plans[batch_id]
             if batch["status"] == "cancelling":
-                batch["status"] = "cancelled"
+                self._end(batch, plan, "cancelled")
             elif batch["status"] in ("validating", "in_progress"):
                 if plan.polls > 0:
                     plan.polls -= 1
                     batch["status"] = "in_progress"
+                    if plan.progress:
+                        requests = self._requests(batch)
+                        counts = batch["request_counts"]
+                        seen = min(len(requests), counts["completed"] + counts["failed"] + plan.progress)
+                        failed = sum(1 for r in requests[:seen] if r["custom_id"] in plan.errors)
+                        batch["request_counts"] = {"total": len(requests), "completed": seen - failed,
+                                                   "failed": failed}
                 else:
-                    self._end(batch, plan)
+                    self._end(batch, plan, plan.end)
             return dict(batch)
 
-    def _end(self, batch: dict[str, Any], plan: FakeBatch) -> None:
-        if plan.end == "failed":
+    def _requests(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.files[batch["input_file_id"]].splitlines() if line.strip()]
+
+    def _end(self, batch: dict[str, Any], plan: FakeBatch, end: str) -> None:
+        if end == "failed":
             batch["status"] = "failed"
             batch["errors"] = {"object": "list", "data": [{"code": "invalid_request", "message": "scripted"}]}
             return
         out, errors = [], []
-        requests = [json.loads(line) for line in self.files[batch["input_file_id"]].splitlines() if line.strip()]
+        requests = self._requests(batch)
+        counts = batch["request_counts"]
+        answered = max(plan.answered, counts["completed"] + counts["failed"])
         for n, req in enumerate(requests):
             cid = req["custom_id"]
-            if plan.end == "expired" and n >= plan.answered:
+            if end in ("expired", "cancelled") and n >= answered:
                 continue
             if cid in plan.errors:
                 errors.append({"id": f"batch_req_{n}", "custom_id": cid, "error": None, "response": {
@@ -583,7 +599,7 @@ class FakeUpstream:
                         "response": {"status_code": 200, "request_id": f"req_{n}", "body": answer}})
         output = self._file(_jsonl(out), "batch_output", "output.jsonl")["id"] if out else None
         error = self._file(_jsonl(errors), "batch_output", "errors.jsonl")["id"] if errors else None
-        batch.update(status=plan.end, output_file_id=output, error_file_id=error,
+        batch.update(status=end, output_file_id=output, error_file_id=error,
                      request_counts={"total": len(requests), "completed": len(out), "failed": len(errors)})
 
     def __enter__(self) -> FakeUpstream:

@@ -126,7 +126,9 @@ class BatchJob:
 
     `record(index, outcome, write)` must be awaited once per item answered (its outcome and its ledger row); the
     task saves it. The executor returns when every pending item is recorded; cancelling it stops the task.
-    `owner` is the replica holding the task (writes of the executor's own state are fenced by it).
+    `owner` is the replica holding the task (writes of the executor's own state are fenced by it). `later(work)`
+    starts work that outlives the job, such as settling a cancelled provider batch once the provider has stopped
+    it (None: there is nowhere to run it).
     """
 
     task_id: str
@@ -134,6 +136,7 @@ class BatchJob:
     pending: list[int]
     record: ItemDone
     owner: str | None = None
+    later: Callable[[Callable[[], Awaitable[None]]], None] | None = None
 
 
 Executor = Callable[["Runner", BatchJob], Awaitable[None]]
@@ -141,16 +144,20 @@ Executor = Callable[["Runner", BatchJob], Awaitable[None]]
 
 
 async def run_items(runner: Runner, plan: BatchPlan, indices: Iterable[int], on_item: ItemDone,
-                    workers: int | None = None, prepared: Mapping[int, Prepared] | None = None) -> None:
+                    workers: int | None = None, prepared: Mapping[int, Prepared] | None = None,
+                    started: Callable[[int], None] | None = None) -> None:
     """Run the items at `indices` through the one model path, concurrently (the provider's limit bounds the
     requests in flight); `workers` bounds the items under way at once (None: all of them). On a ladder that starts
     on a tier with a shared pass (the local tier), the items' first requests go `LOCAL_PASS` (at most `workers`) to
     a pass. `prepared`: answers the provider's Batch API already gave, per index (each is its item's first
-    attempt)."""
+    attempt). `started(i)` is told of each item as it starts (from then on it writes its own ledger row, even when
+    cancelled)."""
     todo = list(indices)
     given = prepared or {}
 
     async def one(i: int, seat: Seat | None = None) -> None:
+        if started is not None:
+            started(i)
         outcome, write = await runner.run_item(plan.spec, {**plan.shared, plan.name: plan.items[i]}, plan.ladder,
                                                plan.options, plan.batch_id, seat, given.get(i))
         await on_item(i, outcome, write)

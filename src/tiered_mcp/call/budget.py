@@ -194,6 +194,16 @@ class Budget:
             figure = hold.status[c.name]
             hold.status[c.name] = self._figure(c.usd, figure["spent_usd"] - hold.amount + spent)
 
+    async def drop(self, hold: Hold | None, ttl_s: float = HOLD_TTL_S) -> None:
+        """Let go of a settled hold whose spend ledger rows already written (or queued before) book: from now on
+        it keeps nothing back. The session cap keeps the figure the hold was settled at (it counts in memory, not
+        from rows), and so does a budget without a ledger (no rows book anything there)."""
+        if hold is None or self.ledger is None:
+            return
+        shared = [(c.key, c.usd) for c in hold.caps if c.key is not None]
+        if shared:
+            await self._release(hold, shared, 0.0, ttl_s)
+
     async def _release(self, hold: Hold, shared: list[tuple[str, float]], spent: float,
                        ttl_s: float = HOLD_TTL_S) -> None:
         if self.ledger is None:

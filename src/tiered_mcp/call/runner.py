@@ -403,6 +403,18 @@ class Runner:
                 tg.start_soon(one, i, self._cache_key(plan))
         return hits
 
+    def unchecked_item(self, spec: ToolSpec, args: dict[str, Any], batch: str, prepared: Prepared) -> CallWrite:
+        """The ledger row of a batch item whose Batch API answer came in but was never checked, because the client
+        cancelled its task first: the answer booked as its first attempt (at the batch rate, as `run_item` books
+        it), the call cancelled by the client."""
+        receipt = self._receipt(spec, "call")
+        receipt.batch, receipt.latency_ms = batch, prepared.latency_ms
+        receipt.error = "cancelled by the client"
+        _, attempt = self.path.accept(receipt, prepared.tier, self.first_request(spec, args, prepared.tier),
+                                      prepared.outcome, prepared.latency_ms)
+        attempt.outcome, attempt.detail = "cancelled", "cancelled by the client before the answer was checked"
+        return CallWrite(receipt, args, None)
+
     def first_request(self, spec: ToolSpec, args: dict[str, Any], tier: str) -> ModelRequest:
         """The request an item's first attempt on `tier` makes (checked arguments): what a batch submits."""
         settings = self.config.tiers[tier]

@@ -241,6 +241,11 @@ class BatchApi(_Frozen):
 
     poll_s: float = Field(default=30.0, gt=0, description="Seconds between looks at a submitted batch's status.")
     completion_window: Literal["24h"] = "24h"
+    max_requests: int = Field(default=50_000, gt=0, description="Requests in one provider batch (OpenAI: 50,000); "
+                                                                "a task with more sends several batches.")
+    max_bytes: int = Field(default=190 * 1024 * 1024, gt=0,
+                           description="Bytes of one batch's input file (OpenAI: 200 MB); a task with more sends "
+                                       "several batches.")
 
 
 class Config(_Frozen):

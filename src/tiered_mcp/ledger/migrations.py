@@ -181,8 +181,25 @@ CREATE TABLE IF NOT EXISTS autotier_sentinels (
     PRIMARY KEY (tool, set_key, args_key))""")
 
 
+def provider_batch_parts(cur: Cursor, d: Dialect) -> None:
+    """A task larger than one provider batch sends several: one row per batch (`part`, 0 for a task's first, the
+    one earlier releases sent), keyed by task and part, with the provider's request counts as last seen (progress
+    while a batch runs). Rebuilt rather than altered: the key changes."""
+    cur.execute(f"""
+CREATE TABLE provider_batches_parts (
+    task_id {d.key} NOT NULL, part INTEGER NOT NULL DEFAULT 0, tier TEXT NOT NULL, items TEXT NOT NULL, hold TEXT,
+    input_file TEXT, batch_id TEXT, status TEXT NOT NULL, output_file TEXT, error_file TEXT, created {d.real} NOT NULL,
+    ended {d.real}, settled INTEGER NOT NULL DEFAULT 0, completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (task_id, part))""")
+    columns = "task_id, tier, items, hold, input_file, batch_id, status, output_file, error_file, created, ended, settled"
+    cur.execute(f"INSERT INTO provider_batches_parts ({columns}) SELECT {columns} FROM provider_batches")
+    cur.execute("DROP TABLE provider_batches")
+    cur.execute("ALTER TABLE provider_batches_parts RENAME TO provider_batches")
+
+
 MIGRATIONS: list[Callable[[Cursor, Dialect], None]] = [initial, accounting, autotier, tasks, service_tiers,
-                                                      tasks_provider_batches, autotier_sentinels]
+                                                      tasks_provider_batches, autotier_sentinels,
+                                                      provider_batch_parts]
 """Every migration, oldest first; each is applied once and recorded under its function's name."""
 
 

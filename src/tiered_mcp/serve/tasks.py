@@ -24,7 +24,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,6 +45,7 @@ from tiered_mcp.call.runner import Result, Runner
 from tiered_mcp.core.errors import CallError, NotRecorded
 from tiered_mcp.core.identity import Caller, current_caller
 from tiered_mcp.ledger.base import CallWrite, now_iso, off_loop
+from tiered_mcp.ledger.provider_batches import BatchProgress, ProviderBatchStore
 from tiered_mcp.ledger.tasks import CANCELLED, COMPLETED, FAILED, WORKING, ItemRow, TaskRow, TaskStore
 from tiered_mcp.serve import results
 from tiered_mcp.specs.schema_safety import excerpt
@@ -53,7 +54,8 @@ log = logging.getLogger("tiered_mcp")
 
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 PROGRESS_META_KEY = "tiered-mcp/progress"
-"""Where a task object's `_meta` carries its progress: total, done, failed, cost_usd, unpriced."""
+"""Where a task object's `_meta` carries its progress: total, done, failed, cost_usd, unpriced (and batch_api, the
+provider's request counts, for a task sent through its Batch API)."""
 TTL_S = 24 * 3600.0
 """How long a finished task stays readable (from when it finished; `ttlMs` counts from creation, as the spec says)."""
 POLL_INTERVAL_MS = 2000
@@ -85,19 +87,26 @@ def _unix(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def task_object(row: TaskRow) -> dict[str, Any]:
-    """The spec's `DetailedTask` for a stored task, with our progress in `_meta`."""
+def task_object(row: TaskRow, batches: BatchProgress | None = None) -> dict[str, Any]:
+    """The spec's `DetailedTask` for a stored task, with our progress in `_meta`; `batches`: what the provider
+    reports of the task's Batch API batches, if it has any."""
     if row.status == WORKING:
         message = (f"{row.done} of {row.total} items answered ({row.failed} failed); "
                    f"${row.cost_usd:.6f} spent so far")
+        if batches is not None:
+            message += (f"; the provider has answered {batches.completed + batches.failed} of the "
+                        f"{batches.requests} requests sent to its Batch API ({batches.failed} with an error)")
     else:
         message = row.message or row.status
+    progress: dict[str, Any] = {"total": row.total, "done": row.done, "failed": row.failed,
+                                "cost_usd": row.cost_usd, "unpriced": row.unpriced}
+    if batches is not None:
+        progress["batch_api"] = {"requests": batches.requests, "completed": batches.completed,
+                                 "failed": batches.failed}
     task: dict[str, Any] = {
         "taskId": row.id, "status": row.status, "statusMessage": message, "createdAt": row.created,
         "lastUpdatedAt": row.updated, "ttlMs": max(0, round((row.expires - _unix(row.created)) * 1000)),
-        "pollIntervalMs": POLL_INTERVAL_MS,
-        "_meta": {PROGRESS_META_KEY: {"total": row.total, "done": row.done, "failed": row.failed,
-                                      "cost_usd": row.cost_usd, "unpriced": row.unpriced}},
+        "pollIntervalMs": POLL_INTERVAL_MS, "_meta": {PROGRESS_META_KEY: progress},
     }
     if row.status == COMPLETED and row.result is not None:
         task["result"] = json.loads(row.result)
@@ -151,9 +160,11 @@ class TaskManager:
     def __init__(self, runner: Runner, store: TaskStore, executor: Executor = path_executor, *,
                  lease_s: float = LEASE_S, ttl_s: float = TTL_S, clock: Callable[[], float] = time.time) -> None:
         self.runner, self.store, self.executor = runner, store, executor
+        self.batches = ProviderBatchStore(store.ledger)  # what a Batch API executor records of a task's batches
         self.lease_s, self.ttl_s, self.clock = lease_s, ttl_s, clock
         self.owner = uuid.uuid4().hex
         self._held: dict[str, _Held] = {}
+        self._later: set[anyio.CancelScope] = set()
         self._tg: anyio.abc.TaskGroup | None = None
         self._stopping = False
 
@@ -183,6 +194,8 @@ class TaskManager:
                 keeper.cancel()
                 for held in self._held.values():
                     held.scope.cancel()
+                for scope in self._later:
+                    scope.cancel()
 
     # ---- the requests ----------------------------------------------------------------------------------------------
 
@@ -239,16 +252,27 @@ class TaskManager:
             held.cancel = True
             held.scope.cancel()
             return
-        # Held by another replica: it sees the flag at its next save or renewal. Held by none: finished here.
+        # Held by another replica: it sees the flag at its next save or renewal. Held by none: taken over here and
+        # stopped at once, so that its executor stops what it left running (a provider's batches) and gives back
+        # their budget holds; finished here outright when this server is stopping.
+        if self._tg is not None:
+            await self._resume(task_id)
+            return
         message = f"cancelled after {row.done} of {row.total} items"
         await off_loop(partial(self.store.finish, task_id, None, CANCELLED, message, self.clock() + self.ttl_s,
                                now=self.clock()))
 
     # ---- running ---------------------------------------------------------------------------------------------------
 
-    def _start(self, row: TaskRow, plan: BatchPlan, pending: list[int], caller: Caller | None) -> None:
+    def _start(self, row: TaskRow, plan: BatchPlan, pending: list[int], caller: Caller | None,
+               cancel: bool = False) -> None:
+        """Run a task here; `cancel`: one a client cancelled while no replica held it, stopped at once (its
+        executor sees a cancel, as if it had come while the task ran)."""
         assert self._tg is not None
         held = self._held[row.id] = _Held()
+        if cancel:
+            held.cancel = True
+            held.scope.cancel()
         self._tg.start_soon(self._run, row, plan, pending, caller, held)
 
     async def _run(self, row: TaskRow, plan: BatchPlan, pending: list[int], caller: Caller | None,
@@ -290,7 +314,8 @@ class TaskManager:
                             await flush()
 
                     tg.start_soon(tick)
-                    await self.executor(self.runner, BatchJob(row.id, plan, pending, record, self.owner))
+                    await self.executor(self.runner, BatchJob(row.id, plan, pending, record, self.owner,
+                                                              self._run_later))
                     tg.cancel_scope.cancel()
         except Exception as e:  # a bug, or a ledger that stayed down: the task fails, the server stays up
             log.exception("task %s failed", row.id)
@@ -308,6 +333,27 @@ class TaskManager:
                     log.exception("task %s: could not record how it ended; another replica may resume it", row.id)
                 finally:
                     self._held.pop(row.id, None)
+
+    def _run_later(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run an executor's work that outlives its task (`BatchJob.later`) while the server runs; stopped at
+        shutdown."""
+        if self._tg is None:
+            return
+
+        async def run() -> None:
+            if self._stopping:  # started after the shutdown cancelled the others
+                return
+            scope = anyio.CancelScope()
+            self._later.add(scope)
+            try:
+                with scope:
+                    await work()
+            except Exception:  # the executor's own bookkeeping: it must not take the server with it
+                log.exception("work left by a task failed")
+            finally:
+                self._later.discard(scope)
+
+        self._tg.start_soon(run)
 
     async def _write_calls(self, calls: list[CallWrite]) -> None:
         # The calls' rows go first, in their own transaction (not queued behind other calls' writes), so an item
@@ -393,16 +439,16 @@ class TaskManager:
         caller = Caller(row.caller, row.daily_usd) if row.caller is not None else None
         spec = self.runner.specs.get(row.tool)
         expires = now + self.ttl_s
-        if row.cancel:
-            await off_loop(partial(self.store.finish, task_id, self.owner, CANCELLED,
-                                   f"cancelled after {row.done} of {row.total} items", expires))
-            return
         try:
             if spec is None or spec.batch is None or row.arguments is None:
                 raise CallError(f"tool {row.tool!r} takes no batch on this replica")
             plan = plan_batch(self.runner, spec, json.loads(row.arguments),
                               CallOptions.model_validate_json(row.options or "{}"), batch_id=row.batch)
         except CallError as e:  # it cannot run here now (its tool changed, no tier is usable): the result says why
+            if row.cancel:
+                await off_loop(partial(self.store.finish, task_id, self.owner, CANCELLED,
+                                       f"cancelled after {row.done} of {row.total} items", expires))
+                return
             text = results.dumps(results.failure(e).model_dump(by_alias=True, mode="json", exclude_none=True))
             await off_loop(partial(self.store.finish, task_id, self.owner, COMPLETED, str(e), expires, result=text))
             return
@@ -414,8 +460,11 @@ class TaskManager:
             return
         answered = await off_loop(self.store.answered, task_id)
         pending = [i for i in range(row.total) if i not in answered]
-        log.info("task %s: resumed here with %d of %d items still to answer", task_id, len(pending), row.total)
-        self._start(row, plan, pending, caller)
+        if row.cancel:
+            log.info("task %s: cancelled while no replica held it; stopping it here", task_id)
+        else:
+            log.info("task %s: resumed here with %d of %d items still to answer", task_id, len(pending), row.total)
+        self._start(row, plan, pending, caller, cancel=row.cancel)
 
 
 class TasksExtension(Extension):
@@ -444,8 +493,9 @@ class TasksExtension(Extension):
     async def _get(self, ctx: Any, params: TaskIdParams) -> dict[str, Any]:
         require(ctx)
         row = await self.manager.visible(params.task_id)
+        batches = await off_loop(self.manager.batches.progress, row.id)
         # A finished batch's result may be megabytes of JSON: parsed in a worker thread.
-        return await anyio.to_thread.run_sync(task_object, row)
+        return await anyio.to_thread.run_sync(task_object, row, batches)
 
     async def _update(self, ctx: Any, params: UpdateTaskParams) -> dict[str, Any]:
         require(ctx)
