@@ -174,8 +174,9 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
             verdicts[probe] = rng.random() < rate(tool, probe, i >= DRIFT_AT)
         replayed = None
         if plan.replay is not None:
+            pooled = any(agreed.get(plan.tier) is not False for _, agreed in sets[tool])
             replayed = replay(seed, tool, plan.tier, sets[tool], plan.replay, i >= DRIFT_AT)
-            if replayed is not None:
+            if pooled:  # the server pays for a replay that only sets a baseline too
                 spend += COST[plan.tier]
                 add_part(parts, PARTS[10], tool, COST[plan.tier])
         collected = 0
@@ -192,7 +193,8 @@ def run(seed: int, config: AutoTierConfig = CONFIG) -> Result:
             false_alarms += e.kind == "step_up" and (e.tool != DRIFTED or i < DRIFT_AT)
             if e.tool == DRIFTED and e.kind == "step_up" and e.from_tier == "nano" and i >= DRIFT_AT:
                 detected = delay_calls if detected is None else detected
-    delay = detected if on_nano_at_drift else None
+    # A drift never caught within the run counts every call the drifted nano served (a miss past 300).
+    delay = (detected if detected is not None else delay_calls) if on_nano_at_drift else None
     return Result(seed, serving + evidence, serving, evidence, disagree, CALLS * COST["nano"], static_disagree,
                   delay, sum(s.skipped_total for s in states.values()), switches, false_alarms, CALLS, parts, oracle)
 

@@ -248,3 +248,23 @@ def test_the_policy_never_mutates_the_state_it_is_given() -> None:
     assert s2.tier == "mini"
     assert json.dumps(s.as_dict(), sort_keys=True) == before and evidence == {V.key("nano"): (1000, 1000),
                                                                              V.key("mini"): (500, 500)}
+
+
+def test_the_summary_shows_todays_spend_and_skips_not_a_past_days() -> None:
+    from tiered_mcp.cli.reports import _auto_lines
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.evidence.tiering import summary
+    from tiered_mcp.specs.spec import load_specs
+
+    config = config_from_dict({"tools": {"classify": {"auto": True, "evidence_daily_usd": 0.5}}})
+    today = datetime.now(timezone.utc).date()
+    stale = ToolState(tool="classify", tier="flagship", day=(today - timedelta(days=1)).isoformat(),
+                      day_spend=0.4, skipped_today=7, skipped_total=9)
+    [row] = summary(config, load_specs(), {"classify": (3, stale.as_dict())}, [])
+    assert (row["day"], row["day_spend_usd"], row["skipped_today"], row["skipped_total"]) == (
+        today.isoformat(), 0.0, 0, 9)
+    line = _auto_lines([row])[0]
+    assert "evidence today $0.0000 of $0.5" in line and "skipped 0 today, 9 in all" in line
+    fresh = ToolState(**{**stale.__dict__, "day": today.isoformat()})
+    [row] = summary(config, load_specs(), {"classify": (3, fresh.as_dict())}, [])
+    assert (row["day_spend_usd"], row["skipped_today"]) == (0.4, 7)

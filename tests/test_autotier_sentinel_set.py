@@ -265,3 +265,82 @@ async def test_a_model_that_came_after_the_set_gets_its_baselines_from_its_first
         (up,) = ledger.tier_switches("classify")
         assert up["evidence"]["detector"] == pytest.approx(4 * math.log(4))
     ledger.close()
+
+
+def test_a_replay_still_in_flight_after_a_switch_does_not_count_against_the_new_tier() -> None:
+    """A nano replay whose verdict lands after the tool stepped up to mini speaks for nano, not mini."""
+    p = policy(sample=lambda s: 0.0 if s.startswith("replay") else 0.99)
+    s, plan, _ = p.plan(on_nano(), "k", V, COSTS)
+    assert plan.tier == "nano" and plan.replay is not None
+    # Another call's evidence stepped the tool up meanwhile (nano's evidence discarded with the alarm).
+    on_mini = ToolState(**{**s.__dict__, "tier": "mini", "evidence": {V.key("mini"): (500, 500)}})
+    for _ in range(5):  # four would alarm (4 log 4 >= log 100) were they counted
+        on_mini, events = p.observe(on_mini, plan, {}, V, COSTS["nano"], COSTS, replayed=False)
+        assert events == []
+    assert on_mini.tier == "mini" and on_mini.detector == 0.0 and on_mini.sentinels == (0, 0)
+    assert on_mini.day_spend == pytest.approx(5 * COSTS["nano"])  # its cost is evidence spend all the same
+
+
+def test_guard_reruns_fill_a_set_left_short_below_the_reference() -> None:
+    """A new flagship model starts a new, empty set while the tool is on nano: guard reruns, which give a reference
+    answer, collect into it until it is full, so replays resume."""
+    p = policy(sample=lambda s: 0.0 if s.startswith("guard") else 0.99)
+    v2 = Versions(models={**V.models, "flagship": "f-2"}, spec_version="3")
+    s = on_nano()
+    for n in range(3):
+        s, plan, _ = p.plan(s, f"k{n}", v2, COSTS)
+        assert plan.reference and plan.collect and s.set_key == v2.key("flagship")
+        s, _ = p.observe(s, plan, {"nano": True}, v2, COSTS["flagship"], COSTS, collected=1)
+    assert s.set_size == 3 and s.tier == "nano"
+    s, plan, _ = p.plan(s, "k3", v2, COSTS)
+    assert plan.reference and not plan.collect
+
+
+def test_flagship_probes_are_not_exempt_from_the_days_limit() -> None:
+    """On the reference a hash-chosen 'sentinel' watches nothing served: its probes are held to the limit."""
+    p = Policy(AutoTierConfig(daily_evidence_limit=0.001), sample=lambda s: 0.0, clock=lambda: T0)
+    s = ToolState(**{**p.new_state("t").__dict__, "day": T0.date().isoformat(), "day_spend": 0.001})
+    s, plan, _ = p.plan(s, "k", V, COSTS)
+    assert plan.tier == "flagship" and plan.skipped and plan.probes == () and s.skipped_today == 1
+
+
+@pytest.mark.anyio
+async def test_a_new_flagship_model_gets_a_new_set_from_guard_reruns(tmp_path) -> None:
+    specs = load_specs([default_specs_dir()])
+    config = config_from_dict({"cache_ttl_s": 0, "shadow": {"max_pending": 64},
+                               "tools": {"classify": {"auto": True, "sentinel_set": 3}}})
+    version = str(specs.get("classify").version)
+    old_set = f"flagship|older-flagship|{version}"
+    new_set = f"flagship|{config.tiers['flagship'].model}|{version}"
+    nano_key = f"nano|{config.tiers['nano'].model}|{version}"
+    ledger = open_ledger(tmp_path / "ledger.sqlite3")
+    for n in range(3):
+        ledger.sentinel_add("classify", old_set, f"k{n}", {"text": f"kept {n}", "labels": ["bug", "feature"]},
+                            {"label": "bug", "labels": ["bug"], "confidence": 0.95, "reason": "old"},
+                            {nano_key: True})
+    state = ToolState(tool="classify", tier="nano", evidence={nano_key: (1000, 1000)}, set_key=old_set, set_size=3)
+    ledger.autotier_update("classify", lambda _: (state.as_dict(), []))
+    # guard_share 2: a rerun on every nano call (2 x 2480/2700 >= 1); no replays, so only guards collect.
+    tiering = AutoTiering(config, specs, ledger, clock=lambda: T0,
+                          overrides={"replay_share": 0.0, "guard_share": 2.0, "alert_rate": 0.0})
+
+    def answer(req):  # every tier agrees on the label; the reason says who answered
+        return reply({"label": "bug", "labels": ["bug"], "confidence": 0.95, "reason": req.tier},
+                     input_tokens=600, output_tokens=80)
+
+    runner = Runner(config, specs, ScriptedModel(fallback=answer), ledger, env={"OPENAI_API_KEY": "sk-test"},
+                    clock=lambda: T0, observers=(Shadows(), tiering), steering=tiering)
+    async with runner.running():
+        await tiering.load(runner)
+        for i in range(4):
+            result = await runner.call("classify", {"text": f"case {i}", "labels": ["bug", "feature"]})
+            assert result.receipt["tier"] == "nano"
+            with anyio.fail_after(10):
+                while runner.background_pending:
+                    await anyio.sleep(0)
+    items = ledger.sentinel_items("classify", new_set)
+    assert [i["arguments"]["text"] for i in items] == ["case 0", "case 1", "case 2"]  # full at 3: case 3 not kept
+    assert all(i["reference"]["reason"] == "flagship" for i in items)  # the rerun's answer, not the served one
+    assert all(i["baselines"] == {nano_key: True} for i in items)
+    assert tiering.state("classify").set_size == 3 and tiering.state("classify").set_key == new_set
+    ledger.close()

@@ -129,3 +129,65 @@ async def test_a_probe_whose_judge_the_cap_refuses_is_a_skip_not_a_failure(ledge
     assert (state["skipped_today"], state["skipped_total"]) == (2, 2)
     assert close(state["day_spend"], nano_run) and close(ledger.usage().evidence_usd, nano_run)
     assert steering.skipped == 2
+
+
+async def test_a_failed_probes_spend_counts_in_the_days_evidence_spend(ledger, specs, sleeps):
+    """classify on auto, first call on the flagship: mini's probe agrees; nano's answers are never valid JSON, so
+    its probe fails after its attempts, each of which was paid for. The day's spend is mini's run plus every nano
+    attempt, by hand."""
+    def answer(req):
+        if req.tier == "nano":
+            return reply("not json", input_tokens=600, output_tokens=80)
+        return reply({"label": "bug", "labels": ["bug"], "confidence": 0.95, "reason": "r"},
+                     input_tokens=600, output_tokens=80)
+
+    model = ScriptedModel(fallback=answer)
+    config = config_from_dict({"cache_ttl_s": 0, "tools": {"classify": {"auto": True}}})
+    steering = AutoTiering.for_config(config, specs, ledger, utc_now)
+    assert steering is not None
+    runner = Runner(config, specs, model, ledger, env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps,
+                    jitter=lambda: 1.0, observers=(steering,), steering=steering)
+    async with runner.running():
+        await runner.call("classify", {"text": "It crashes", "labels": ["bug", "feature"]})
+        with anyio.fail_after(10):
+            while runner.background_pending:
+                await anyio.sleep(0.002)
+    nano_attempts = sum(r.tier == "nano" for r in model.requests)
+    assert nano_attempts >= 2  # the first answer and at least one repair
+    rows = {r.tier: r for r in ledger.shadows(tool="classify")}
+    assert rows["nano"].status == "failed" and rows["mini"].status == "scored"
+    expected = nano_attempts * usd(NANO, 600, 80) + usd(MINI, 600, 80)
+    state = ledger.autotier_states()["classify"][1]
+    assert close(state["day_spend"], expected) and close(ledger.usage().evidence_usd, expected)
+
+
+async def test_evidence_skipped_for_too_many_runs_in_flight_is_counted(ledger, specs, sleeps):
+    """shadow.max_pending = 1, and any evidence run is held in flight: later calls' probes are skipped, written as
+    skipped rows and counted in the state like skips over the limit."""
+    gate = anyio.Event()
+
+    async def held(req):
+        if req.tier != "flagship":
+            await gate.wait()
+        return answer(req)
+
+    model = ScriptedModel(fallback=held)
+    config = config_from_dict({"cache_ttl_s": 0, "shadow": {"max_pending": 1}, "tools": {"summarize": {"auto": True}}})
+    steering = AutoTiering.for_config(config, specs, ledger, utc_now)
+    assert steering is not None
+    runner = Runner(config, specs, model, ledger, env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps,
+                    jitter=lambda: 1.0, observers=(steering,), steering=steering)
+    async with runner.running():
+        for i in range(4):
+            await runner.call("summarize", {"text": f"A long text, number {i}."})
+        await runner.writer.flush()
+        rows = ledger.shadows(tool="summarize")
+        # The first call's evidence may run (and hold the one slot) or be skipped itself: the rest are skipped.
+        assert len(rows) >= 3 and all(r.status == "skipped" and "max_pending" in r.detail for r in rows)
+        assert steering.skipped == len(rows)
+        gate.set()
+        with anyio.fail_after(10):
+            while runner.background_pending:
+                await anyio.sleep(0.002)
+    state = ledger.autotier_states()["summarize"][1]
+    assert state["skipped_today"] == state["skipped_total"] == len(rows)

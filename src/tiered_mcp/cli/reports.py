@@ -136,8 +136,9 @@ def _auto_lines(auto: list[dict[str, Any]]) -> list[str]:
             evidence += (f"; sentinel set {kept['kept']} of {kept['size']} kept, replays since the last switch "
                          f"{kept['sentinels'][0]} of {kept['sentinels'][1]} agree")
         lines.append(f"{a['tool']}: auto, on {a['tier']} (bar {100 * a['quality_bar']:g}% agreement with "
-                     f"{a['reference']}); {evidence}; {spend}, {a['skipped_total']} evidence runs skipped over the "
-                     "limit")
+                     f"{a['reference']}); {evidence}; {spend}, evidence runs skipped {a['skipped_today']} today, "
+                     f"{a['skipped_total']} in all (over the day's evidence limit, refused by a budget cap, or too "
+                     "many in flight)")
         for w in a["switches"]:
             e = "" if w.get("e_value") is None else f"e-value {w['e_value']:.1f}, "
             counts = (f" ({w['successes']} of {w['trials']} agree, bounds {_pct(w['lower_bound'])}-"

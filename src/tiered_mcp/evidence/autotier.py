@@ -71,7 +71,7 @@ class AutoTierConfig:
     probe_rate: float = 1.0
     hold_payback: int = 2000
     """On the reference, the step down waits for a still cheaper, undecided tier while the evidence it is projected
-    to need (stats.comparisons_to_clear at its observed rate, each comparison costing a reference call instead of
+    to need (stats.comparisons_to_clear at its observed rate plus one standard error, each comparison costing a reference call instead of
     the tier the step would go to, plus the cheap call) is repaid by hold_payback calls of that tier's saving."""
     hold_limit: int = 2000
     """... and never past hold_limit comparisons of that tier."""
@@ -138,7 +138,7 @@ class ToolState:
     evidence: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """Evidence key (Versions.key) -> (agreed, compared) against the reference."""
     left: str | None = None
-    """The tier the tool last stepped down from (its guard shadows keep checking what that step gave up)."""
+    """The tier the tool last stepped down from (kept for the report; guards rerun on the reference whatever it is)."""
     detector: float = 0.0
     """The drift detector's log statistic for the current tier (0 = no suspicion)."""
     sentinels: tuple[int, int] = (0, 0)
@@ -186,7 +186,8 @@ class Plan:
     cost: float = 0.0
     """Estimated evidence cost of the plan, USD."""
     collect: bool = False
-    """Keep this call (arguments and the reference's answer) in the sentinel set."""
+    """Keep this call (arguments and the reference's answer: the served one on the reference, else the guard
+    rerun's) in the sentinel set."""
     replay: float | None = None
     """Replay a sentinel-set item on the serving tier: the draw in [0, 1) that picks which one."""
 
@@ -340,12 +341,15 @@ class Policy:
                 below = cfg.ladder[idx - 1] if idx > 0 else None
                 probes = (below,) if below and self._open(state, below, versions) else ()
                 cost += costs.get(cfg.reference, 0.0) + sum(costs.get(t, 0.0) for t in probes)
+                # A guard rerun gives a reference answer too: it fills a set left short (the tool stepped down
+                # before the set was full, or a new reference model or spec version started a new one).
                 plan = Plan(state.tier, True, probes, sentinel, cost=cost, alert=alert and not sentinel,
-                            replay=replay)
+                            replay=replay, collect=with_set and state.set_size < cfg.sentinel_set)
             else:
                 plan = Plan(state.tier, cost=cost, replay=replay, alert=alert and replay is not None)
         limit = cfg.daily_evidence_limit
-        if limit is not None and plan.cost > 0 and not sentinel and state.day_spend + plan.cost > limit:
+        exempt = sentinel and state.tier != cfg.reference  # a sentinel watches a served cheaper tier
+        if limit is not None and plan.cost > 0 and not exempt and state.day_spend + plan.cost > limit:
             plan = Plan(state.tier, sentinel=False, skipped=True)
             state = self.skip(state)
         return state, plan, events
@@ -365,6 +369,15 @@ class Policy:
             state = replace(state, tier=up, left=None, detector=0.0, sentinels=(0, 0))
             idx += 1
         return state, events
+
+    def today(self, state: ToolState) -> ToolState:
+        """The state with its day's figures (spend, skips) reset when its day is not today's."""
+        return self._roll_day(state)
+
+    def charge(self, state: ToolState, usd: float) -> ToolState:
+        """Add evidence spend that gave no verdict to the day's spend (a failed reference run)."""
+        state = self._roll_day(state)
+        return replace(state, day_spend=state.day_spend + usd)
 
     def skip(self, state: ToolState) -> ToolState:
         """Count one evidence run skipped over the day's limit."""
@@ -403,6 +416,9 @@ class Policy:
             evidence[versions.key(tier)] = (k + int(agreed), n + 1)
         detector, sentinels = state.detector, state.sentinels
         current = verdicts.get(state.tier)
+        # A replay speaks for the tier it ran on: one still in flight when the tool switched (another call's
+        # evidence moved it) must not count against the tier the tool is on now.
+        replayed = replayed if plan.tier == state.tier else None
         for verdict, is_sentinel in ((current, plan.sentinel), (replayed, True)):
             if state.tier != cfg.reference and verdict is not None:
                 # Page's CUSUM, W = max(0, W + log LR): exp(W) is the largest likelihood-ratio product over every

@@ -224,6 +224,7 @@ class AutoTiering:
         if runner.background_pending >= runner.config.shadow.max_pending or not runner.spawn(
                 self._evidence, runner, spec, args, primary, answer, pending):
             self.skipped += 1
+            runner.spawn(self._write, spec.name, lambda s: (policy.skip(s), []))
             runner.spawn_write(self._skip_row(spec, pending.plan, policy, primary, pending.key,
                                               "skipped: shadow.max_pending runs were in flight"))
 
@@ -257,11 +258,15 @@ class AutoTiering:
         except (BudgetExceeded, CallError) as e:
             status = "skipped" if isinstance(e, BudgetExceeded) else "failed"
             text = str(e) if self.config.store_inputs else redact(str(e), args)
-            rows.append(replace(base, status=status, detail=f"auto {why}: reference run {status}: {text}"))
+            failed_cost = 0.0 if isinstance(e, BudgetExceeded) else (e.receipt or {}).get("cost_usd") or 0.0
+            rows.append(replace(base, status=status, detail=f"auto {why}: reference run {status}: {text}",
+                                comparison_cost_usd=failed_cost or None))
             await runner.writer.put([], rows)
             if isinstance(e, BudgetExceeded):  # refused by a cap: a skip like one the plan makes
                 self.skipped += 1
                 await self._write(spec.name, lambda s: (policy.skip(s), []))
+            elif failed_cost:  # a failed run's spend is evidence spend all the same
+                await self._write(spec.name, lambda s: (policy.charge(s, failed_cost), []))
             return
         for tier in plan.probes:
             row = replace(base, tier=tier, model=self.config.tiers[tier].model, call_id=primary.call_id,
@@ -272,8 +277,10 @@ class AutoTiering:
                 status = "skipped" if isinstance(e, BudgetExceeded) else "failed"
                 refused += isinstance(e, BudgetExceeded)
                 text = str(e) if self.config.store_inputs else redact(str(e), args)
+                failed_cost = 0.0 if isinstance(e, BudgetExceeded) else (e.receipt or {}).get("cost_usd") or 0.0
+                spend += failed_cost
                 rows.append(replace(row, status=status, detail=f"auto probe: run {status}: {text}",
-                                    cost_usd=(e.receipt or {}).get("cost_usd") if isinstance(e, CallError) else None))
+                                    cost_usd=failed_cost or None))
                 continue
             cost = probe.receipt.get("cost_usd")
             spend += cost or 0.0
@@ -288,11 +295,12 @@ class AutoTiering:
                                 status=verdict_status(value, no_judge)))
         collected, replayed = 0, None
         set_key = pending.versions.key(ref)
-        if plan.collect:
-            # The served answer is the reference's; the probes' verdicts say which tiers agreed with it then.
+        if plan.collect and (plan.tier == ref or plan.reference):
+            # The reference's answer (the served one on the reference, else the guard rerun's); the verdicts say
+            # which tiers agreed with it then.
             baselines = {pending.versions.key(t): bool(v) for t, v in verdicts.items() if v is not None}
             collected = int(await self._keep(spec.name, set_key, {
-                "args_key": pending.key, "arguments": args, "reference": answer, "baselines": baselines}))
+                "args_key": pending.key, "arguments": args, "reference": reference, "baselines": baselines}))
         if plan.replay is not None:
             replayed, cost, refused_replay = await self._replay(runner, spec, plan, pending, primary, rows, judged)
             spend += cost
@@ -366,7 +374,8 @@ class AutoTiering:
             status = "skipped" if isinstance(e, BudgetExceeded) else "failed"
             text = str(e) if self.config.store_inputs else redact(str(e), args)
             spent = (e.receipt or {}).get("cost_usd") or 0.0 if isinstance(e, CallError) else 0.0
-            rows.append(replace(row, detail=f"auto replay: run {status}: {text}", cost_usd=spent or None))
+            rows.append(replace(row, detail=f"auto replay: run {status}: {text}", cost_usd=spent or None,
+                                status="skipped" if isinstance(e, BudgetExceeded) else "replay"))
             return None, spent, int(isinstance(e, BudgetExceeded))
         cost = run.receipt.get("cost_usd") or 0.0
         agree_at = spec.compare.agree_at if spec.compare else 0.8
@@ -378,10 +387,10 @@ class AutoTiering:
             if self.ledger is not None:
                 await off_loop(self.ledger.sentinel_baseline, spec.name, set_key, item["args_key"], tier_key, verdict)
             detail = f"baseline for {tier_key}: {detail}"
-        # Status "replay" (the row's), whatever came of it: report counts traffic, and a fixed set's repeats are
-        # not new draws of it.
+        # Status "replay" whatever the verdict (report counts traffic, and a fixed set's repeats are not new draws
+        # of it); "skipped" when a cap refused the judge, like any comparison whose judge was refused.
         rows.append(replace(row, shadow_call_id=run.receipt.get("call_id"), score=value, agree=verdict, cost_usd=cost,
-                            detail=f"auto replay: {detail}"))
+                            detail=f"auto replay: {detail}", status="skipped" if no_judge else "replay"))
         return (None if first else verdict), cost, int(no_judge)
 
     # ---- state in the ledger --------------------------------------------------------------------------------------
@@ -496,7 +505,7 @@ def summary(config: Config, specs: Specs, states: Mapping[str, tuple[int, dict[s
             continue
         policy = Policy(policy_config(config, name), clock=lambda: datetime.now(timezone.utc))
         seq, data = states.get(name, (0, None))
-        state = ToolState.from_dict(data) if data else policy.new_state(name)
+        state = policy.today(ToolState.from_dict(data) if data else policy.new_state(name))
         versions = versions_of(config, spec, policy.config.ladder)
         bar = policy.config.quality_bar
         evidence = {}
