@@ -21,7 +21,7 @@ def load_sim():
 
 def test_the_cold_start_costs_what_a_hand_computation_says() -> None:
     sim = load_sim()
-    # 40 calls over four tools: no tier has the 93 all-agreeing comparisons a step down needs, so every call is
+    # 40 calls over four tools: no tier has the 88 all-agreeing comparisons a step down needs, so every call is
     # served on the flagship (600 in, 80 out: 600 * 2.50 / 1e6 + 80 * 15 / 1e6 = $0.0027) and probes nano
     # ($0.00022) and mini ($0.00081).
     r = sim.run_through_runner(1, calls=40, drift_at=20)

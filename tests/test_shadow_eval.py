@@ -428,3 +428,23 @@ async def test_eval_from_the_ledger_on_the_command_line_does_not_call_the_flagsh
     assert "3 stored flagship answers are the reference" in captured.err
     assert {s.body["model"] for s in upstream.completions()} == {"gpt-5.4-nano", "gpt-5.4-mini"}
     assert len(upstream.completions()) == 3 * 2 + 2  # after one warm-up run per compared tier
+
+
+def test_an_auto_tool_is_judged_against_its_quality_bar_not_keep_at(ledger, specs):
+    """1,860 of 2,000 agree (93 %): a keep at the report's 90 % bar, but not at an auto tool's 95 % quality bar,
+    where the anytime-valid upper bound is under the bar: move."""
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.ledger.base import ShadowRow
+
+    rows = [ShadowRow(tool="classify", call_id=f"c{i}", shadow_call_id=f"s{i}", tier="nano", comparison_tier="flagship",
+                      score=1.0 if i < 1860 else 0.0, agree=i < 1860, detail="label", cost_usd=0.0002,
+                      comparison_cost_usd=0.0027, model="gpt-5.4-nano", comparison_model="gpt-5.4",
+                      spec_version=str(specs.get("classify").version), args_key=f"k{i}") for i in range(2000)]
+    by_hand = config_from_dict({"cache_ttl_s": 0})
+    ledger.write([], rows, by_hand)
+    [manual] = build_report(ledger, config=by_hand, specs=specs)
+    assert manual.decision == "clears" and manual.recommendation.endswith("keep nano")
+    auto = config_from_dict({"tools": {"classify": {"auto": True, "quality_bar": 0.95}}})
+    [report] = build_report(ledger, config=auto, specs=specs)
+    assert report.decision == "below" and report.bounds[1] < 0.95
+    assert "move to flagship" in report.recommendation and "quality_bar 95%" in report.recommendation

@@ -123,10 +123,16 @@ def build_report(ledger: LedgerStore, since: str | None = None, keep_at: float =
         now = [r for r in rows if (r.model, r.comparison_model) == current and r.spec_version == version]
         scored = [r for r in now if r.status == "scored" and r.agree is not None]
         k = sum(1 for r in scored if r.agree)
-        recommendation, decision = _recommend(tool, tier, comparison, len(scored), k, keep_at)
+        # An auto tool is judged against its own quality bar, not the report's keep_at: the table and the tool's
+        # auto line then apply one bar (the policy's evidence is still its own: since its last alarm, its prior).
+        settings = config.tools.get(tool) if config is not None else None
+        bar = settings.quality_bar if settings is not None and settings.auto else keep_at
+        recommendation, decision = _recommend(tool, tier, comparison, len(scored), k, bar)
+        if bar != keep_at:
+            recommendation += f" (auto tool: against its quality_bar {100 * bar:g}%; its auto line is the policy's)"
         curve = cost_quality_curve(CurveRow(r.confidence, r.agree, r.cost_usd or 0.0, r.comparison_cost_usd or 0.0)
                                    for r in scored if r.confidence is not None)
-        best = recommend_threshold(curve, keep_at) if curve else None
+        best = recommend_threshold(curve, bar) if curve else None
         if best is not None and 0 < best.escalated_share < 1:
             recommendation += (f"; at confidence threshold {best.threshold:g}, {100 * best.escalated_share:.0f}% "
                                f"would escalate and the answers served would still meet the bar")
