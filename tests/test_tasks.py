@@ -495,3 +495,23 @@ async def test_a_cancel_sent_to_another_replica_stops_the_task_where_it_runs(led
     finally:
         for led in ledgers:
             led.close()
+
+
+async def test_a_task_cancelled_while_no_server_held_it_is_finished_without_starting_its_items(make_runner, ledger):
+    """With no provider batch left running, the next server finishes such a task as cancelled outright: no item is
+    started (each would write a 'cancelled' row), no request is sent."""
+    gate = Gate()
+    items = ["quick crash", "quick feature", "slow crash", "slow feature"]
+    first = make_runner(ScriptedModel(fallback=gate))
+    async with Client(build_server(first), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": items, "labels": LABELS})
+        await wait_done(client, handle.task_id, 2)
+    rows_before = len(ledger.calls())
+    TaskStore(ledger).request_cancel(handle.task_id)  # the client's cancel, while no server holds the task
+    second_model = ScriptedModel(fallback=by_text)
+    second = make_runner(second_model)
+    async with Client(build_server(second), extensions=[TasksClient()]) as client:
+        task = await wait_task(client, handle.task_id)
+        assert task.status == "cancelled" and "after 2 of 4 items" in (task.status_message or "")
+        await cancel_task(client, handle.task_id)  # a second cancel of a finished task is an ack, nothing more
+    assert second_model.requests == [] and len(ledger.calls()) == rows_before

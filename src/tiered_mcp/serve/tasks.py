@@ -252,10 +252,11 @@ class TaskManager:
             held.cancel = True
             held.scope.cancel()
             return
-        # Held by another replica: it sees the flag at its next save or renewal. Held by none: taken over here and
-        # stopped at once, so that its executor stops what it left running (a provider's batches) and gives back
-        # their budget holds; finished here outright when this server is stopping.
-        if self._tg is not None:
+        # Held by another replica: it sees the flag at its next save or renewal. Held by none, with provider
+        # batches recorded: taken over here and stopped at once, so that its executor stops what it left running
+        # and gives back their budget holds. Otherwise (nothing left running, or this server is stopping) finished
+        # here outright: starting its items only to cancel them would write a row for each.
+        if self._tg is not None and await off_loop(self.batches.rows, task_id):
             await self._resume(task_id)
             return
         message = f"cancelled after {row.done} of {row.total} items"
@@ -457,6 +458,11 @@ class TaskManager:
             message = f"internal error in tiered-mcp ({type(e).__name__}); see server log"
             await off_loop(partial(self.store.finish, task_id, self.owner, FAILED, message, expires,
                                    error=json.dumps({"code": types.INTERNAL_ERROR, "message": message})))
+            return
+        if row.cancel and not await off_loop(self.batches.rows, task_id):
+            # Nothing of it runs anywhere (no provider batch): finished as cancelled, no item started.
+            await off_loop(partial(self.store.finish, task_id, self.owner, CANCELLED,
+                                   f"cancelled after {row.done} of {row.total} items", expires))
             return
         answered = await off_loop(self.store.answered, task_id)
         pending = [i for i in range(row.total) if i not in answered]
