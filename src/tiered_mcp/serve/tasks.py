@@ -256,9 +256,11 @@ class TaskManager:
         # batches recorded: taken over here and stopped at once, so that its executor stops what it left running
         # and gives back their budget holds. Otherwise (nothing left running, or this server is stopping) finished
         # here outright: starting its items only to cancel them would write a row for each.
-        if self._tg is not None and await off_loop(self.batches.rows, task_id):
-            await self._resume(task_id)
-            return
+        if self._tg is not None:
+            running = await off_loop(self.batches.rows, task_id)
+            if running:
+                await self._resume(task_id)
+                return
         message = f"cancelled after {row.done} of {row.total} items"
         await off_loop(partial(self.store.finish, task_id, None, CANCELLED, message, self.clock() + self.ttl_s,
                                now=self.clock()))
@@ -459,7 +461,7 @@ class TaskManager:
             await off_loop(partial(self.store.finish, task_id, self.owner, FAILED, message, expires,
                                    error=json.dumps({"code": types.INTERNAL_ERROR, "message": message})))
             return
-        if row.cancel and not await off_loop(self.batches.rows, task_id):
+        if row.cancel and not (await off_loop(self.batches.rows, task_id)):
             # Nothing of it runs anywhere (no provider batch): finished as cancelled, no item started.
             await off_loop(partial(self.store.finish, task_id, self.owner, CANCELLED,
                                    f"cancelled after {row.done} of {row.total} items", expires))
