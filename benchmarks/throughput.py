@@ -1,6 +1,7 @@
 """Throughput (calls/s) and per-call p50/p95 at 1, 8 and 64 concurrent callers, over stdio and Streamable HTTP.
 
-    python benchmarks/throughput.py [--transport stdio,http] [--callers 1,8,64] [--latency-ms 50]
+    python benchmarks/throughput.py [--transport stdio,http] [--callers 1,8,64] [--latency-ms 50] [--rounds 4]
+                                    [--calls N] [--before OTHER/src]
 
 Subjects, against benchmarks/fast_upstream.py in its own process (fixed latency per request):
 
@@ -72,8 +73,8 @@ def _cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def calls_per_caller(callers: int) -> int:
-    return {1: 200, 8: 48}.get(callers, max(16, 1024 // callers))
+def calls_per_caller(callers: int, calls: int | None = None) -> int:
+    return calls or {1: 200, 8: 48}.get(callers, max(16, 1024 // callers))
 
 
 async def _clients(stack: contextlib.AsyncExitStack, transport: str, which: str, upstream_port: int, callers: int,
@@ -157,7 +158,7 @@ async def _run(call: Call, callers: int, per_caller: int, start: int, times: lis
 
 
 async def measure(transport: str, levels: list[int], mode: str, upstream_port: int, rounds: int,
-                  before: list[str] = (), durable: bool = False) -> list[Level]:
+                  before: list[str] = (), durable: bool = False, calls: int | None = None) -> list[Level]:
     tmp = tempfile.mktemp(prefix="tiered-bench-")
     os.makedirs(tmp)
     out = []
@@ -187,7 +188,7 @@ async def measure(transport: str, levels: list[int], mode: str, upstream_port: i
         for callers in levels:
             level = Level(transport, callers, {s: 0.0 for s in subjects}, {s: 0 for s in subjects},
                           {s: [] for s in subjects}, {s: 0.0 for s in subjects})
-            per = max(1, calls_per_caller(callers) // rounds)
+            per = max(1, calls_per_caller(callers, calls) // rounds)
             for subject in subjects:  # warm-up at this concurrency: pools grow to it
                 for i in range(callers):
                     bodies[n + i] = C.request_body(C.classify_args(n + i))
@@ -225,7 +226,8 @@ def print_level(level: Level) -> None:
 
 
 async def run_all(transports: list[str], levels: list[int], latency_ms: float, mode: str, rounds: int = 4,
-                  before: list[str] = (), ledger: str = "sqlite", durable: bool = False) -> list[Level]:
+                  before: list[str] = (), ledger: str = "sqlite", durable: bool = False,
+                  calls: int | None = None) -> list[Level]:
     out = []
     with contextlib.ExitStack() as stack:
         if ledger == "postgresql":
@@ -237,7 +239,7 @@ async def run_all(transports: list[str], levels: list[int], latency_ms: float, m
         port = stack.enter_context(C.upstream(latency_ms / 1000))
         await C.check_same_body(port)
         for transport in transports:
-            out += await measure(transport, levels, mode, port, rounds, before, durable)
+            out += await measure(transport, levels, mode, port, rounds, before, durable, calls)
     return out
 
 
@@ -248,6 +250,9 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=50.0)
     ap.add_argument("--mode", default="auto", choices=["auto", "legacy"])
     ap.add_argument("--rounds", type=int, default=4, help="runs per subject and level, in rotating order, pooled")
+    ap.add_argument("--calls", type=int, default=None, metavar="N",
+                    help="calls per caller and subject, over all rounds (default 200 for 1 caller, 48 for 8, "
+                         "16 for 64): more for steadier figures on a busy machine")
     ap.add_argument("--prefill-cache", type=int, default=0, metavar="N",
                     help="start each SQLite ledger with N fresh cache entries (a server busy for a while)")
     ap.add_argument("--ledger", default="sqlite", choices=["sqlite", "postgresql"],
@@ -262,7 +267,7 @@ def main() -> None:
           + (f"; ledgers start with {args.prefill_cache} cache entries" if args.prefill_cache else ""))
     LEDGER["prefill"] = args.prefill_cache
     anyio.run(run_all, args.transport.split(","), [int(x) for x in args.callers.split(",")], args.latency_ms,
-              args.mode, args.rounds, args.before, args.ledger, args.durable)
+              args.mode, args.rounds, args.before, args.ledger, args.durable, args.calls)
 
 
 if __name__ == "__main__":

@@ -176,6 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
     import anyio
 
     from tiered_mcp.core.tracing import configure_tracing
+    from tiered_mcp.serve.heap import settle_heap
     from tiered_mcp.serve.logs import configure_logging
     from tiered_mcp.serve.server import build_runner, build_server, serve_stdio
 
@@ -187,7 +188,9 @@ def _serve(args: argparse.Namespace) -> int:
         runner = build_runner(args.config, tuple(args.specs), args.ledger)
         configure_logging(args.log_level or "WARNING", args.log_format, redact=runner.scrubber.secrets)
         configure_tracing()
-        anyio.run(serve_stdio, build_server(runner))
+        server = build_server(runner)
+        settle_heap()
+        anyio.run(serve_stdio, server)
         return OK
 
     from tiered_mcp.serve.http_app import HttpOptions, build_http_app, resolve_token, serve_http
@@ -202,7 +205,9 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or "INFO", args.log_format, redact=[*runner.scrubber.secrets,
                                                                           *([token] if token else [])])
     configure_tracing()
-    anyio.run(serve_http, build_http_app(build_server(runner), options, tools=len(runner.specs)), options)
+    app = build_http_app(build_server(runner), options, tools=len(runner.specs))
+    settle_heap()
+    anyio.run(serve_http, app, options)
     return OK
 
 
