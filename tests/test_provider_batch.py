@@ -665,3 +665,50 @@ async def test_a_task_cancelled_while_no_server_held_it_still_stops_its_batch_an
     (batch,) = upstream.batches.values()
     assert batch["status"] == "cancelled" and len(upstream.batch_creates()) == 1
     assert day_spent(ledger) == pytest.approx(2 * NANO_BATCH, abs=1e-15)
+
+
+# ---- an answer already booked is never booked again -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ledger_target", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("then", ["resumed", "cancelled"])
+async def test_a_batch_answer_booked_before_a_restart_is_not_booked_again(make_runner, ledger, upstream, then):
+    from tiered_mcp.ledger.tasks import TaskStore
+
+    # Item 0's batch answer is unsure: it climbs to mini, which takes its time; the server stops meanwhile, so
+    # item 0's cancelled row books its batch answer (and a cancelled mini attempt, at 0).
+    upstream.script_batch(FakeBatch(responses={"0": FakeResponse(
+        content={"label": "bug", "labels": ["bug"], "confidence": 0.2, "reason": "unsure"})}))
+    upstream.push("gpt-5.4-mini", FakeResponse(delay_s=30))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    cap = sum(item_worst(runner, t) for t in ITEMS) + 1.0
+    first = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **BATCH_CONFIG)
+    async with Client(build_server(first), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": ITEMS, "labels": LABELS})
+        with anyio.fail_after(10):
+            while not any(s.body and s.body.get("model") == "gpt-5.4-mini" for s in upstream.completions()):
+                await anyio.sleep(0.01)
+    assert day_spent(ledger) == pytest.approx(3 * NANO_BATCH, abs=1e-15)  # what the provider answered
+    if then == "cancelled":
+        TaskStore(ledger).request_cancel(handle.task_id)
+    second = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **BATCH_CONFIG)
+    async with Client(build_server(second), extensions=[TasksClient()]) as client:
+        task = await wait_task(client, handle.task_id)
+        await holds_gone(ledger)
+    rows = [r for r in ledger.calls() if r["batch"] is not None]
+    if then == "resumed":
+        # Item 0 goes on from its batch answer, booked at 0 this time, and mini answers it (full price).
+        assert task.status == "completed" and receipt_of(task)["ok"] == 3
+        (item,) = receipt_of(task)["per_item"]
+        first_attempt, escalation = item["attempts"]
+        assert first_attempt["batch_api"] is True and first_attempt["cost_usd"] == 0
+        assert escalation["tier"] == "mini" and escalation["cost_usd"] == pytest.approx(MINI, abs=1e-15)
+        # By hand: the provider answered three requests (3 x 30.75e-6) and mini one (225e-6); nothing else.
+        assert day_spent(ledger) == pytest.approx(3 * NANO_BATCH + MINI, abs=1e-15)
+        assert len(rows) == 4  # items 1 and 2, item 0 cancelled at the stop, item 0 answered
+    else:
+        assert task.status == "cancelled"
+        assert day_spent(ledger) == pytest.approx(3 * NANO_BATCH, abs=1e-15)
+        assert len(rows) == 3  # nothing booked after the takeover: every answer already had its row
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(day_spent(ledger), abs=1e-15)
+    assert len(upstream.batch_creates()) == 1

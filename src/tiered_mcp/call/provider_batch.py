@@ -169,6 +169,8 @@ class ProviderBatches:
             if tier is None or self.api is None:
                 await run_items(runner, job.plan, job.pending, job.record, workers=WORKERS)
                 return
+            # Resumed: items whose batch answer a row (cancelled by the restart) already books go on from it at 0.
+            booked = await off_loop(self.store.booked, job.plan.batch_id) if rows else set()
             if not rows:
                 rows = await self._prepare(runner, job, tier)
             pending = set(job.pending)
@@ -183,7 +185,7 @@ class ProviderBatches:
                     if submitted:
                         live[row.part] = _Live()
                         tg.start_soon(self._run_batch, runner, job, row, submitted, live[row.part], turn,
-                                      turn := anyio.Event())
+                                      turn := anyio.Event(), booked)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 if self.api is not None and await off_loop(self.tasks.cancel_requested, job.task_id):
@@ -321,9 +323,10 @@ class ProviderBatches:
     # ---- waiting and answering -------------------------------------------------------------------------------------
 
     async def _run_batch(self, runner: Runner, job: BatchJob, row: ProviderBatchRow, submitted: list[int],
-                         live: _Live, after: anyio.Event | None, submitted_now: anyio.Event) -> None:
+                         live: _Live, after: anyio.Event | None, submitted_now: anyio.Event,
+                         booked: set[int]) -> None:
         """Submit `row`'s batch (once the one before it is, `after`), poll it until it ends, settle its hold and
-        run its items through the runner with their answers."""
+        run its items through the runner with their answers (those in `booked` at 0: a row books them already)."""
         assert self.api is not None
         settings = runner.config.tiers[row.tier]
         provider = runner.config.providers[settings.provider]
@@ -368,7 +371,7 @@ class ProviderBatches:
         for i in submitted:
             outcome = answers.get(str(i)) or refused or BatchUnanswered(
                 f"{where}: batch {state.id} ended {state.status} without answering this item")
-            prepared[i] = Prepared(row.tier, outcome, latency_ms)
+            prepared[i] = Prepared(row.tier, outcome, latency_ms, i, i in booked)
         hold = await self._settle(runner, job, row, answers)
         live.answers = answers
         left = len(submitted)
@@ -480,11 +483,13 @@ class ProviderBatches:
                                        failed=state.failed))
             answers = await self._answers(runner, provider, row, state)
         hold = await self._settle(runner, job, row, answers, fenced=False)
+        # Booked already: items started here (each writes its own row) and items whose row an earlier run wrote.
+        skip = live.started | await off_loop(self.store.booked, job.plan.batch_id)
         pending = set(job.pending)
         latency_ms = ((row.ended or self.clock()) - row.created) * 1000
         writes = [runner.unchecked_item(job.plan.spec, {**job.plan.shared, job.plan.name: job.plan.items[i]},
-                                        job.plan.batch_id, Prepared(row.tier, reply, latency_ms))
-                  for i in row.items if i in pending and i not in live.started
+                                        job.plan.batch_id, Prepared(row.tier, reply, latency_ms, i))
+                  for i in row.items if i in pending and i not in skip
                   and isinstance(reply := answers.get(str(i)), ModelReply)]
         if writes:
             if hold is not None:

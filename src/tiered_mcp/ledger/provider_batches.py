@@ -89,6 +89,14 @@ class ProviderBatchStore:
         requests = sum(0 if items.strip() == "[]" else items.count(",") + 1 for items, _, _ in rows)
         return BatchProgress(requests, sum(int(c) for _, c, _ in rows), sum(int(f) for _, _, f in rows))
 
+    def booked(self, batch: str) -> set[int]:
+        """The items of a task's batch (its `batch` id) whose Batch API answer a call row already books: each such
+        row carries the item's index and was written in one transaction with it, so this is exact after any
+        restart."""
+        rows = self.ledger._rows("SELECT c.batch_item FROM calls c JOIN attempts a ON a.call_id = c.id AND a.n = 1"
+                                 " WHERE c.batch = ? AND c.batch_item IS NOT NULL AND a.batch_api = 1", (batch,))
+        return {int(i) for (i,) in rows}
+
     def create(self, rows: Sequence[ProviderBatchRow], owner: str | None) -> bool:
         """Record a task's batches about to be submitted, in one transaction, if `owner` still holds the task
         (None: unfenced); False if not."""
