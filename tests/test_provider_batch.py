@@ -712,3 +712,32 @@ async def test_a_batch_answer_booked_before_a_restart_is_not_booked_again(make_r
         assert len(rows) == 3  # nothing booked after the takeover: every answer already had its row
     assert sum(r["cost_usd"] for r in rows) == pytest.approx(day_spent(ledger), abs=1e-15)
     assert len(upstream.batch_creates()) == 1
+
+
+async def test_a_cancelled_batch_builds_its_answers_rows_off_the_event_loop(make_runner, specs, ledger, sleeps,
+                                                                            upstream):
+    # Each answer's row renders the prompt and counts tokens (about 26 microseconds): 1.3 s of a 50,000-request
+    # batch, which must not stall the server's other requests.
+    import threading
+
+    from tiered_mcp.call.runner import Runner
+
+    on_loop: list[bool] = []
+
+    class Watched(Runner):
+        def unchecked_item(self, *args, **kwargs):
+            on_loop.append(threading.current_thread() is threading.main_thread())
+            return super().unchecked_item(*args, **kwargs)
+
+    upstream.script_batch(FakeBatch(polls=10**6, answered=2))
+    config = make_runner(openai_model(upstream), **BATCH_CONFIG).config
+    runner = Watched(config, specs, openai_model(upstream), ledger, env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps,
+                     jitter=lambda: 1.0)
+    async with Client(build_server(runner), extensions=[TasksClient()]) as client:
+        handle = await start_submitted(client, upstream)
+        await cancel_task(client, handle.task_id)
+        assert (await wait_task(client, handle.task_id)).status == "cancelled"
+        with anyio.fail_after(10):
+            while len([r for r in ledger.calls() if r["batch"] is not None]) < 2:
+                await anyio.sleep(0.01)
+    assert on_loop == [False, False]
