@@ -741,3 +741,24 @@ async def test_a_cancelled_batch_builds_its_answers_rows_off_the_event_loop(make
             while len([r for r in ledger.calls() if r["batch"] is not None]) < 2:
                 await anyio.sleep(0.01)
     assert on_loop == [False, False]
+
+
+async def test_progress_never_goes_back_when_the_batch_api_stops_reporting(make_runner, ledger, upstream):
+    upstream.script_batch(FakeBatch(polls=10**6, progress=1))
+    model = openai_model(upstream)
+    runner = make_runner(model, **BATCH_CONFIG)
+    gate = Gate()
+    async with Client(build_server(runner, task_executor=ProviderBatches(model, runner.ledger, sleep=gate)),
+                      extensions=[TasksClient()]) as client:
+        handle = await start_submitted(client, upstream)
+        for _ in range(2):
+            gate.open()
+        await wait_for(client, handle.task_id, lambda t: t.meta[PROGRESS_META_KEY]["batch_api"]["completed"] == 2)
+        upstream.fail_next("look", 404)  # the provider refuses to report on the batch: its items take the model path
+        gate.open()
+        task = await wait_task(client, handle.task_id)
+    assert task.status == "completed" and len(upstream.completions()) == 3
+    # What the provider last reported stands: no made-up zeros over it.
+    assert task.meta[PROGRESS_META_KEY]["batch_api"] == {"requests": 3, "completed": 2, "failed": 0}
+    row = ProviderBatchStore(ledger).get(handle.task_id)
+    assert (row.status, row.completed, row.failed) == ("failed", 2, 0)

@@ -344,6 +344,9 @@ class ProviderBatches:
         finally:
             submitted_now.set()
         seen = (state.status, state.completed, state.failed)
+        # A state made up here (the provider refused the batch, or to report on it) has no request counts of its
+        # own: written, its zeros would replace what the provider last reported, and progress would go back.
+        made_up = refused is not None
         while not state.ended:
             await self.sleep(runner.config.batch_api.poll_s)
             try:
@@ -353,6 +356,8 @@ class ProviderBatches:
                             "its items on the model path", job.task_id, state.id, e)
                 await self._cancel(provider, state.id)
                 state = live.state = BatchState(state.id, "failed", state.input_file)
+                made_up = True
+                break
             except ModelError as e:
                 log.warning("task %s: polling batch %s failed (%s); polling again", job.task_id, state.id, e)
                 continue
@@ -361,9 +366,10 @@ class ProviderBatches:
                 await off_loop(partial(self.store.update, job.task_id, job.owner, part=row.part, status=state.status,
                                        completed=state.completed, failed=state.failed))
         ended = self.clock()
+        counts = {} if made_up else {"completed": state.completed, "failed": state.failed}
         await off_loop(partial(self.store.update, job.task_id, job.owner, part=row.part, status=state.status,
                                output_file=state.output_file, error_file=state.error_file, ended=row.ended or ended,
-                               completed=state.completed, failed=state.failed))
+                               **counts))
         answers = await self._answers(runner, provider, row, state)
         latency_ms = ((row.ended or ended) - row.created) * 1000
         where = f"{row.tier} ({settings.model}, Batch API)"
