@@ -762,3 +762,52 @@ async def test_progress_never_goes_back_when_the_batch_api_stops_reporting(make_
     assert task.meta[PROGRESS_META_KEY]["batch_api"] == {"requests": 3, "completed": 2, "failed": 0}
     row = ProviderBatchStore(ledger).get(handle.task_id)
     assert (row.status, row.completed, row.failed) == ("failed", 2, 0)
+
+
+class BrokenResults:
+    """The Batch API, except that downloading the first batch's output fails with a bug of ours (not a provider
+    error), and the other batches' downloads take a moment."""
+
+    def __init__(self, api, upstream) -> None:
+        self.api, self.upstream = api, upstream
+
+    def __getattr__(self, name: str):
+        return getattr(self.api, name)
+
+    async def batch_results(self, provider, tier, model, file_id):
+        first = next(iter(self.upstream.batches.values()))
+        if file_id == first["output_file_id"]:
+            raise RuntimeError("a bug while reading the first batch's answers")
+        await anyio.sleep(0.2)
+        return await self.api.batch_results(provider, tier, model, file_id)
+
+
+async def test_one_cancelled_batch_failing_to_settle_leaves_the_others_settled(make_runner, ledger, upstream, caplog):
+    upstream.script_batch(*[FakeBatch(polls=10**6, answered=1) for _ in range(3)])
+    config = {**BATCH_CONFIG, "batch_api": {"poll_s": 0.01, "max_requests": 3}}
+    model = openai_model(upstream)
+    runner = make_runner(model, **config)
+    cap = sum(item_worst(runner, t) for t in EIGHT) * 1.01
+    runner = make_runner(model, budgets={"daily_usd": cap}, **config)
+    store = ProviderBatchStore(ledger)
+    executor = ProviderBatches(BrokenResults(model, upstream), runner.ledger)
+    async with Client(build_server(runner, task_executor=executor), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": EIGHT, "labels": LABELS})
+        with anyio.fail_after(10):
+            while len(rows := store.rows(handle.task_id)) < 3 or any(r.status != "in_progress" for r in rows):
+                await anyio.sleep(0.01)
+        await cancel_task(client, handle.task_id)
+        assert (await wait_task(client, handle.task_id)).status == "cancelled"
+        with anyio.fail_after(10):
+            while not all(r.settled for r in store.rows(handle.task_id)[1:]):
+                await anyio.sleep(0.01)
+        with anyio.fail_after(10):
+            while len([r for r in ledger.calls() if r["batch"] is not None]) < 2:
+                await anyio.sleep(0.01)
+    # The second and third batches' answers are booked and their holds gone; the first's hold is left to expire.
+    rows = store.rows(handle.task_id)
+    assert [r.settled for r in rows] == [False, True, True]
+    assert day_spent(ledger) == pytest.approx(2 * NANO_BATCH, abs=1e-15)
+    live = {h for (h,) in ledger._rows("SELECT DISTINCT id FROM budget_holds WHERE amount > 0")}
+    assert live == {rows[0].hold["id"]}
+    assert "could not settle" in caplog.text

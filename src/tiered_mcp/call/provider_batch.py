@@ -468,7 +468,15 @@ class ProviderBatches:
             for row in rows:
                 if not pending.intersection(row.items):
                     continue  # answered before this run: its rows booked it and let its hold go
-                tg.start_soon(self._settle_cancelled_batch, runner, job, row, live.get(row.part) or _Live())
+                tg.start_soon(self._settle_one_cancelled, runner, job, row, live.get(row.part) or _Live())
+
+    async def _settle_one_cancelled(self, runner: Runner, job: BatchJob, row: ProviderBatchRow, live: _Live) -> None:
+        """`_settle_cancelled_batch`, its failure kept to itself: the task's other batches settle all the same."""
+        try:
+            await self._settle_cancelled_batch(runner, job, row, live)
+        except Exception:  # a bug, or a ledger that stayed down: this batch's hold expires, its answers unbooked
+            log.exception("task %s: could not settle cancelled batch %s (part %d); its budget hold expires after "
+                          "%.0f h", job.task_id, row.batch_id or "(none)", row.part, HOLD_TTL_S / 3600)
 
     async def _settle_cancelled_batch(self, runner: Runner, job: BatchJob, row: ProviderBatchRow,
                                       live: _Live) -> None:
