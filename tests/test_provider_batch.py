@@ -292,6 +292,8 @@ async def test_when_the_batch_api_refuses_the_upload_every_item_runs_on_the_mode
     task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
     assert task.status == "completed" and receipt_of(task)["ok"] == 3
     assert upstream.batches == {} and len(upstream.completions()) == 3
+    # Nothing reached the provider's Batch API: no request counts as sent to it.
+    assert task.meta[PROGRESS_META_KEY]["batch_api"] == {"requests": 0, "completed": 0, "failed": 0}
     for row in rows_by_batch(ledger):
         first, second = ledger.attempts(row["uid"])
         assert first["batch_api"] == 1 and first["outcome"] == "server_error" and "503" in first["detail"]
@@ -492,7 +494,8 @@ async def test_progress_rises_with_the_providers_request_counts_before_the_resul
     executor = ProviderBatches(model, runner.ledger, sleep=gate)
     async with Client(build_server(runner, task_executor=executor), extensions=[TasksClient()]) as client:
         handle = await start_submitted(client, upstream)
-        task = await get_task(client, handle.task_id)
+        # Sent once the batch's id is recorded (the provider made it).
+        task = await wait_for(client, handle.task_id, lambda t: t.meta[PROGRESS_META_KEY]["batch_api"]["requests"])
         assert task.meta[PROGRESS_META_KEY]["batch_api"] == {"requests": 3, "completed": 0, "failed": 0}
         for k in (1, 2, 3):
             gate.open()  # one more poll
@@ -811,3 +814,17 @@ async def test_one_cancelled_batch_failing_to_settle_leaves_the_others_settled(m
     live = {h for (h,) in ledger._rows("SELECT DISTINCT id FROM budget_holds WHERE amount > 0")}
     assert live == {rows[0].hold["id"]}
     assert "could not settle" in caplog.text
+
+
+def test_requests_sent_count_only_batches_the_provider_made(ledger):
+    from tiered_mcp.ledger.provider_batches import ProviderBatchRow
+
+    def row(part: int, items: list[int], batch_id: str | None, status: str) -> ProviderBatchRow:
+        return ProviderBatchRow("t", "nano", items, None, None, batch_id, status, None, None, 0.0, None, False, part)
+
+    store = ProviderBatchStore(ledger)
+    store.create([row(0, [0, 1, 2], "batch_a", "in_progress"), row(1, [3, 4], None, "preparing"),
+                  row(2, [5], None, "failed")], None)  # the second not sent yet; the third's upload refused
+    progress = store.progress("t")
+    assert (progress.requests, progress.completed, progress.failed) == (3, 0, 0)
+    assert store.progress("none") is None
