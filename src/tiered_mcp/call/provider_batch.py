@@ -28,6 +28,9 @@ task whose ladder starts on that tier, `ProviderBatches`:
    a first attempt with outcome `batch_unanswered` (cost 0) and then runs on the model path at once, on the same
    tier, synchronously (reason `retry`, full price), and climbs from there as usual.
    A provider that refuses the upload or the batch leaves that batch's items to the model path the same way.
+   Each item's row carries its index (`Prepared.item`), so the ledger knows which batch answers it books
+   (`ProviderBatchStore.booked`): after a restart, an item whose row (cancelled by the stop) booked its answer goes
+   on from that answer at $0, and a cancel taken over books none of them again.
 
 A task cancelled by its client cancels its provider batches at once, and leaves their settling to work that
 outlives the task (`BatchJob.later`): it polls each batch until the provider has stopped it, downloads what it
