@@ -292,6 +292,8 @@ async def test_when_the_batch_api_refuses_the_upload_every_item_runs_on_the_mode
     task = await run_task(runner, {"items": ITEMS, "labels": LABELS})
     assert task.status == "completed" and receipt_of(task)["ok"] == 3
     assert upstream.batches == {} and len(upstream.completions()) == 3
+    # Nothing reached the provider's Batch API: no request counts as sent to it.
+    assert task.meta[PROGRESS_META_KEY]["batch_api"] == {"requests": 0, "completed": 0, "failed": 0}
     for row in rows_by_batch(ledger):
         first, second = ledger.attempts(row["uid"])
         assert first["batch_api"] == 1 and first["outcome"] == "server_error" and "503" in first["detail"]
@@ -492,7 +494,8 @@ async def test_progress_rises_with_the_providers_request_counts_before_the_resul
     executor = ProviderBatches(model, runner.ledger, sleep=gate)
     async with Client(build_server(runner, task_executor=executor), extensions=[TasksClient()]) as client:
         handle = await start_submitted(client, upstream)
-        task = await get_task(client, handle.task_id)
+        # Sent once the batch's id is recorded (the provider made it).
+        task = await wait_for(client, handle.task_id, lambda t: t.meta[PROGRESS_META_KEY]["batch_api"]["requests"])
         assert task.meta[PROGRESS_META_KEY]["batch_api"] == {"requests": 3, "completed": 0, "failed": 0}
         for k in (1, 2, 3):
             gate.open()  # one more poll
@@ -665,3 +668,163 @@ async def test_a_task_cancelled_while_no_server_held_it_still_stops_its_batch_an
     (batch,) = upstream.batches.values()
     assert batch["status"] == "cancelled" and len(upstream.batch_creates()) == 1
     assert day_spent(ledger) == pytest.approx(2 * NANO_BATCH, abs=1e-15)
+
+
+# ---- an answer already booked is never booked again -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ledger_target", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("then", ["resumed", "cancelled"])
+async def test_a_batch_answer_booked_before_a_restart_is_not_booked_again(make_runner, ledger, upstream, then):
+    from tiered_mcp.ledger.tasks import TaskStore
+
+    # Item 0's batch answer is unsure: it climbs to mini, which takes its time; the server stops meanwhile, so
+    # item 0's cancelled row books its batch answer (and a cancelled mini attempt, at 0).
+    upstream.script_batch(FakeBatch(responses={"0": FakeResponse(
+        content={"label": "bug", "labels": ["bug"], "confidence": 0.2, "reason": "unsure"})}))
+    upstream.push("gpt-5.4-mini", FakeResponse(delay_s=30))
+    runner = make_runner(openai_model(upstream), **BATCH_CONFIG)
+    cap = sum(item_worst(runner, t) for t in ITEMS) + 1.0
+    first = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **BATCH_CONFIG)
+    async with Client(build_server(first), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": ITEMS, "labels": LABELS})
+        with anyio.fail_after(10):
+            while not any(s.body and s.body.get("model") == "gpt-5.4-mini" for s in upstream.completions()):
+                await anyio.sleep(0.01)
+    assert day_spent(ledger) == pytest.approx(3 * NANO_BATCH, abs=1e-15)  # what the provider answered
+    if then == "cancelled":
+        TaskStore(ledger).request_cancel(handle.task_id)
+    second = make_runner(openai_model(upstream), budgets={"daily_usd": cap}, **BATCH_CONFIG)
+    async with Client(build_server(second), extensions=[TasksClient()]) as client:
+        task = await wait_task(client, handle.task_id)
+        await holds_gone(ledger)
+    rows = [r for r in ledger.calls() if r["batch"] is not None]
+    if then == "resumed":
+        # Item 0 goes on from its batch answer, booked at 0 this time, and mini answers it (full price).
+        assert task.status == "completed" and receipt_of(task)["ok"] == 3
+        (item,) = receipt_of(task)["per_item"]
+        first_attempt, escalation = item["attempts"]
+        assert first_attempt["batch_api"] is True and first_attempt["cost_usd"] == 0
+        assert escalation["tier"] == "mini" and escalation["cost_usd"] == pytest.approx(MINI, abs=1e-15)
+        # By hand: the provider answered three requests (3 x 30.75e-6) and mini one (225e-6); nothing else.
+        assert day_spent(ledger) == pytest.approx(3 * NANO_BATCH + MINI, abs=1e-15)
+        assert len(rows) == 4  # items 1 and 2, item 0 cancelled at the stop, item 0 answered
+    else:
+        assert task.status == "cancelled"
+        assert day_spent(ledger) == pytest.approx(3 * NANO_BATCH, abs=1e-15)
+        assert len(rows) == 3  # nothing booked after the takeover: every answer already had its row
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(day_spent(ledger), abs=1e-15)
+    assert len(upstream.batch_creates()) == 1
+
+
+async def test_a_cancelled_batch_builds_its_answers_rows_off_the_event_loop(make_runner, specs, ledger, sleeps,
+                                                                            upstream):
+    # Each answer's row renders the prompt and counts tokens (about 26 microseconds): 1.3 s of a 50,000-request
+    # batch, which must not stall the server's other requests.
+    import threading
+
+    from tiered_mcp.call.runner import Runner
+
+    on_loop: list[bool] = []
+
+    class Watched(Runner):
+        def unchecked_item(self, *args, **kwargs):
+            on_loop.append(threading.current_thread() is threading.main_thread())
+            return super().unchecked_item(*args, **kwargs)
+
+    upstream.script_batch(FakeBatch(polls=10**6, answered=2))
+    config = make_runner(openai_model(upstream), **BATCH_CONFIG).config
+    runner = Watched(config, specs, openai_model(upstream), ledger, env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps,
+                     jitter=lambda: 1.0)
+    async with Client(build_server(runner), extensions=[TasksClient()]) as client:
+        handle = await start_submitted(client, upstream)
+        await cancel_task(client, handle.task_id)
+        assert (await wait_task(client, handle.task_id)).status == "cancelled"
+        with anyio.fail_after(10):
+            while len([r for r in ledger.calls() if r["batch"] is not None]) < 2:
+                await anyio.sleep(0.01)
+    assert on_loop == [False, False]
+
+
+async def test_progress_never_goes_back_when_the_batch_api_stops_reporting(make_runner, ledger, upstream):
+    upstream.script_batch(FakeBatch(polls=10**6, progress=1))
+    model = openai_model(upstream)
+    runner = make_runner(model, **BATCH_CONFIG)
+    gate = Gate()
+    async with Client(build_server(runner, task_executor=ProviderBatches(model, runner.ledger, sleep=gate)),
+                      extensions=[TasksClient()]) as client:
+        handle = await start_submitted(client, upstream)
+        for _ in range(2):
+            gate.open()
+        await wait_for(client, handle.task_id, lambda t: t.meta[PROGRESS_META_KEY]["batch_api"]["completed"] == 2)
+        upstream.fail_next("look", 404)  # the provider refuses to report on the batch: its items take the model path
+        gate.open()
+        task = await wait_task(client, handle.task_id)
+    assert task.status == "completed" and len(upstream.completions()) == 3
+    # What the provider last reported stands: no made-up zeros over it.
+    assert task.meta[PROGRESS_META_KEY]["batch_api"] == {"requests": 3, "completed": 2, "failed": 0}
+    row = ProviderBatchStore(ledger).get(handle.task_id)
+    assert (row.status, row.completed, row.failed) == ("failed", 2, 0)
+
+
+class BrokenResults:
+    """The Batch API, except that downloading the first batch's output fails with a bug of ours (not a provider
+    error), and the other batches' downloads take a moment."""
+
+    def __init__(self, api, upstream) -> None:
+        self.api, self.upstream = api, upstream
+
+    def __getattr__(self, name: str):
+        return getattr(self.api, name)
+
+    async def batch_results(self, provider, tier, model, file_id):
+        first = next(iter(self.upstream.batches.values()))
+        if file_id == first["output_file_id"]:
+            raise RuntimeError("a bug while reading the first batch's answers")
+        await anyio.sleep(0.2)
+        return await self.api.batch_results(provider, tier, model, file_id)
+
+
+async def test_one_cancelled_batch_failing_to_settle_leaves_the_others_settled(make_runner, ledger, upstream, caplog):
+    upstream.script_batch(*[FakeBatch(polls=10**6, answered=1) for _ in range(3)])
+    config = {**BATCH_CONFIG, "batch_api": {"poll_s": 0.01, "max_requests": 3}}
+    model = openai_model(upstream)
+    runner = make_runner(model, **config)
+    cap = sum(item_worst(runner, t) for t in EIGHT) * 1.01
+    runner = make_runner(model, budgets={"daily_usd": cap}, **config)
+    store = ProviderBatchStore(ledger)
+    executor = ProviderBatches(BrokenResults(model, upstream), runner.ledger)
+    async with Client(build_server(runner, task_executor=executor), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": EIGHT, "labels": LABELS})
+        with anyio.fail_after(10):
+            while len(rows := store.rows(handle.task_id)) < 3 or any(r.status != "in_progress" for r in rows):
+                await anyio.sleep(0.01)
+        await cancel_task(client, handle.task_id)
+        assert (await wait_task(client, handle.task_id)).status == "cancelled"
+        with anyio.fail_after(10):
+            while not all(r.settled for r in store.rows(handle.task_id)[1:]):
+                await anyio.sleep(0.01)
+        with anyio.fail_after(10):
+            while len([r for r in ledger.calls() if r["batch"] is not None]) < 2:
+                await anyio.sleep(0.01)
+    # The second and third batches' answers are booked and their holds gone; the first's hold is left to expire.
+    rows = store.rows(handle.task_id)
+    assert [r.settled for r in rows] == [False, True, True]
+    assert day_spent(ledger) == pytest.approx(2 * NANO_BATCH, abs=1e-15)
+    live = {h for (h,) in ledger._rows("SELECT DISTINCT id FROM budget_holds WHERE amount > 0")}
+    assert live == {rows[0].hold["id"]}
+    assert "could not settle" in caplog.text
+
+
+def test_requests_sent_count_only_batches_the_provider_made(ledger):
+    from tiered_mcp.ledger.provider_batches import ProviderBatchRow
+
+    def row(part: int, items: list[int], batch_id: str | None, status: str) -> ProviderBatchRow:
+        return ProviderBatchRow("t", "nano", items, None, None, batch_id, status, None, None, 0.0, None, False, part)
+
+    store = ProviderBatchStore(ledger)
+    store.create([row(0, [0, 1, 2], "batch_a", "in_progress"), row(1, [3, 4], None, "preparing"),
+                  row(2, [5], None, "failed")], None)  # the second not sent yet; the third's upload refused
+    progress = store.progress("t")
+    assert (progress.requests, progress.completed, progress.failed) == (3, 0, 0)
+    assert store.progress("none") is None

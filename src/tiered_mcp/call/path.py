@@ -218,9 +218,11 @@ class ModelPath:
             await self._sleep(delay)
 
     def accept(self, receipt: Receipt, tier: str, request: ModelRequest, outcome: ModelReply | ModelError,
-               latency_ms: float = 0.0) -> tuple[ModelReply | None, Attempt]:
+               latency_ms: float = 0.0, booked: bool = False) -> tuple[ModelReply | None, Attempt]:
         """Book the provider's Batch API answer to `request` (or its error) as the call's first attempt, priced at
-        the tier's batch rate. The budget was reserved for the whole batch before it was submitted.
+        the tier's batch rate. The budget was reserved for the whole batch before it was submitted. `booked`: an
+        earlier row of this item (cancelled by a restart) booked the answer already, so this one costs 0 here (its
+        tokens stay: the baseline prices them).
 
         Returns:
             (reply, attempt), as `request` does.
@@ -236,6 +238,8 @@ class ModelPath:
             else:
                 reply = outcome
                 self._account(attempt, reply, request)
+                if booked:
+                    attempt.cost_usd = 0.0
             span.set(outcome=attempt.outcome if reply is None else "answered", input_tokens=attempt.input_tokens,
                      output_tokens=attempt.output_tokens, cost_usd=attempt.cost_usd)
         return reply, attempt

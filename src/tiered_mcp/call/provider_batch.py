@@ -28,6 +28,9 @@ task whose ladder starts on that tier, `ProviderBatches`:
    a first attempt with outcome `batch_unanswered` (cost 0) and then runs on the model path at once, on the same
    tier, synchronously (reason `retry`, full price), and climbs from there as usual.
    A provider that refuses the upload or the batch leaves that batch's items to the model path the same way.
+   Each item's row carries its index (`Prepared.item`), so the ledger knows which batch answers it books
+   (`ProviderBatchStore.booked`): after a restart, an item whose row (cancelled by the stop) booked its answer goes
+   on from that answer at $0, and a cancel taken over books none of them again.
 
 A task cancelled by its client cancels its provider batches at once, and leaves their settling to work that
 outlives the task (`BatchJob.later`): it polls each batch until the provider has stopped it, downloads what it
@@ -169,6 +172,8 @@ class ProviderBatches:
             if tier is None or self.api is None:
                 await run_items(runner, job.plan, job.pending, job.record, workers=WORKERS)
                 return
+            # Resumed: items whose batch answer a row (cancelled by the restart) already books go on from it at 0.
+            booked = await off_loop(self.store.booked, job.plan.batch_id) if rows else set()
             if not rows:
                 rows = await self._prepare(runner, job, tier)
             pending = set(job.pending)
@@ -183,7 +188,7 @@ class ProviderBatches:
                     if submitted:
                         live[row.part] = _Live()
                         tg.start_soon(self._run_batch, runner, job, row, submitted, live[row.part], turn,
-                                      turn := anyio.Event())
+                                      turn := anyio.Event(), booked)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 if self.api is not None and await off_loop(self.tasks.cancel_requested, job.task_id):
@@ -321,9 +326,10 @@ class ProviderBatches:
     # ---- waiting and answering -------------------------------------------------------------------------------------
 
     async def _run_batch(self, runner: Runner, job: BatchJob, row: ProviderBatchRow, submitted: list[int],
-                         live: _Live, after: anyio.Event | None, submitted_now: anyio.Event) -> None:
+                         live: _Live, after: anyio.Event | None, submitted_now: anyio.Event,
+                         booked: set[int]) -> None:
         """Submit `row`'s batch (once the one before it is, `after`), poll it until it ends, settle its hold and
-        run its items through the runner with their answers."""
+        run its items through the runner with their answers (those in `booked` at 0: a row books them already)."""
         assert self.api is not None
         settings = runner.config.tiers[row.tier]
         provider = runner.config.providers[settings.provider]
@@ -341,6 +347,9 @@ class ProviderBatches:
         finally:
             submitted_now.set()
         seen = (state.status, state.completed, state.failed)
+        # A state made up here (the provider refused the batch, or to report on it) has no request counts of its
+        # own: written, its zeros would replace what the provider last reported, and progress would go back.
+        made_up = refused is not None
         while not state.ended:
             await self.sleep(runner.config.batch_api.poll_s)
             try:
@@ -350,6 +359,8 @@ class ProviderBatches:
                             "its items on the model path", job.task_id, state.id, e)
                 await self._cancel(provider, state.id)
                 state = live.state = BatchState(state.id, "failed", state.input_file)
+                made_up = True
+                break
             except ModelError as e:
                 log.warning("task %s: polling batch %s failed (%s); polling again", job.task_id, state.id, e)
                 continue
@@ -358,9 +369,10 @@ class ProviderBatches:
                 await off_loop(partial(self.store.update, job.task_id, job.owner, part=row.part, status=state.status,
                                        completed=state.completed, failed=state.failed))
         ended = self.clock()
+        counts = {} if made_up else {"completed": state.completed, "failed": state.failed}
         await off_loop(partial(self.store.update, job.task_id, job.owner, part=row.part, status=state.status,
                                output_file=state.output_file, error_file=state.error_file, ended=row.ended or ended,
-                               completed=state.completed, failed=state.failed))
+                               **counts))
         answers = await self._answers(runner, provider, row, state)
         latency_ms = ((row.ended or ended) - row.created) * 1000
         where = f"{row.tier} ({settings.model}, Batch API)"
@@ -368,7 +380,7 @@ class ProviderBatches:
         for i in submitted:
             outcome = answers.get(str(i)) or refused or BatchUnanswered(
                 f"{where}: batch {state.id} ended {state.status} without answering this item")
-            prepared[i] = Prepared(row.tier, outcome, latency_ms)
+            prepared[i] = Prepared(row.tier, outcome, latency_ms, i, i in booked)
         hold = await self._settle(runner, job, row, answers)
         live.answers = answers
         left = len(submitted)
@@ -459,7 +471,15 @@ class ProviderBatches:
             for row in rows:
                 if not pending.intersection(row.items):
                     continue  # answered before this run: its rows booked it and let its hold go
-                tg.start_soon(self._settle_cancelled_batch, runner, job, row, live.get(row.part) or _Live())
+                tg.start_soon(self._settle_one_cancelled, runner, job, row, live.get(row.part) or _Live())
+
+    async def _settle_one_cancelled(self, runner: Runner, job: BatchJob, row: ProviderBatchRow, live: _Live) -> None:
+        """`_settle_cancelled_batch`, its failure kept to itself: the task's other batches settle all the same."""
+        try:
+            await self._settle_cancelled_batch(runner, job, row, live)
+        except Exception:  # a bug, or a ledger that stayed down: this batch's hold expires, its answers unbooked
+            log.exception("task %s: could not settle cancelled batch %s (part %d); its budget hold expires after "
+                          "%.0f h", job.task_id, row.batch_id or "(none)", row.part, HOLD_TTL_S / 3600)
 
     async def _settle_cancelled_batch(self, runner: Runner, job: BatchJob, row: ProviderBatchRow,
                                       live: _Live) -> None:
@@ -480,12 +500,19 @@ class ProviderBatches:
                                        failed=state.failed))
             answers = await self._answers(runner, provider, row, state)
         hold = await self._settle(runner, job, row, answers, fenced=False)
+        # Booked already: items started here (each writes its own row) and items whose row an earlier run wrote.
+        skip = live.started | await off_loop(self.store.booked, job.plan.batch_id)
         pending = set(job.pending)
         latency_ms = ((row.ended or self.clock()) - row.created) * 1000
-        writes = [runner.unchecked_item(job.plan.spec, {**job.plan.shared, job.plan.name: job.plan.items[i]},
-                                        job.plan.batch_id, Prepared(row.tier, reply, latency_ms))
-                  for i in row.items if i in pending and i not in live.started
-                  and isinstance(reply := answers.get(str(i)), ModelReply)]
+        plan = job.plan
+
+        def build() -> list[CallWrite]:  # rendering and token counting: tens of microseconds an answer
+            return [runner.unchecked_item(plan.spec, {**plan.shared, plan.name: plan.items[i]}, plan.batch_id,
+                                          Prepared(row.tier, reply, latency_ms, i))
+                    for i in row.items if i in pending and i not in skip
+                    and isinstance(reply := answers.get(str(i)), ModelReply)]
+
+        writes = await anyio.to_thread.run_sync(build)
         if writes:
             if hold is not None:
                 writes[-1].receipt.holds.append(hold.id)  # booked and let go in one transaction

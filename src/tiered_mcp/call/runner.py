@@ -95,11 +95,15 @@ class Result:
 @dataclass(frozen=True)
 class Prepared:
     """A batch item's first answer, already given by the provider's Batch API (call/provider_batch.py): the reply,
-    or why there is none, and how long the batch took."""
+    or why there is none, how long the batch took, the item's index in its batch (its row says which answer it
+    books), and whether an earlier row of the item (cancelled by a restart) already booked that answer (then this
+    row books it at 0)."""
 
     tier: str
     outcome: ModelReply | ModelError
     latency_ms: float = 0.0
+    item: int | None = None
+    booked: bool = False
 
 
 class _PerSchema:
@@ -378,9 +382,11 @@ class Runner:
         request is answered in that shared pass; the seat is released if the item makes none (a cache hit). With
         `prepared` (the Batch API's answer on the ladder's first tier) that answer is the first attempt, checked,
         repaired and escalated like any other; the cache is not asked (it was paid for)."""
+        receipt = self._receipt(spec, "call")
+        if prepared is not None:
+            receipt.batch_item = prepared.item
         try:
-            return await self._run(_Plan(spec, args, ladder, "call", options, batch, prepared),
-                                   self._receipt(spec, "call"), None, seat)
+            return await self._run(_Plan(spec, args, ladder, "call", options, batch, prepared), receipt, None, seat)
         finally:
             if seat is not None:
                 seat.release()
@@ -408,10 +414,10 @@ class Runner:
         cancelled its task first: the answer booked as its first attempt (at the batch rate, as `run_item` books
         it), the call cancelled by the client."""
         receipt = self._receipt(spec, "call")
-        receipt.batch, receipt.latency_ms = batch, prepared.latency_ms
+        receipt.batch, receipt.latency_ms, receipt.batch_item = batch, prepared.latency_ms, prepared.item
         receipt.error = "cancelled by the client"
         _, attempt = self.path.accept(receipt, prepared.tier, self.first_request(spec, args, prepared.tier),
-                                      prepared.outcome, prepared.latency_ms)
+                                      prepared.outcome, prepared.latency_ms, prepared.booked)
         attempt.outcome, attempt.detail = "cancelled", "cancelled by the client before the answer was checked"
         return CallWrite(receipt, args, None)
 
@@ -655,7 +661,8 @@ class Runner:
             request = ModelRequest(tier=tier, settings=settings, provider=self.config.providers[settings.provider],
                                    **{**base, "messages": messages})
             if prepared is not None and prepared.tier == tier:
-                reply, attempt = self.path.accept(receipt, tier, request, prepared.outcome, prepared.latency_ms)
+                reply, attempt = self.path.accept(receipt, tier, request, prepared.outcome, prepared.latency_ms,
+                                                  prepared.booked)
                 prepared = None
                 if reply is None:
                     reason = "retry"  # the Batch API gave no answer: the same tier at once, synchronously

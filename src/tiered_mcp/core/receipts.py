@@ -98,6 +98,7 @@ class Receipt:
     error_kind: str | None = None  # what kind of CallError ended the call ("arguments", "budget", ...)
     day: str | None = None  # the UTC day whose budgets the call's spend counts against
     holds: list[str] = field(default_factory=list)  # budget holds to drop when the row is written
+    batch_item: int | None = None  # a Batch API item's index in its batch: its row books that batch answer
 
     @property
     def input_tokens(self) -> int:

@@ -197,9 +197,17 @@ CREATE TABLE provider_batches_parts (
     cur.execute("ALTER TABLE provider_batches_parts RENAME TO provider_batches")
 
 
+def batch_items(cur: Cursor, d: Dialect) -> None:
+    """Which Batch API answers are booked: a batch item's row carries its index in its batch (`batch_item`), so a
+    server that resumes or settles a task after a restart books none of its batch's answers a second time; indexed
+    by batch, the key that look-up reads by."""
+    _add(cur, d, "calls", [("batch_item", "INTEGER")])
+    cur.execute("CREATE INDEX IF NOT EXISTS calls_batch ON calls (batch)")
+
+
 MIGRATIONS: list[Callable[[Cursor, Dialect], None]] = [initial, accounting, autotier, tasks, service_tiers,
                                                       tasks_provider_batches, autotier_sentinels,
-                                                      provider_batch_parts]
+                                                      provider_batch_parts, batch_items]
 """Every migration, oldest first; each is applied once and recorded under its function's name."""
 
 

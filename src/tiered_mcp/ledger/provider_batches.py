@@ -80,14 +80,24 @@ class ProviderBatchStore:
         return next((r for r in self.rows(task_id) if r.part == part), None)
 
     def progress(self, task_id: str) -> BatchProgress | None:
-        """The provider's counts over a task's batches (None: it has none)."""
-        rows = self.ledger._rows("SELECT items, completed, failed FROM provider_batches WHERE task_id = ?",
+        """The provider's counts over a task's batches (None: it has none). Requests sent are those of the batches
+        the provider made (a batch id is recorded): not those still being prepared, nor those it refused."""
+        rows = self.ledger._rows("SELECT items, completed, failed, batch_id FROM provider_batches WHERE task_id = ?",
                                  (task_id,))
         if not rows:
             return None
         # Counted, not parsed: tasks/get asks every few seconds, and a batch lists up to 50,000 indices.
-        requests = sum(0 if items.strip() == "[]" else items.count(",") + 1 for items, _, _ in rows)
-        return BatchProgress(requests, sum(int(c) for _, c, _ in rows), sum(int(f) for _, _, f in rows))
+        requests = sum(0 if items.strip() == "[]" else items.count(",") + 1
+                       for items, _, _, batch_id in rows if batch_id is not None)
+        return BatchProgress(requests, sum(int(c) for _, c, _, _ in rows), sum(int(f) for _, _, f, _ in rows))
+
+    def booked(self, batch: str) -> set[int]:
+        """The items of a task's batch (its `batch` id) whose Batch API answer a call row already books: each such
+        row carries the item's index and was written in one transaction with it, so this is exact after any
+        restart."""
+        rows = self.ledger._rows("SELECT c.batch_item FROM calls c JOIN attempts a ON a.call_id = c.id AND a.n = 1"
+                                 " WHERE c.batch = ? AND c.batch_item IS NOT NULL AND a.batch_api = 1", (batch,))
+        return {int(i) for (i,) in rows}
 
     def create(self, rows: Sequence[ProviderBatchRow], owner: str | None) -> bool:
         """Record a task's batches about to be submitted, in one transaction, if `owner` still holds the task

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 _CALL_COLUMNS = ("uid, ts, tool, tier, model, ok, error, attempts, input_tokens, output_tokens, cached_input_tokens,"
                  " reasoning_tokens, cost_usd, baseline_usd, estimated, latency_ms, arguments, output, kind, session,"
-                 " batch, cached, spec_version, caller, unverified")
+                 " batch, cached, spec_version, caller, unverified, batch_item")
 _ATTEMPT_COLUMNS = ("call_id, n, tier, model, reason, trigger, outcome, detail, input_tokens, output_tokens,"
                     " cached_input_tokens, reasoning_tokens, cost_usd, estimated, latency_ms, service_tier, batch_api")
 _SHADOW_COLUMNS = ("ts, tool, call_uid, shadow_call_uid, tier, comparison_tier, score, agree, detail, cost_usd,"
@@ -90,7 +90,7 @@ class SqlLedger:
                      sum(a.reasoning_tokens for a in r.attempts), r.cost_usd, r.baseline_usd(config),
                      int(r.estimated), r.latency_ms, _json(c.arguments) if keep else None,
                      _json(c.output) if keep else None, r.kind, r.session, r.batch, int(r.cached), r.spec_version,
-                     r.caller, _json(r.unverified)),
+                     r.caller, _json(r.unverified), r.batch_item),
                 )
                 if r.attempts:
                     cur.executemany(
