@@ -12,7 +12,8 @@ within 1.05x of the bare openai client's own ratio measured in the same run. Sub
 - tiered-mcp:   one batch call through the real runner, the real openai client and a real SQLite ledger (every
   item's row written), the cache off (every item asks the model). The runner runs as the server runs it, with
   its ledger writer: the items' rows are queued when the batch ends and written meanwhile (their count is checked
-  once they are in).
+  once they are in). It runs under the garbage-collector settings `tiered-mcp serve` uses (serve/heap.py),
+  and Python's defaults come back before the next subject.
 - over stdio (--stdio): the same batch through `tiered-mcp serve` over stdio and a real `mcp.Client`, so the
   result's size (its JSON, bytes) and the time to send it are measured too: the client's time for the call less
   the batch's own time as its receipt gives it (`latency_ms`, measured in the server), i.e. sending the items,
@@ -78,6 +79,23 @@ async def openai_alone(items: int, concurrency: int, port: int, bodies: list[dic
     return elapsed
 
 
+@contextlib.contextmanager
+def server_heap() -> Any:
+    """The garbage collector as `tiered-mcp serve` sets it (serve/heap.py), for the tiered-mcp subject only: the
+    process's own settings come back afterwards, so the openai-alone subject runs on Python's defaults."""
+    import gc
+
+    from tiered_mcp.serve.heap import settle_heap
+
+    before = gc.get_threshold()
+    settle_heap()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
 async def in_process(items: int, concurrency: int, port: int, specs_dir: str | None, tmp: str) -> tuple[float, dict]:
     from tiered_mcp.call.runner import Runner
     from tiered_mcp.core.config import config_from_dict
@@ -93,9 +111,10 @@ async def in_process(items: int, concurrency: int, port: int, specs_dir: str | N
     encoding()  # a server loads the o200k table in the background as it starts: not within the batch
     async with runner.running():
         await runner.call("classify", {"text": "warm-up", "labels": LABELS})  # import openai, open the pool
-        t0 = time.perf_counter()
-        result = await runner.call("classify", {"items": [item(i) for i in range(items)], "labels": LABELS})
-        elapsed = time.perf_counter() - t0
+        with server_heap():
+            t0 = time.perf_counter()
+            result = await runner.call("classify", {"items": [item(i) for i in range(items)], "labels": LABELS})
+            elapsed = time.perf_counter() - t0
     rows = len(ledger.calls()) - 1
     ledger.close()
     receipt = result.receipt
