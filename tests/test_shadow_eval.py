@@ -448,3 +448,21 @@ def test_an_auto_tool_is_judged_against_its_quality_bar_not_keep_at(ledger, spec
     [report] = build_report(ledger, config=auto, specs=specs)
     assert report.decision == "below" and report.bounds[1] < 0.95
     assert "move to flagship" in report.recommendation and "quality_bar 95%" in report.recommendation
+
+
+def test_a_rate_too_close_to_the_bar_says_so_rather_than_a_huge_count(ledger, specs):
+    from tiered_mcp.core.config import config_from_dict
+    from tiered_mcp.evidence.report import FAR
+    from tiered_mcp.evidence.stats import decide
+    from tiered_mcp.ledger.base import ShadowRow
+
+    # 90 of 95 against a 95 % bar: the observed rate sits on the bar, and the projection runs past 10,000.
+    assert decide(90, 95, 0.95).more_needed > FAR
+    rows = [ShadowRow(tool="classify", call_id=f"c{i}", shadow_call_id=f"s{i}", tier="nano", comparison_tier="flagship",
+                      score=1.0 if i < 90 else 0.0, agree=i < 90, detail="label", cost_usd=0.0002,
+                      comparison_cost_usd=0.0027, model="gpt-5.4-nano", comparison_model="gpt-5.4",
+                      spec_version=str(specs.get("classify").version), args_key=f"k{i}") for i in range(95)]
+    config = config_from_dict({"tools": {"classify": {"auto": True, "quality_bar": 0.95}}})
+    ledger.write([], rows, config)
+    [report] = build_report(ledger, config=config, specs=specs)
+    assert "over 10,000 more comparisons at this rate" in report.recommendation

@@ -71,6 +71,10 @@ class ToolReport:
         return asdict(self)
 
 
+FAR = 10_000
+"""Past this many more comparisons, the report says "over 10,000" rather than a figure nobody will wait for."""
+
+
 def _recommend(tool: str, tier: str, comparison: str, scored: int, k: int, keep_at: float) -> tuple[str, Any]:
     if scored == 0:
         return f"{tool}: no scored shadow comparisons yet; set [tools.{tool}] shadow_rate in the config", None
@@ -84,8 +88,12 @@ def _recommend(tool: str, tier: str, comparison: str, scored: int, k: int, keep_
         return f"{head} ({bounds}): keep {tier}", d
     if d.verdict == "below":
         return f"{head} ({bounds}): move to {comparison}, or improve the prompt", d
-    more = (f"about {d.more_needed} more comparisons would decide it" if d.more_needed is not None
-            else "at this rate more comparisons would not decide it")
+    if d.more_needed is None:
+        more = "at this rate more comparisons would not decide it"
+    elif d.more_needed > FAR:
+        more = f"over {FAR:,} more comparisons at this rate: it is too close to the bar to decide soon"
+    else:
+        more = f"about {d.more_needed} more comparisons would decide it"
     return f"{head} ({bounds}): not yet clear against the {100 * keep_at:.0f}% bar; keep sampling ({more})", d
 
 
