@@ -49,6 +49,7 @@ from tiered_mcp.ledger.base import CacheEntry, CallWrite, LedgerStore, ShadowRow
 from tiered_mcp.models.base import Model, ModelReply, ModelRequest, Models
 from tiered_mcp.models.embedded import EmbeddedModel
 from tiered_mcp.models.local import LocalEngine
+from tiered_mcp.specs.fastcheck import quick_valid
 from tiered_mcp.specs.schema_safety import caller_schema_problem as _meta_schema_problem
 from tiered_mcp.specs.schema_safety import excerpt, schema_problems
 from tiered_mcp.specs.spec import Specs, ToolSpec, strict_compatible
@@ -714,7 +715,7 @@ class Runner:
             return None, ("invalid", f"not JSON ({e.msg} at line {e.lineno} column {e.colno})"), None
         if not isinstance(output, dict):
             return None, ("invalid", f"expected a JSON object, got {type(output).__name__}"), None
-        problems = schema_problems(schema, output, "output")
+        problems = [] if quick_valid(schema, output) else schema_problems(schema, output, "output")
         if problems:
             return None, ("invalid", "; ".join(problems)), None
         verdict = check(spec.validators, output, args, schema)
