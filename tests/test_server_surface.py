@@ -83,6 +83,8 @@ def test_logs_command_lists_and_shows_one_call(upstream, tmp_path, monkeypatch, 
     assert main(["logs", "--ledger", ledger, "--outcome", "failed", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert main(["logs", "999", "--ledger", ledger]) == 1
+    assert main(["logs", "--switches", "--ledger", ledger]) == 0  # the hint names the config table, unmangled
+    assert "`auto = true` under [tools.NAME])" in capsys.readouterr().out
 
 
 def test_logs_follow_prints_new_calls_as_they_arrive(ledger, make_runner, capsys):

@@ -88,7 +88,10 @@ def _switches(rows: list[dict[str, Any]], as_json: bool, location: str) -> int:
         return OK
     con = console()
     if not rows:
-        con.print("No tier switches yet: auto tools (`auto = true` under [tools.NAME]) switch as evidence comes in.")
+        from rich.markup import escape
+
+        con.print(escape("No tier switches yet: auto tools (`auto = true` under [tools.NAME]) switch as evidence "
+                         "comes in."))
         return OK
 
     def pct(x: float | None) -> str:
