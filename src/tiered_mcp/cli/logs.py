@@ -80,6 +80,8 @@ def logs_command(args: argparse.Namespace) -> int:
 
 
 def _switches(rows: list[dict[str, Any]], as_json: bool, location: str) -> int:
+    from rich.markup import escape
+
     from tiered_mcp.evidence.tiering import switch_evalue
 
     rows = [{**r, "e_value": switch_evalue(r)} for r in rows]
@@ -88,8 +90,6 @@ def _switches(rows: list[dict[str, Any]], as_json: bool, location: str) -> int:
         return OK
     con = console()
     if not rows:
-        from rich.markup import escape
-
         con.print(escape("No tier switches yet: auto tools (`auto = true` under [tools.NAME]) switch as evidence "
                          "comes in."))
         return OK
@@ -101,7 +101,8 @@ def _switches(rows: list[dict[str, Any]], as_json: bool, location: str) -> int:
               "-" if r.get("trials") is None else f"{r['successes']}/{r['trials']}",
               f"{pct(r.get('lower_bound'))}-{pct(r.get('upper_bound'))}" if r.get("trials") is not None else "-",
               "-" if r["e_value"] is None else f"{r['e_value']:.1f}",
-              "-" if r.get("bar") is None else f"{100 * r['bar']:g}%", r.get("model") or "-", r["reason"]]
+              "-" if r.get("bar") is None else f"{100 * r['bar']:g}%", escape(r.get("model") or "-"),
+              escape(r["reason"])]
              for r in rows]
     con.print(fitted_table(con, ["when (UTC)", "tool", "switch", "tiers", "agreed", "bounds", "e-value", "bar",
                                  "model", "reason"], cells, flex="reason",
