@@ -218,11 +218,16 @@ class OpenAIModels:
         self._env = env
         self._http_client = http_client
         self._clients: dict[tuple[int, str], tuple[openai.AsyncOpenAI, Scrubber]] = {}
+        self._where: dict[int, tuple[Provider, str]] = {}
         self._env_secrets = tuple(env_secrets(env))
 
     def where(self, provider: Provider) -> str:
-        """The provider's base URL as messages show it (without credentials)."""
-        return without_credentials(provider.effective_base_url(self._env))
+        """The provider's base URL as messages show it (without credentials); kept per provider, since every
+        request asks and the URL parse costs more than the rest of the lookup."""
+        hit = self._where.get(id(provider))
+        if hit is None or hit[0] is not provider:
+            hit = self._where[id(provider)] = (provider, without_credentials(provider.effective_base_url(self._env)))
+        return hit[1]
 
     def _client(self, provider: Provider, where: str) -> tuple[openai.AsyncOpenAI, Scrubber]:
         key = provider.api_key(self._env)
