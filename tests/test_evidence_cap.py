@@ -191,3 +191,36 @@ async def test_evidence_skipped_for_too_many_runs_in_flight_is_counted(ledger, s
                 await anyio.sleep(0.002)
     state = ledger.autotier_states()["summarize"][1]
     assert state["skipped_today"] == state["skipped_total"] == len(rows)
+
+
+async def test_a_guard_rerun_the_cap_refuses_counts_its_probe_as_skipped_too(ledger, specs, sleeps):
+    """classify on auto, on mini with nano still open: every call is guarded (guard_share 2), and a guard probes
+    nano against the flagship's rerun. The flagship's worst case (a 2,000-token output cap: 2000 x $15/M = $0.03)
+    passes the $0.01 cap, so the rerun is refused; nano's probe, which needed it, is a skip too: 2 per call."""
+    from tiered_mcp.evidence.autotier import ToolState
+
+    config = config_from_dict({"cache_ttl_s": 0, "tiers": {"flagship": {"max_output_tokens": 2000}},
+                               "tools": {"classify": {"auto": True, "evidence_daily_usd": 0.01}}})
+    version = str(specs.get("classify").version)
+    keys = {t: f"{t}|{config.tiers[t].model}|{version}" for t in ("nano", "mini")}
+    state = ToolState(tool="classify", tier="mini", evidence={keys["mini"]: (500, 500), keys["nano"]: (5, 5)})
+    ledger.autotier_update("classify", lambda _: (state.as_dict(), []))
+    steering = AutoTiering(config, specs, ledger, utc_now, overrides={"guard_share": 2.0})
+    model = ScriptedModel(fallback=lambda req: reply({"label": "bug", "labels": ["bug"], "confidence": 0.95,
+                                                      "reason": "r"}, input_tokens=600, output_tokens=80))
+    runner = Runner(config, specs, model, ledger, env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps,
+                    jitter=lambda: 1.0, observers=(steering,), steering=steering)
+    async with runner.running():
+        await steering.load(runner)
+        for i in range(2):
+            result = await runner.call("classify", {"text": f"case {i}", "labels": ["bug", "feature"]})
+            assert result.receipt["tier"] == "mini"
+            with anyio.fail_after(10):
+                while runner.background_pending:
+                    await anyio.sleep(0.002)
+    assert [r.tier for r in model.requests] == ["mini", "mini"]  # neither the rerun nor the probe was sent
+    rows = ledger.shadows(tool="classify")
+    assert len(rows) == 2 and all(r.status == "skipped" and "reference run skipped" in r.detail for r in rows)
+    saved = ledger.autotier_states()["classify"][1]
+    assert (saved["skipped_today"], saved["skipped_total"]) == (4, 4) and steering.skipped == 4
+    assert saved["day_spend"] == 0.0

@@ -262,9 +262,18 @@ class AutoTiering:
             rows.append(replace(base, status=status, detail=f"auto {why}: reference run {status}: {text}",
                                 comparison_cost_usd=failed_cost or None))
             await runner.writer.put([], rows)
-            if isinstance(e, BudgetExceeded):  # refused by a cap: a skip like one the plan makes
-                self.skipped += 1
-                await self._write(spec.name, lambda s: (policy.skip(s), []))
+            if isinstance(e, BudgetExceeded):
+                # Refused by a cap: a skip like one the plan makes, for the rerun and for each run that needed it
+                # (the probes scored against it, the replay planned beside it).
+                dropped = 1 + len(plan.probes) + (plan.replay is not None)
+                self.skipped += dropped
+
+                def skips(state: ToolState) -> tuple[ToolState, list[Event]]:
+                    for _ in range(dropped):
+                        state = policy.skip(state)
+                    return state, []
+
+                await self._write(spec.name, skips)
             elif failed_cost:  # a failed run's spend is evidence spend all the same
                 await self._write(spec.name, lambda s: (policy.charge(s, failed_cost), []))
             return
