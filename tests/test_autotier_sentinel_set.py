@@ -9,7 +9,6 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-import anyio
 import pytest
 
 from tiered_mcp.call.runner import Runner
@@ -19,7 +18,7 @@ from tiered_mcp.evidence.shadow import Shadows
 from tiered_mcp.evidence.tiering import AutoTiering, policy_config
 from tiered_mcp.ledger.base import open_ledger
 from tiered_mcp.specs.spec import default_specs_dir, load_specs
-from tiered_mcp.testing import ScriptedModel, reply
+from tiered_mcp.testing import ScriptedModel, idle, reply
 
 V = Versions(models={"nano": "n-1", "mini": "m-1", "flagship": "f-1"}, spec_version="3")
 COSTS = {"nano": 0.00022, "mini": 0.00081, "flagship": 0.0027}
@@ -109,6 +108,19 @@ def test_the_config_key_turns_the_set_on_and_lowers_the_guard_default() -> None:
     assert (policy_config(cfg, "classify").sentinel_set, policy_config(cfg, "classify").guard_share) == (0, 0.05)
 
 
+def kept_on_nano(tmp_path: Path, set_key: str, baselines: dict[str, bool], reason: str,
+                 evidence: dict[str, tuple[int, int]]):
+    """A ledger where classify serves on nano with `evidence`, and a full set of 3 kept under `set_key` (each
+    item's kept answer "bug", with `reason`, and `baselines`)."""
+    ledger = open_ledger(tmp_path / "ledger.sqlite3")
+    for n in range(3):
+        ledger.sentinel_add("classify", set_key, f"k{n}", {"text": f"kept {n}", "labels": ["bug", "feature"]},
+                            {"label": "bug", "labels": ["bug"], "confidence": 0.95, "reason": reason}, baselines)
+    state = ToolState(tool="classify", tier="nano", evidence=evidence, set_key=set_key, set_size=3)
+    ledger.autotier_update("classify", lambda _: (state.as_dict(), []))
+    return ledger
+
+
 class Tiers:
     """classify by label: every tier says "bug" until `drift` makes nano say "feature"; records what it was asked."""
 
@@ -138,9 +150,7 @@ async def _run(tmp_path: Path, sentinel_set: int) -> None:
 
     async def call(i: int) -> str:
         result = await runner.call("classify", {"text": f"case {i}", "labels": ["bug", "feature"]})
-        with anyio.fail_after(10):
-            while runner.background_pending:
-                await anyio.sleep(0)
+        await idle(runner)
         return str(result.receipt["tier"])
 
     async with runner.running():
@@ -223,15 +233,9 @@ async def test_a_model_that_came_after_the_set_gets_its_baselines_from_its_first
     set_key = f"flagship|{config.tiers['flagship'].model}|{version}"
     nano_key = f"nano|{config.tiers['nano'].model}|{version}"
     mini_key = f"mini|{config.tiers['mini'].model}|{version}"
-    ledger = open_ledger(tmp_path / "ledger.sqlite3")
     # The set was kept while nano was another model: its baselines name that one only.
-    for n in range(3):
-        ledger.sentinel_add("classify", set_key, f"k{n}", {"text": f"kept {n}", "labels": ["bug", "feature"]},
-                            {"label": "bug", "labels": ["bug"], "confidence": 0.95, "reason": "r"},
-                            {f"nano|older-nano|{version}": True})
-    state = ToolState(tool="classify", tier="nano", evidence={nano_key: (1000, 1000), mini_key: (1000, 1000)},
-                      set_key=set_key, set_size=3)
-    ledger.autotier_update("classify", lambda _: (state.as_dict(), []))
+    ledger = kept_on_nano(tmp_path, set_key, {f"nano|older-nano|{version}": True}, "r",
+                          {nano_key: (1000, 1000), mini_key: (1000, 1000)})
     tiering = AutoTiering(config, specs, ledger, clock=lambda: T0,
                           overrides={"replay_share": 1.0, "guard_share": 0.0, "alert_rate": 0.0})
     model = Tiers()
@@ -240,9 +244,7 @@ async def test_a_model_that_came_after_the_set_gets_its_baselines_from_its_first
 
     async def call(i: int) -> str:
         result = await runner.call("classify", {"text": f"case {i}", "labels": ["bug", "feature"]})
-        with anyio.fail_after(10):
-            while runner.background_pending:
-                await anyio.sleep(0)
+        await idle(runner)
         return str(result.receipt["tier"])
 
     async with runner.running():
@@ -252,7 +254,6 @@ async def test_a_model_that_came_after_the_set_gets_its_baselines_from_its_first
             assert await call(i) == "nano"
             i += 1
             assert i < 50
-        await runner.writer.flush()  # the last replay's row is queued behind its baseline's write
         # A baseline is not a verdict: nothing moved the detector or the sentinels' counts.
         assert tiering.state("classify").detector == 0.0
         replays = [r for r in ledger.shadows(tool="classify") if r.detail.startswith("auto replay")]
@@ -313,13 +314,7 @@ async def test_a_new_flagship_model_gets_a_new_set_from_guard_reruns(tmp_path) -
     old_set = f"flagship|older-flagship|{version}"
     new_set = f"flagship|{config.tiers['flagship'].model}|{version}"
     nano_key = f"nano|{config.tiers['nano'].model}|{version}"
-    ledger = open_ledger(tmp_path / "ledger.sqlite3")
-    for n in range(3):
-        ledger.sentinel_add("classify", old_set, f"k{n}", {"text": f"kept {n}", "labels": ["bug", "feature"]},
-                            {"label": "bug", "labels": ["bug"], "confidence": 0.95, "reason": "old"},
-                            {nano_key: True})
-    state = ToolState(tool="classify", tier="nano", evidence={nano_key: (1000, 1000)}, set_key=old_set, set_size=3)
-    ledger.autotier_update("classify", lambda _: (state.as_dict(), []))
+    ledger = kept_on_nano(tmp_path, old_set, {nano_key: True}, "old", {nano_key: (1000, 1000)})
     # guard_share 2: a rerun on every nano call (2 x 2480/2700 >= 1); no replays, so only guards collect.
     tiering = AutoTiering(config, specs, ledger, clock=lambda: T0,
                           overrides={"replay_share": 0.0, "guard_share": 2.0, "alert_rate": 0.0})
@@ -335,9 +330,7 @@ async def test_a_new_flagship_model_gets_a_new_set_from_guard_reruns(tmp_path) -
         for i in range(4):
             result = await runner.call("classify", {"text": f"case {i}", "labels": ["bug", "feature"]})
             assert result.receipt["tier"] == "nano"
-            with anyio.fail_after(10):
-                while runner.background_pending:
-                    await anyio.sleep(0)
+            await idle(runner)
     items = ledger.sentinel_items("classify", new_set)
     assert [i["arguments"]["text"] for i in items] == ["case 0", "case 1", "case 2"]  # full at 3: case 3 not kept
     assert all(i["reference"]["reason"] == "flagship" for i in items)  # the rerun's answer, not the served one

@@ -20,7 +20,7 @@ from tiered_mcp.core.errors import ConfigError
 from tiered_mcp.core.receipts import RECEIPT_META_KEY
 from tiered_mcp.evidence.stats import confidence_sequence, prior_for
 from tiered_mcp.serve.server import TIERS_URI, build_runner, build_server
-from tiered_mcp.testing import ScriptedModel, reply
+from tiered_mcp.testing import ScriptedModel, idle, reply
 
 from .conftest import server_env
 
@@ -59,13 +59,6 @@ def write_config(tmp_path, **tool) -> str:
     return str(path)
 
 
-async def settle(runner) -> None:
-    with anyio.fail_after(10):
-        while runner.background_pending:
-            await anyio.sleep(0.002)
-        await runner.writer.flush()
-
-
 def test_config_errors_name_the_key() -> None:
     for tool, key in [({"auto": True, "tier": "nano"}, "tools.classify.tier"),
                       ({"auto": True, "shadow_rate": 0.1}, "tools.classify.shadow_rate"),
@@ -97,7 +90,7 @@ async def test_steps_down_on_evidence_guards_then_steps_up_on_drift(tmp_path, ca
             i += 1
             result = await client.call_tool("classify", args(i))
             assert not result.is_error, result.content
-            await settle(runner)
+            await idle(runner)
             served.append(result.meta[RECEIPT_META_KEY]["tier"])
             return served[-1]
 
@@ -181,7 +174,7 @@ async def test_the_daily_evidence_limit_skips_and_records(tmp_path) -> None:
     async with runner.running():
         for i in range(3):
             await runner.call("classify", {"text": f"case {i}", "labels": ["bug", "feature"]})
-            await settle(runner)
+            await idle(runner)
         stored = runner.ledger.autotier_states()["classify"][1]
     assert stored["skipped_total"] == stored["skipped_today"] == 3
     rows = runner.ledger.shadows(tool="classify")

@@ -9,7 +9,7 @@ from tiered_mcp.call.budget import utc_now, worst_case_usd
 from tiered_mcp.call.runner import Runner
 from tiered_mcp.core.config import config_from_dict
 from tiered_mcp.evidence.tiering import AutoTiering
-from tiered_mcp.testing import ScriptedModel, reply
+from tiered_mcp.testing import ScriptedModel, idle, reply
 
 pytestmark = pytest.mark.anyio
 
@@ -23,6 +23,14 @@ def usd(price, tokens_in, tokens_out):
 
 def close(a, b):
     return a == pytest.approx(b, abs=1e-12, rel=0)
+
+
+def auto_runner(config, specs, ledger, model, sleeps, steering=None):
+    """A Runner wired as the server wires an auto tool's steering (the config's, unless one is given)."""
+    steering = steering or AutoTiering.for_config(config, specs, ledger, utc_now)
+    assert steering is not None
+    return Runner(config, specs, model, ledger, env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps,
+                  jitter=lambda: 1.0, observers=(steering,), steering=steering), steering
 
 
 def answer(req):
@@ -83,15 +91,10 @@ async def test_an_auto_tools_day_of_evidence_spend_counts_its_judge_calls(ledger
     judge that is neither arm (mini grades nano, nano grades mini). The day's evidence spend is all four."""
     model = ScriptedModel(fallback=answer)
     config = config_from_dict({"cache_ttl_s": 0, "tools": {"summarize": {"auto": True}}})
-    steering = AutoTiering.for_config(config, specs, ledger, utc_now)
-    assert steering is not None
-    runner = Runner(config, specs, model, ledger, env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps,
-                    jitter=lambda: 1.0, observers=(steering,), steering=steering)
+    runner, steering = auto_runner(config, specs, ledger, model, sleeps)
     async with runner.running():
         await runner.call("summarize", {"text": "A long text."})
-        with anyio.fail_after(10):
-            while runner.background_pending:
-                await anyio.sleep(0.002)
+        await idle(runner)
     judges = sorted(r.tier for r in model.requests if r.schema_name == "judge")
     assert judges == ["mini", "nano"]
     expected = usd(NANO, 600, 80) + usd(MINI, 2000, 100) + usd(MINI, 20_000, 1_000) + usd(NANO, 20_000, 1_000)
@@ -108,15 +111,10 @@ async def test_a_probe_whose_judge_the_cap_refuses_is_a_skip_not_a_failure(ledge
     model = ScriptedModel(fallback=answer)
     config = config_from_dict({"cache_ttl_s": 0, "tools": {"summarize": {"auto": True, "evidence_daily_usd": cap}},
                                "tiers": {"nano": {"max_output_tokens": 1000}, "mini": {"max_output_tokens": 2000}}})
-    steering = AutoTiering.for_config(config, specs, ledger, utc_now)
-    assert steering is not None
-    runner = Runner(config, specs, model, ledger, env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps,
-                    jitter=lambda: 1.0, observers=(steering,), steering=steering)
+    runner, steering = auto_runner(config, specs, ledger, model, sleeps)
     async with runner.running():
         await runner.call("summarize", {"text": "A long text."})
-        with anyio.fail_after(10):
-            while runner.background_pending:
-                await anyio.sleep(0.002)
+        await idle(runner)
     nano_run = usd(NANO, 600, 80)
     assert [(r.tier, r.schema_name) for r in model.requests] == [("flagship", "summarize"), ("nano", "summarize")]
     # The worst cases the budget reserved: nano's run fits; mini's output cap alone (2000 x $4.50/M) passes the cap.
@@ -143,15 +141,10 @@ async def test_a_failed_probes_spend_counts_in_the_days_evidence_spend(ledger, s
 
     model = ScriptedModel(fallback=answer)
     config = config_from_dict({"cache_ttl_s": 0, "tools": {"classify": {"auto": True}}})
-    steering = AutoTiering.for_config(config, specs, ledger, utc_now)
-    assert steering is not None
-    runner = Runner(config, specs, model, ledger, env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps,
-                    jitter=lambda: 1.0, observers=(steering,), steering=steering)
+    runner, steering = auto_runner(config, specs, ledger, model, sleeps)
     async with runner.running():
         await runner.call("classify", {"text": "It crashes", "labels": ["bug", "feature"]})
-        with anyio.fail_after(10):
-            while runner.background_pending:
-                await anyio.sleep(0.002)
+        await idle(runner)
     nano_attempts = sum(r.tier == "nano" for r in model.requests)
     assert nano_attempts >= 2  # the first answer and at least one repair
     rows = {r.tier: r for r in ledger.shadows(tool="classify")}
@@ -173,10 +166,7 @@ async def test_evidence_skipped_for_too_many_runs_in_flight_is_counted(ledger, s
 
     model = ScriptedModel(fallback=held)
     config = config_from_dict({"cache_ttl_s": 0, "shadow": {"max_pending": 1}, "tools": {"summarize": {"auto": True}}})
-    steering = AutoTiering.for_config(config, specs, ledger, utc_now)
-    assert steering is not None
-    runner = Runner(config, specs, model, ledger, env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps,
-                    jitter=lambda: 1.0, observers=(steering,), steering=steering)
+    runner, steering = auto_runner(config, specs, ledger, model, sleeps)
     async with runner.running():
         for i in range(4):
             await runner.call("summarize", {"text": f"A long text, number {i}."})
@@ -186,9 +176,7 @@ async def test_evidence_skipped_for_too_many_runs_in_flight_is_counted(ledger, s
         assert len(rows) >= 3 and all(r.status == "skipped" and "max_pending" in r.detail for r in rows)
         assert steering.skipped == len(rows)
         gate.set()
-        with anyio.fail_after(10):
-            while runner.background_pending:
-                await anyio.sleep(0.002)
+        await idle(runner)
     state = ledger.autotier_states()["summarize"][1]
     assert state["skipped_today"] == state["skipped_total"] == len(rows)
 
@@ -205,19 +193,16 @@ async def test_a_guard_rerun_the_cap_refuses_counts_its_probe_as_skipped_too(led
     keys = {t: f"{t}|{config.tiers[t].model}|{version}" for t in ("nano", "mini")}
     state = ToolState(tool="classify", tier="mini", evidence={keys["mini"]: (500, 500), keys["nano"]: (5, 5)})
     ledger.autotier_update("classify", lambda _: (state.as_dict(), []))
-    steering = AutoTiering(config, specs, ledger, utc_now, overrides={"guard_share": 2.0})
     model = ScriptedModel(fallback=lambda req: reply({"label": "bug", "labels": ["bug"], "confidence": 0.95,
                                                       "reason": "r"}, input_tokens=600, output_tokens=80))
-    runner = Runner(config, specs, model, ledger, env={"OPENAI_API_KEY": "sk-test"}, sleep=sleeps,
-                    jitter=lambda: 1.0, observers=(steering,), steering=steering)
+    runner, steering = auto_runner(config, specs, ledger, model, sleeps,
+                                   AutoTiering(config, specs, ledger, utc_now, overrides={"guard_share": 2.0}))
     async with runner.running():
         await steering.load(runner)
         for i in range(2):
             result = await runner.call("classify", {"text": f"case {i}", "labels": ["bug", "feature"]})
             assert result.receipt["tier"] == "mini"
-            with anyio.fail_after(10):
-                while runner.background_pending:
-                    await anyio.sleep(0.002)
+            await idle(runner)
     assert [r.tier for r in model.requests] == ["mini", "mini"]  # neither the rerun nor the probe was sent
     rows = ledger.shadows(tool="classify")
     assert len(rows) == 2 and all(r.status == "skipped" and "reference run skipped" in r.detail for r in rows)

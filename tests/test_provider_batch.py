@@ -48,6 +48,20 @@ def receipt_of(task) -> dict:
     return task.result["_meta"][RECEIPT_META_KEY]
 
 
+async def resumed_from_its_batches(make_runner, upstream, task_id, config, *, items, batches):
+    """A second server on the same ledger finishes the task from its provider batches alone: every item answered
+    at the batch rate, no batch or upload made twice, no synchronous request."""
+    second = make_runner(openai_model(upstream), **config)
+    async with Client(build_server(second), extensions=[TasksClient()]) as client:
+        task = await wait_task(client, task_id)
+    assert task.status == "completed" and receipt_of(task)["ok"] == items
+    assert len(upstream.batch_creates()) == batches  # never submitted twice
+    assert len([s for s in upstream.seen if s.path.endswith("/files")]) == batches
+    assert upstream.completions() == []
+    assert receipt_of(task)["cost_usd"] == pytest.approx(items * NANO_BATCH, abs=1e-15)
+    return task
+
+
 def rows_by_batch(ledger) -> list[dict]:
     calls = ledger.calls()
     return [r for r in calls if r["batch"] == calls[-1]["batch"]]
@@ -262,14 +276,7 @@ async def test_a_restarted_server_resumes_polling_the_same_batch(make_runner, le
     if crash_before_recording_the_id:  # as if it had died between creating the batch and recording its id
         store.update(handle.task_id, None, batch_id=None, status="preparing")
     upstream._batch_plans[batch_id].polls = 0  # the batch ends at the next look
-    second = make_runner(openai_model(upstream), **BATCH_CONFIG)
-    async with Client(build_server(second), extensions=[TasksClient()]) as client:
-        task = await wait_task(client, handle.task_id)
-    assert task.status == "completed" and receipt_of(task)["ok"] == 3
-    assert len(upstream.batch_creates()) == 1  # never submitted twice
-    assert len([s for s in upstream.seen if s.path.endswith("/files")]) == 1
-    assert upstream.completions() == []
-    assert receipt_of(task)["cost_usd"] == pytest.approx(3 * NANO_BATCH, abs=1e-15)
+    await resumed_from_its_batches(make_runner, upstream, handle.task_id, BATCH_CONFIG, items=3, batches=1)
     assert store.get(handle.task_id).batch_id == batch_id
 
 
@@ -451,14 +458,7 @@ async def test_a_restarted_server_resumes_every_batch_of_a_task(make_runner, led
     store.update(handle.task_id, None, part=2, batch_id=None, status="preparing")
     for plan in upstream._batch_plans.values():
         plan.polls = 0
-    second = make_runner(openai_model(upstream), **config)
-    async with Client(build_server(second), extensions=[TasksClient()]) as client:
-        task = await wait_task(client, handle.task_id)
-    assert task.status == "completed" and receipt_of(task)["ok"] == 8
-    assert len(upstream.batch_creates()) == 3  # never submitted twice
-    assert len([s for s in upstream.seen if s.path.endswith("/files")]) == 3
-    assert upstream.completions() == []
-    assert receipt_of(task)["cost_usd"] == pytest.approx(8 * NANO_BATCH, abs=1e-15)
+    await resumed_from_its_batches(make_runner, upstream, handle.task_id, config, items=8, batches=3)
     assert [r.batch_id for r in store.rows(handle.task_id)] == list(upstream.batches)
 
 

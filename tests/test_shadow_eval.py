@@ -10,7 +10,7 @@ from tiered_mcp.cli.main import main
 from tiered_mcp.evidence.evaluate import Case, cheapest_meeting, config_snippet, load_cases, pairwise, run_eval
 from tiered_mcp.evidence.report import build_report, wilson
 from tiered_mcp.evidence.shadow import args_key, sampled
-from tiered_mcp.testing import ScriptedModel, reply
+from tiered_mcp.testing import ScriptedModel, idle, reply
 
 from .conftest import server_env
 
@@ -42,13 +42,6 @@ def tiers_that_differ(wrong_on_nano: set[int]):
     return ScriptedModel(fallback=answer)
 
 
-async def drain(runner):
-    with anyio.fail_after(10):
-        while runner.background_pending:
-            await anyio.sleep(0.01)
-        await runner.writer.flush()
-
-
 async def test_shadow_agreement_matches_the_known_truth(make_runner, ledger):
     model = tiers_that_differ(wrong_on_nano=set(range(0, 40, 2)))  # extract on nano: wrong on half
     runner = make_runner(model, tools={"classify": {"shadow_rate": 1.0}, "extract": {"shadow_rate": 1.0}},
@@ -58,7 +51,7 @@ async def test_shadow_agreement_matches_the_known_truth(make_runner, ledger):
         for i in range(40):
             await runner.call("classify", {"text": f"item-{i} text", "labels": LABELS})
             await runner.call("extract", {"text": f"item-{i} ships to City{i} or Nowhere", "schema": schema})
-        await drain(runner)
+        await idle(runner)
     reports = {r.tool: r for r in build_report(ledger)}
     cls, ext = reports["classify"], reports["extract"]
     assert (cls.calls, cls.shadowed, cls.scored) == (40, 40, 40)
@@ -73,7 +66,7 @@ async def test_a_tier_that_agrees_is_kept(make_runner, ledger):
     async with runner.running():
         for i in range(60):
             await runner.call("classify", {"text": f"item-{i} text", "labels": LABELS})
-        await drain(runner)
+        await idle(runner)
         # 60 of 60 agree: the anytime-valid lower bound (89%) is not yet at the 90% bar, and the report says how
         # many more comparisons it needs rather than deciding early.
         [early] = build_report(ledger)
@@ -81,7 +74,7 @@ async def test_a_tier_that_agrees_is_kept(make_runner, ledger):
         assert f"about {early.more_needed} more comparisons would decide it" in early.recommendation
         for i in range(60, 60 + early.more_needed):
             await runner.call("classify", {"text": f"item-{i} text", "labels": LABELS})
-        await drain(runner)
+        await idle(runner)
     [r] = build_report(ledger)
     n = 60 + early.more_needed
     assert r.agreement == 1.0 and r.decision == "clears" and r.recommendation.startswith("classify: nano agrees 100% ± ")
@@ -110,7 +103,7 @@ async def test_shadow_runs_are_sampled_bounded_and_never_delay_the_answer(make_r
         # 4 sampled by their arguments' hash, 2 over the bound: skipped, and written down as skipped.
         assert runner.background_pending >= 2
         gate.set()
-        await drain(runner)
+        await idle(runner)
     rows = ledger.shadows()
     assert sorted(r.status for r in rows) == ["scored", "scored", "skipped", "skipped"]
     [r] = build_report(ledger)
@@ -131,7 +124,7 @@ async def test_identical_arguments_are_compared_once_and_a_model_swap_starts_afr
     async with runner.running():
         for i in list(range(20)) + list(range(20)):  # every argument twice
             await runner.call("classify", {"text": f"item-{i} text", "labels": LABELS})
-        await drain(runner)
+        await idle(runner)
     [old] = build_report(ledger, config=runner.config, specs=specs)
     assert (old.scored, old.agreement, old.model) == (20, 0.5, "gpt-5.4-nano")
     # nano is pointed at a new model that is always right: the report judges it alone, and says what it left out.
@@ -142,7 +135,7 @@ async def test_identical_arguments_are_compared_once_and_a_model_swap_starts_afr
     async with swapped.running():
         for i in range(20):
             await swapped.call("classify", {"text": f"item-{i} text", "labels": LABELS})
-        await drain(swapped)
+        await idle(swapped)
     [new] = build_report(ledger, config=swapped.config, specs=specs)
     assert (new.model, new.scored, new.agreement, new.older) == ("gpt-5.5-nano", 20, 1.0, 20)
     assert "20 comparisons of earlier models or spec versions are not counted" in new.recommendation
@@ -172,7 +165,7 @@ async def test_judge_comparisons_are_blind_and_by_a_tier_that_is_not_an_arm(make
     async with runner.running():
         for i in range(12):
             await runner.call("summarize", {"text": f"A long text number {i}."})
-        await drain(runner)
+        await idle(runner)
     rows = ledger.shadows()
     assert len(rows) == 12 and {(r.tier, r.comparison_tier) for r in rows} == {("mini", "flagship")}
     # The candidate falls 0.3 short of the reference wherever it was shown: the score does not depend on the side.
@@ -191,7 +184,7 @@ async def test_a_judge_tier_that_is_an_arm_is_refused(make_runner, ledger):
     runner = make_runner(model, tools={"summarize": {"shadow_rate": 1.0, "judge_tier": "flagship"}})
     async with runner.running():
         await runner.call("summarize", {"text": "A long text."})
-        await drain(runner)
+        await idle(runner)
     [row] = ledger.shadows()
     assert row.status == "failed" and "without being one of them" in row.detail
     assert not [r for r in model.requests if r.schema_name == "judge"]
@@ -346,7 +339,7 @@ async def test_the_report_recommends_the_cheapest_confidence_threshold_that_meet
     async with runner.running():
         for i in range(80):
             await runner.call("classify", {"text": f"item-{i} text", "labels": LABELS})
-        await drain(runner)
+        await idle(runner)
     [r] = build_report(ledger)
     assert (r.scored, r.agreement, r.decision) == (80, 0.75, "below")
     # Escalating what is under 0.95 (a quarter of the calls) serves answers whose lower bound clears 90%: per call,
@@ -374,7 +367,7 @@ async def test_a_bake_off_from_the_ledger_uses_stored_flagship_answers_and_pays_
     async with served.running():
         for i in [*range(10), 1, 2]:
             await served.call("classify", {"text": f"item-{i} text", "labels": LABELS})
-        await drain(served)
+        await idle(served)
     bake = tiers_that_differ({0, 3, 6})
     runner = Runner(config_from_dict({"store_inputs": True, "cache_ttl_s": 0}), specs, bake, led,
                     env={"OPENAI_API_KEY": "k"})
@@ -412,7 +405,7 @@ async def test_eval_from_the_ledger_on_the_command_line_does_not_call_the_flagsh
     async with runner.running():
         for i in range(3):
             await runner.call("rank", {"query": f"q{i}", "items": ["a", "b"]})
-        await drain(runner)
+        await idle(runner)
     led.close()
     for k, v in server_env(upstream, tmp_path).items():
         monkeypatch.setenv(k, v)

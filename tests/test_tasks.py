@@ -213,18 +213,23 @@ async def test_the_executor_is_pluggable(make_runner):
 # ---- surviving the session and the replica ----------------------------------------------------------------------
 
 
+async def given_up_half_done(make_runner):
+    """A task of four items whose first server stopped with the two quick ones answered and two in flight."""
+    items = ["quick crash", "quick feature", "slow crash", "slow feature"]
+    first = make_runner(ScriptedModel(fallback=Gate()))
+    async with Client(build_server(first), extensions=[TasksClient()]) as client:
+        handle = await start_task(client, "classify", {"items": items, "labels": LABELS})
+        await wait_done(client, handle.task_id, 2)
+    return handle
+
+
 @BOTH
 async def test_a_restarted_server_on_the_same_ledger_resumes_only_the_unanswered_items(make_runner, ledger_target,
                                                                                        specs):
     from tiered_mcp.call.runner import Runner
     from tiered_mcp.core.config import config_from_dict
 
-    gate = Gate()
-    items = ["quick crash", "quick feature", "slow crash", "slow feature"]
-    first = make_runner(ScriptedModel(fallback=gate))
-    async with Client(build_server(first), extensions=[TasksClient()]) as client:
-        handle = await start_task(client, "classify", {"items": items, "labels": LABELS})
-        await wait_done(client, handle.task_id, 2)
+    handle = await given_up_half_done(make_runner)
     # The first server stopped (its lifespan ended) with two items answered and two cancelled in flight.
     second_model = ScriptedModel(fallback=by_text)
     ledger = open_ledger(ledger_target)
@@ -500,12 +505,7 @@ async def test_a_cancel_sent_to_another_replica_stops_the_task_where_it_runs(led
 async def test_a_task_cancelled_while_no_server_held_it_is_finished_without_starting_its_items(make_runner, ledger):
     """With no provider batch left running, the next server finishes such a task as cancelled outright: no item is
     started (each would write a 'cancelled' row), no request is sent."""
-    gate = Gate()
-    items = ["quick crash", "quick feature", "slow crash", "slow feature"]
-    first = make_runner(ScriptedModel(fallback=gate))
-    async with Client(build_server(first), extensions=[TasksClient()]) as client:
-        handle = await start_task(client, "classify", {"items": items, "labels": LABELS})
-        await wait_done(client, handle.task_id, 2)
+    handle = await given_up_half_done(make_runner)
     rows_before = len(ledger.calls())
     TaskStore(ledger).request_cancel(handle.task_id)  # the client's cancel, while no server holds the task
     second_model = ScriptedModel(fallback=by_text)

@@ -8,6 +8,7 @@
   `service_tier_unavailable()` scripts flex's 429 `resource_unavailable`.
   It serves the Batch API too (/v1/files, /v1/batches), scripted with `FakeBatch`.
 - `network_guard`: refuses (and records) every connection that is not to loopback.
+- `idle`: waits for a Runner's background work and its ledger writes.
 """
 
 from __future__ import annotations
@@ -357,6 +358,15 @@ class Hang:
             self.cancelled = True
             raise
         raise AssertionError("unreachable")
+
+
+async def idle(runner: Any, timeout_s: float = 10.0) -> None:
+    """Wait until a Runner's background work (shadows, auto-tiering evidence) is done and its ledger writer has
+    written what they queued: a test then reads the ledger as the work left it."""
+    with anyio.fail_after(timeout_s):
+        while runner.background_pending:
+            await anyio.sleep(0.002)
+        await runner.writer.flush()
 
 
 # ---- a loopback OpenAI-compatible server -------------------------------------------------------------------------

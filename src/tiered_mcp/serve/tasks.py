@@ -261,9 +261,12 @@ class TaskManager:
             if running:
                 await self._resume(task_id)
                 return
-        message = f"cancelled after {row.done} of {row.total} items"
-        await off_loop(partial(self.store.finish, task_id, None, CANCELLED, message, self.clock() + self.ttl_s,
-                               now=self.clock()))
+        await self._finish_cancelled(row, None, self.clock() + self.ttl_s, now=self.clock())
+
+    async def _finish_cancelled(self, row: TaskRow, owner: str | None, expires: float, **kw: Any) -> None:
+        """Finish a task its client cancelled, without running it (again)."""
+        await off_loop(partial(self.store.finish, row.id, owner, CANCELLED,
+                               f"cancelled after {row.done} of {row.total} items", expires, **kw))
 
     # ---- running ---------------------------------------------------------------------------------------------------
 
@@ -449,8 +452,7 @@ class TaskManager:
                               CallOptions.model_validate_json(row.options or "{}"), batch_id=row.batch)
         except CallError as e:  # it cannot run here now (its tool changed, no tier is usable): the result says why
             if row.cancel:
-                await off_loop(partial(self.store.finish, task_id, self.owner, CANCELLED,
-                                       f"cancelled after {row.done} of {row.total} items", expires))
+                await self._finish_cancelled(row, self.owner, expires)
                 return
             text = results.dumps(results.failure(e).model_dump(by_alias=True, mode="json", exclude_none=True))
             await off_loop(partial(self.store.finish, task_id, self.owner, COMPLETED, str(e), expires, result=text))
@@ -463,8 +465,7 @@ class TaskManager:
             return
         if row.cancel and not (await off_loop(self.batches.rows, task_id)):
             # Nothing of it runs anywhere (no provider batch): finished as cancelled, no item started.
-            await off_loop(partial(self.store.finish, task_id, self.owner, CANCELLED,
-                                   f"cancelled after {row.done} of {row.total} items", expires))
+            await self._finish_cancelled(row, self.owner, expires)
             return
         answered = await off_loop(self.store.answered, task_id)
         pending = [i for i in range(row.total) if i not in answered]
